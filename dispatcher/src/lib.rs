@@ -1,0 +1,3 @@
+//! # haven-dispatcher
+//!
+//! The UDP source-port dispatcher (DESIGN.md §5; issue "Dispatcher").

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# haven's whole test suite: the README's second command, and what .ci/run runs.
+#
+# Installs what it needs on a fresh machine of this kind (tshark for the
+# Wireshark interop tests, nftables and iproute2 for the namespace tests,
+# cargo-fuzz for the fuzz smoke run), then: rustfmt, clippy -D warnings, every
+# test of the workspace, and a bounded fuzz run of every target.
+#
+# Environment:
+#   FUZZ_SECONDS   seconds per fuzz target (default 10; 0 skips fuzzing)
+#   HAVEN_SKIP_ROOT_TESTS=1   let namespace tests skip instead of failing
+#                             when not run as root
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+need_apt=()
+command -v tshark >/dev/null || need_apt+=(tshark)
+command -v nft >/dev/null || need_apt+=(nftables)
+command -v ip >/dev/null || need_apt+=(iproute2)
+command -v curl >/dev/null || need_apt+=(curl)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    step "installing ${need_apt[*]}"
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "error: ${need_apt[*]} missing and not root; install them or run as root" >&2
+        exit 1
+    fi
+    apt-get update -qq
+    # tshark asks whether non-root users may capture; answer for it.
+    echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+FUZZ_SECONDS=${FUZZ_SECONDS:-10}
+if [ "$FUZZ_SECONDS" != 0 ] && ! cargo fuzz --version >/dev/null 2>&1; then
+    step "installing cargo-fuzz"
+    cargo install --locked cargo-fuzz
+fi
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test"
+cargo test --workspace --locked
+
+if [ "$FUZZ_SECONDS" != 0 ]; then
+    step "fuzz smoke run (${FUZZ_SECONDS}s per target)"
+    scripts/fuzz.sh "$FUZZ_SECONDS"
+fi
+
+leftover=$(ip netns list 2>/dev/null | grep -c '^hv-' || true)
+if [ "$leftover" != 0 ]; then
+    echo "error: the tests left $leftover network namespaces behind" >&2
+    ip netns list >&2
+    exit 1
+fi
+step "all green"
