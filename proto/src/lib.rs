@@ -21,6 +21,7 @@
 //! * [`vrrp`]: RFC 5798 VRRPv3 advertisements.
 //! * [`sync`]: the seed 002 figure 13b binding-sync messages (Data Dump
 //!   Request, Data Dump, Data Forward, Ack) with an HMAC-SHA256 trailer.
+//! * [`pcap`]: a pcap writer (raw IPv4) for the tests and the simulator.
 //! * [`grpc`]: the cluster's gRPC contract (Raft transport, admin API).
 
 #![forbid(unsafe_code)]
