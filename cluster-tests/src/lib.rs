@@ -2,5 +2,7 @@
 //!
 //! haven's laboratory (being written).
 
+pub mod mn;
+pub mod mnsim;
 pub mod supervisor;
 pub mod topo;
