@@ -378,10 +378,8 @@ fn dropped_requests_are_retransmitted_with_backoff() {
         let g2 = v[2].at - v[1].at;
         assert!(g1 >= Duration::from_millis(190), "{who}: first gap {g1:?}");
         assert!(g2 >= Duration::from_millis(380), "{who}: second gap {g2:?}");
-        assert!(
-            g2.as_secs_f64() > 1.5 * g1.as_secs_f64(),
-            "{who}: {g1:?} then {g2:?}"
-        );
+        // Timers may fire late on a loaded machine, never early: the lower
+        // bounds above are the doubling; no upper bound or ratio is asserted.
         assert!(
             v[0].ident < v[1].ident && v[1].ident < v[2].ident,
             "{who}: new ids"
