@@ -2,6 +2,7 @@
 //!
 //! haven's laboratory (being written).
 
+pub mod fleet;
 pub mod mn;
 pub mod mnsim;
 pub mod supervisor;

@@ -1,0 +1,269 @@
+//! Home-agent nodes for tests, written once: a node's configuration as a
+//! value ([`NodeSpec`]), rendered to the TOML that `ha-node` reads, and
+//! [`start_node`], which starts the real binary (in a namespace or on
+//! loopback) and waits until its metrics endpoint answers.
+//!
+//! Every integration test, scenario and the `haven-rack` demo build their
+//! nodes through here, so a configuration change is made in one place.
+
+use std::fmt::Write as _;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::supervisor::{Process, Spec, SupError, await_metric, workspace_binary};
+
+/// Who a security association belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SaOwner {
+    /// A mobile node with a fixed home address.
+    HomeAddress(Ipv4Addr),
+    /// A mobile node identified by its NAI (RFC 2794).
+    Nai(String),
+}
+
+/// One mobility security association.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sa {
+    pub owner: SaOwner,
+    pub spi: u32,
+    /// "hmac-md5" or "prefix-suffix-md5".
+    pub algorithm: &'static str,
+    pub key: Vec<u8>,
+}
+
+/// One realm of a node.
+#[derive(Debug, Clone)]
+pub struct RealmSpec {
+    pub name: String,
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    pub home_prefix: String,
+    /// A dynamic pool, "first-last".
+    pub pool: Option<String>,
+    pub max_lifetime_secs: u16,
+    /// "optional", "required" or "forbidden".
+    pub reverse_tunnel: &'static str,
+    pub udp_tunnel: bool,
+    pub keepalive_interval_secs: u16,
+    pub simultaneous_bindings: u8,
+    pub sas: Vec<Sa>,
+}
+
+impl RealmSpec {
+    /// A realm with the defaults of `ops/ha-node.example.toml`.
+    pub fn new(name: &str, vip: Ipv4Addr, home_prefix: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            vip,
+            port: 434,
+            home_prefix: home_prefix.to_owned(),
+            pool: None,
+            max_lifetime_secs: 1800,
+            reverse_tunnel: "optional",
+            udp_tunnel: true,
+            keepalive_interval_secs: 110,
+            simultaneous_bindings: 1,
+            sas: Vec::new(),
+        }
+    }
+
+    /// SAs for `count` NAIs made from `pattern` (`{i}` = 0, 1, ...), all
+    /// with the same SPI and key, as `mnsim --nai` uses them.
+    pub fn with_nai_sas(mut self, pattern: &str, count: usize, spi: u32, key: &[u8]) -> Self {
+        self.sas.extend((0..count).map(|i| Sa {
+            owner: SaOwner::Nai(pattern.replace("{i}", &i.to_string())),
+            spi,
+            algorithm: "hmac-md5",
+            key: key.to_vec(),
+        }));
+        self
+    }
+
+    /// SAs for `count` fixed home addresses from `base` on (`base + i`), as
+    /// `mnsim --home-base` uses them.
+    pub fn with_home_address_sas(mut self, base: Ipv4Addr, count: usize, spi: u32, key: &[u8]) -> Self {
+        let base = u32::from(base);
+        self.sas.extend((0..count as u32).map(|i| Sa {
+            owner: SaOwner::HomeAddress(Ipv4Addr::from(base + i)),
+            spi,
+            algorithm: "hmac-md5",
+            key: key.to_vec(),
+        }));
+        self
+    }
+}
+
+/// A whole node configuration.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    pub id: u64,
+    pub admin: SocketAddr,
+    pub metrics: SocketAddr,
+    /// "timestamp" or "nonce".
+    pub replay: &'static str,
+    pub timestamp_tolerance_secs: u32,
+    pub realms: Vec<RealmSpec>,
+}
+
+impl NodeSpec {
+    /// Node `id` with its admin and metrics listeners.
+    pub fn new(id: u64, admin: SocketAddr, metrics: SocketAddr) -> Self {
+        Self {
+            id,
+            admin,
+            metrics,
+            replay: "timestamp",
+            timestamp_tolerance_secs: 7,
+            realms: Vec::new(),
+        }
+    }
+
+    /// Adds a realm.
+    pub fn realm(mut self, realm: RealmSpec) -> Self {
+        self.realms.push(realm);
+        self
+    }
+
+    /// The URL of the node's metrics endpoint.
+    pub fn metrics_url(&self) -> String {
+        format!("http://{}/metrics", self.metrics)
+    }
+
+    /// The configuration as `ha-node` reads it.
+    pub fn toml(&self) -> String {
+        let mut t = String::new();
+        let _ = writeln!(t, "[node]\nid = {}\n", self.id);
+        let _ = writeln!(t, "[admin]\nlisten = \"{}\"\n", self.admin);
+        let _ = writeln!(t, "[metrics]\nlisten = \"{}\"\n", self.metrics);
+        let _ = writeln!(
+            t,
+            "[registration]\nreplay = \"{}\"\ntimestamp_tolerance_secs = {}\n",
+            self.replay, self.timestamp_tolerance_secs
+        );
+        for r in &self.realms {
+            let _ = writeln!(t, "[[realm]]");
+            let _ = writeln!(t, "name = \"{}\"", r.name);
+            let _ = writeln!(t, "vip = \"{}\"", r.vip);
+            let _ = writeln!(t, "port = {}", r.port);
+            let _ = writeln!(t, "home_prefix = \"{}\"", r.home_prefix);
+            if let Some(p) = &r.pool {
+                let _ = writeln!(t, "pool = \"{p}\"");
+            }
+            let _ = writeln!(t, "max_lifetime_secs = {}", r.max_lifetime_secs);
+            let _ = writeln!(t, "reverse_tunnel = \"{}\"", r.reverse_tunnel);
+            let _ = writeln!(t, "udp_tunnel = {}", r.udp_tunnel);
+            let _ = writeln!(t, "keepalive_interval_secs = {}", r.keepalive_interval_secs);
+            let _ = writeln!(t, "simultaneous_bindings = {}\n", r.simultaneous_bindings);
+            for sa in &r.sas {
+                let _ = writeln!(t, "[[realm.sa]]");
+                match &sa.owner {
+                    SaOwner::HomeAddress(a) => {
+                        let _ = writeln!(t, "home_address = \"{a}\"");
+                    }
+                    SaOwner::Nai(n) => {
+                        let _ = writeln!(t, "nai = \"{n}\"");
+                    }
+                }
+                let _ = writeln!(t, "spi = {}", sa.spi);
+                let _ = writeln!(t, "algorithm = \"{}\"", sa.algorithm);
+                let _ = writeln!(t, "key_hex = \"{}\"\n", hex::encode(&sa.key));
+            }
+        }
+        t
+    }
+
+    /// Writes the configuration to `dir/node-<id>.toml`.
+    pub fn write(&self, dir: &Path) -> std::io::Result<PathBuf> {
+        let path = dir.join(format!("node-{}.toml", self.id));
+        std::fs::write(&path, self.toml())?;
+        Ok(path)
+    }
+}
+
+/// Starts the real `ha-node` with `spec` (inside `netns` when given) and
+/// waits until its metrics endpoint reports `haven_build_info`: by then every
+/// realm socket is bound and the admin API listens.
+pub fn start_node(spec: &NodeSpec, dir: &Path, netns: Option<&str>) -> Result<Process, SupError> {
+    let bin = workspace_binary("haven-ha-node", "ha-node")?;
+    let config = spec.write(dir).map_err(|source| SupError::Io {
+        what: format!("writing the config of node {}", spec.id),
+        source,
+    })?;
+    let proc = Process::spawn(
+        &format!("ha-node-{}", spec.id),
+        Spec::new(bin)
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info"),
+        netns,
+    )?;
+    await_metric(
+        &spec.metrics_url(),
+        netns,
+        "haven_build_info",
+        &[],
+        |v| v == 1.0,
+        Duration::from_secs(20),
+    )?;
+    Ok(proc)
+}
+
+/// Runs `havenctl` against `spec`'s admin API (inside `netns` when given)
+/// with `args` plus `--json`, and parses its output.
+pub fn havenctl_json(
+    spec: &NodeSpec,
+    netns: Option<&str>,
+    args: &[&str],
+) -> Result<serde_json::Value, SupError> {
+    let bin = workspace_binary("haven-ha-node", "havenctl")?;
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = std::process::Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(&bin);
+            c
+        }
+        None => std::process::Command::new(&bin),
+    };
+    cmd.arg("--admin")
+        .arg(spec.admin.to_string())
+        .arg("--json")
+        .args(args);
+    let out = cmd.output().map_err(|source| SupError::Io {
+        what: "running havenctl".into(),
+        source,
+    })?;
+    if !out.status.success() {
+        return Err(SupError::Io {
+            what: format!(
+                "havenctl {args:?} exited {:?}: {}",
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            source: std::io::Error::other("havenctl failed"),
+        });
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| SupError::Io {
+        what: format!("parsing havenctl output: {e}"),
+        source: std::io::Error::other("bad json"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_what_ha_node_reads() {
+        let spec = NodeSpec::new(3, "127.0.0.1:4340".parse().unwrap(), "127.0.0.1:9434".parse().unwrap())
+            .realm(
+                RealmSpec::new("outer", Ipv4Addr::new(192, 0, 2, 1), "198.51.100.0/24")
+                    .with_nai_sas("mn{i}@example.net", 2, 300, b"0123456789abcdef"),
+            );
+        let t = spec.toml();
+        assert!(t.contains("id = 3"));
+        assert!(t.contains("nai = \"mn1@example.net\""));
+        assert!(t.contains("key_hex = \"30313233343536373839616263646566\""));
+        assert_eq!(t.matches("[[realm.sa]]").count(), 2);
+    }
+}
