@@ -1,0 +1,1632 @@
+//! Replicated commands and the deterministic state machine that applies them.
+//!
+//! The registration engine never changes a binding itself: it emits a
+//! [`Command`], the replicator ([`crate::replicate`]) puts it in the log, and
+//! every replica feeds the log to [`StateMachine::apply`] in the same order
+//! ([DESIGN.md § 4]). `apply` uses only the command's data — no clock, no
+//! randomness — so all replicas reach the same state and the same
+//! [`ApplyResult`]; decisions that depend on state (which pool address,
+//! whether a simultaneous binding fits) are made here, at apply time, so
+//! replicas agree on them.
+//!
+//! # Encoding (version 1)
+//!
+//! Compact, canonical, big-endian, hand-written (no schema crate): one
+//! version byte, one command tag, then fixed fields. Decoding refuses
+//! anything it would not have produced itself — unknown version or tag, a
+//! boolean other than 0/1, nanoseconds ≥ 10⁹, a NAI that is empty, longer than
+//! 255 bytes or not UTF-8, trailing bytes — so `encode(decode(b)) == b` for
+//! every accepted `b`, and it never panics on any input.
+//!
+//! ```text
+//! command  = version:u8(=1) tag:u8 body
+//! Register    (1) = realm:u16 hoa:4 nai identification:u64 simultaneous:bool care_of
+//! Deregister  (2) = realm:u16 hoa:4 nai identification:u64 coa_present:bool [coa:4]
+//! Expire      (3) = realm:u16 hoa:4 coa:4 expires_at
+//! AdminRemove (4) = realm:u16 hoa:4
+//! nai      = len:u8 bytes   (len 0 = no NAI)
+//! care_of  = coa:4 registered_at lifetime:u16 encap reverse_tunnel:bool
+//! time     = secs:u64 nanos:u32
+//! encap    = 0 (IP in IP) | 1 nat_addr:4 nat_port:u16 (UDP, RFC 3519)
+//! ```
+//!
+//! Snapshots ([`StateMachine::snapshot`]) use the same primitives; see
+//! there.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::binding::{
+    BindingEntry, BindingTable, CareOf, CareOfList, Encap, Expiry, ExpirySchedule, Identity, Nai,
+};
+use crate::config::{Config, RealmId};
+use crate::pool::{AddressPool, PoolError};
+
+/// Current command and snapshot encoding version.
+pub const ENCODING_VERSION: u8 = 1;
+
+/// A replicated change to the binding state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Accept a registration [RFC 5944 § 3.8.2].
+    Register {
+        /// Realm.
+        realm: RealmId,
+        /// Requested home address; `0.0.0.0` = allocate one for `nai`
+        /// [RFC 2794 § 2].
+        home_address: Ipv4Addr,
+        /// The MN-NAI, if the request carried one.
+        nai: Option<Nai>,
+        /// The care-of address being registered, with the granted lifetime
+        /// and expiry computed by the engine from its `now`.
+        care_of: CareOf,
+        /// The request's Identification [RFC 5944 § 5.7].
+        identification: u64,
+        /// The S bit: keep other care-of addresses [RFC 5944 § 3.3].
+        simultaneous: bool,
+    },
+    /// A registration with lifetime 0 [RFC 5944 § 3.8.2].
+    Deregister {
+        /// Realm.
+        realm: RealmId,
+        /// Home address.
+        home_address: Ipv4Addr,
+        /// The MN-NAI, if the request carried one (the replay memory is keyed
+        /// by it when no binding is left to carry the identification).
+        nai: Option<Nai>,
+        /// One care-of address, or `None` for all (CoA = HoA in the request).
+        care_of: Option<Ipv4Addr>,
+        /// The request's Identification.
+        identification: u64,
+    },
+    /// A care-of address's lifetime ran out.
+    Expire {
+        /// Realm.
+        realm: RealmId,
+        /// Home address.
+        home_address: Ipv4Addr,
+        /// Care-of address.
+        coa: Ipv4Addr,
+        /// The expiry being acted on: if the binding was refreshed since
+        /// (a different `expires_at`), the command does nothing.
+        expires_at: Duration,
+    },
+    /// An operator removed a binding through the admin API.
+    AdminRemove {
+        /// Realm.
+        realm: RealmId,
+        /// Home address.
+        home_address: Ipv4Addr,
+    },
+}
+
+/// Why a command was refused at apply time (identical on every replica).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// No free address in the realm's pool.
+    #[error("address pool exhausted")]
+    PoolExhausted,
+    /// The simultaneous binding limit is reached.
+    #[error("too many simultaneous bindings")]
+    TooManyBindings,
+    /// The realm id is not configured here.
+    #[error("unknown realm")]
+    UnknownRealm,
+    /// HoA 0.0.0.0 without a NAI, or in a realm without a pool.
+    #[error("no home address can be assigned")]
+    NoHomeAddress,
+    /// The home address is bound to another NAI.
+    #[error("home address in use by another mobile node")]
+    HomeAddressInUse,
+}
+
+impl Refusal {
+    /// The Registration Reply code [RFC 5944 § 3.4].
+    pub fn reply_code(self) -> u8 {
+        match self {
+            // 130: insufficient resources.
+            Refusal::PoolExhausted | Refusal::UnknownRealm => 130,
+            // 135: too many simultaneous mobility bindings.
+            Refusal::TooManyBindings => 135,
+            // 129: administratively prohibited.
+            Refusal::NoHomeAddress | Refusal::HomeAddressInUse => 129,
+        }
+    }
+}
+
+/// What applying a command did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplyResult {
+    /// The registration is bound.
+    Registered {
+        /// The home address (the allocated one for HoA 0.0.0.0).
+        home_address: Ipv4Addr,
+        /// Whether the other care-of addresses were kept (S bit honoured);
+        /// false with the S bit set means reply code 1 [RFC 5944 § 3.4].
+        simultaneous: bool,
+        /// Care-of addresses now bound.
+        bindings: u8,
+    },
+    /// Deregistration done (also when there was nothing to remove).
+    Deregistered {
+        /// Home address.
+        home_address: Ipv4Addr,
+        /// Care-of addresses left.
+        remaining: u8,
+    },
+    /// Expiry done; `removed` false when the binding had been refreshed.
+    Expired {
+        /// Whether a care-of address was removed.
+        removed: bool,
+    },
+    /// Admin removal done.
+    AdminRemoved {
+        /// Whether there was a binding.
+        existed: bool,
+    },
+    /// Refused; the state is unchanged.
+    Refused(Refusal),
+}
+
+/// Decoding failures (commands and snapshots).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    /// Input ended early.
+    #[error("truncated")]
+    Truncated,
+    /// Unknown version byte.
+    #[error("unsupported encoding version {0}")]
+    Version(u8),
+    /// Unknown command or encap tag.
+    #[error("unknown tag {0}")]
+    Tag(u8),
+    /// A value that is not canonical (bool not 0/1, nanos ≥ 10⁹, bad NAI,
+    /// unsorted or duplicate snapshot entries, empty care-of list).
+    #[error("invalid {0}")]
+    Invalid(&'static str),
+    /// Bytes after the end.
+    #[error("{0} trailing bytes")]
+    Trailing(usize),
+    /// A snapshot for a different realm set.
+    #[error("snapshot has {found} realms, this node has {expected}")]
+    RealmCount {
+        /// Realms here.
+        expected: usize,
+        /// Realms in the snapshot.
+        found: usize,
+    },
+    /// A snapshot binding that this node's pools cannot hold.
+    #[error("snapshot binding {0} conflicts with the address pool")]
+    Pool(Ipv4Addr),
+}
+
+// ---- primitives ----
+
+struct W(Vec<u8>);
+
+impl W {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u16(&mut self, v: u16) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    fn ip(&mut self, a: Ipv4Addr) {
+        self.0.extend_from_slice(&a.octets());
+    }
+    fn bool(&mut self, b: bool) {
+        self.u8(u8::from(b));
+    }
+    fn time(&mut self, d: Duration) {
+        self.u64(d.as_secs());
+        self.u32(d.subsec_nanos());
+    }
+    fn nai(&mut self, n: Option<&Nai>) {
+        match n {
+            // Nai guarantees 1..=255 bytes.
+            Some(n) => {
+                self.u8(u8::try_from(n.len()).unwrap_or(u8::MAX));
+                self.0
+                    .extend_from_slice(n.as_bytes().get(..255).unwrap_or(n.as_bytes()));
+            }
+            None => self.u8(0),
+        }
+    }
+    fn care_of(&mut self, c: &CareOf) {
+        self.ip(c.coa);
+        self.time(c.registered_at);
+        self.u16(c.lifetime);
+        match c.encap {
+            Encap::IpInIp => self.u8(0),
+            Encap::Udp { nat } => {
+                self.u8(1);
+                self.ip(*nat.ip());
+                self.u16(nat.port());
+            }
+        }
+        self.bool(c.reverse_tunnel);
+    }
+}
+
+struct R<'a>(&'a [u8]);
+
+impl<'a> R<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], CommandError> {
+        if self.0.len() < n {
+            return Err(CommandError::Truncated);
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+    fn arr<const N: usize>(&mut self) -> Result<[u8; N], CommandError> {
+        self.take(N)?
+            .try_into()
+            .map_err(|_| CommandError::Truncated)
+    }
+    fn u8(&mut self) -> Result<u8, CommandError> {
+        Ok(self.arr::<1>()?[0])
+    }
+    fn u16(&mut self) -> Result<u16, CommandError> {
+        Ok(u16::from_be_bytes(self.arr()?))
+    }
+    fn u32(&mut self) -> Result<u32, CommandError> {
+        Ok(u32::from_be_bytes(self.arr()?))
+    }
+    fn u64(&mut self) -> Result<u64, CommandError> {
+        Ok(u64::from_be_bytes(self.arr()?))
+    }
+    fn ip(&mut self) -> Result<Ipv4Addr, CommandError> {
+        Ok(Ipv4Addr::from(self.arr::<4>()?))
+    }
+    fn bool(&mut self) -> Result<bool, CommandError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(CommandError::Invalid("boolean")),
+        }
+    }
+    fn time(&mut self) -> Result<Duration, CommandError> {
+        let s = self.u64()?;
+        let n = self.u32()?;
+        if n >= 1_000_000_000 {
+            return Err(CommandError::Invalid("nanoseconds"));
+        }
+        Ok(Duration::new(s, n))
+    }
+    fn nai(&mut self) -> Result<Option<Nai>, CommandError> {
+        let len = usize::from(self.u8()?);
+        if len == 0 {
+            return Ok(None);
+        }
+        let s = std::str::from_utf8(self.take(len)?).map_err(|_| CommandError::Invalid("NAI"))?;
+        Nai::new(s).map(Some).ok_or(CommandError::Invalid("NAI"))
+    }
+    fn care_of(&mut self) -> Result<CareOf, CommandError> {
+        let coa = self.ip()?;
+        let registered_at = self.time()?;
+        let lifetime = self.u16()?;
+        let encap = match self.u8()? {
+            0 => Encap::IpInIp,
+            1 => {
+                let a = self.ip()?;
+                Encap::Udp {
+                    nat: SocketAddrV4::new(a, self.u16()?),
+                }
+            }
+            t => return Err(CommandError::Tag(t)),
+        };
+        Ok(CareOf {
+            coa,
+            registered_at,
+            lifetime,
+            encap,
+            reverse_tunnel: self.bool()?,
+        })
+    }
+    fn realm(&mut self) -> Result<RealmId, CommandError> {
+        self.u16().map(RealmId)
+    }
+    fn end(&self) -> Result<(), CommandError> {
+        match self.0.len() {
+            0 => Ok(()),
+            n => Err(CommandError::Trailing(n)),
+        }
+    }
+}
+
+impl Command {
+    /// The canonical version-1 bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = W(Vec::with_capacity(64));
+        w.u8(ENCODING_VERSION);
+        match self {
+            Command::Register {
+                realm,
+                home_address,
+                nai,
+                care_of,
+                identification,
+                simultaneous,
+            } => {
+                w.u8(1);
+                w.u16(realm.0);
+                w.ip(*home_address);
+                w.nai(nai.as_ref());
+                w.u64(*identification);
+                w.bool(*simultaneous);
+                w.care_of(care_of);
+            }
+            Command::Deregister {
+                realm,
+                home_address,
+                nai,
+                care_of,
+                identification,
+            } => {
+                w.u8(2);
+                w.u16(realm.0);
+                w.ip(*home_address);
+                w.nai(nai.as_ref());
+                w.u64(*identification);
+                w.bool(care_of.is_some());
+                if let Some(c) = care_of {
+                    w.ip(*c);
+                }
+            }
+            Command::Expire {
+                realm,
+                home_address,
+                coa,
+                expires_at,
+            } => {
+                w.u8(3);
+                w.u16(realm.0);
+                w.ip(*home_address);
+                w.ip(*coa);
+                w.time(*expires_at);
+            }
+            Command::AdminRemove {
+                realm,
+                home_address,
+            } => {
+                w.u8(4);
+                w.u16(realm.0);
+                w.ip(*home_address);
+            }
+        }
+        w.0
+    }
+
+    /// Decodes canonical bytes; never panics.
+    pub fn decode(bytes: &[u8]) -> Result<Command, CommandError> {
+        let mut r = R(bytes);
+        let v = r.u8()?;
+        if v != ENCODING_VERSION {
+            return Err(CommandError::Version(v));
+        }
+        let cmd = match r.u8()? {
+            1 => Command::Register {
+                realm: r.realm()?,
+                home_address: r.ip()?,
+                nai: r.nai()?,
+                identification: r.u64()?,
+                simultaneous: r.bool()?,
+                care_of: r.care_of()?,
+            },
+            2 => Command::Deregister {
+                realm: r.realm()?,
+                home_address: r.ip()?,
+                nai: r.nai()?,
+                identification: r.u64()?,
+                care_of: if r.bool()? { Some(r.ip()?) } else { None },
+            },
+            3 => Command::Expire {
+                realm: r.realm()?,
+                home_address: r.ip()?,
+                coa: r.ip()?,
+                expires_at: r.time()?,
+            },
+            4 => Command::AdminRemove {
+                realm: r.realm()?,
+                home_address: r.ip()?,
+            },
+            t => return Err(CommandError::Tag(t)),
+        };
+        r.end()?;
+        Ok(cmd)
+    }
+
+    /// The realm the command is for.
+    pub fn realm(&self) -> RealmId {
+        match self {
+            Command::Register { realm, .. }
+            | Command::Deregister { realm, .. }
+            | Command::Expire { realm, .. }
+            | Command::AdminRemove { realm, .. } => *realm,
+        }
+    }
+}
+
+/// What the state machine needs to know about a realm (the rest of the
+/// realm policy is the engine's business).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RealmParams {
+    /// Dynamic pool, inclusive.
+    pub pool: Option<(Ipv4Addr, Ipv4Addr)>,
+    /// Most care-of addresses per home address (≥ 1).
+    pub max_bindings: u8,
+}
+
+#[derive(Debug)]
+struct RealmState {
+    params: RealmParams,
+    pool: Option<AddressPool>,
+}
+
+/// The replicated state: bindings, pools and expiry schedule of every realm.
+///
+/// `apply` takes `&mut self` (one writer, in log order); readers hold the
+/// `Arc<BindingTable>` from [`reader`](Self::reader) and see each binding
+/// change atomically (per binding).
+#[derive(Debug)]
+pub struct StateMachine {
+    table: Arc<BindingTable>,
+    realms: Vec<RealmState>,
+    expiry: ExpirySchedule,
+    applied: u64,
+}
+
+impl StateMachine {
+    /// A state machine for these realms (index = [`RealmId`]).
+    pub fn new(realms: Vec<RealmParams>) -> Self {
+        let realms = realms
+            .into_iter()
+            .map(|params| RealmState {
+                pool: params.pool.map(|(a, b)| AddressPool::new(a, b)),
+                params,
+            })
+            .collect();
+        Self {
+            table: Arc::new(BindingTable::new()),
+            realms,
+            expiry: ExpirySchedule::default(),
+            applied: 0,
+        }
+    }
+
+    /// A state machine for a (validated) configuration's realms.
+    pub fn from_config(cfg: &Config) -> Self {
+        Self::new(
+            cfg.realm
+                .iter()
+                .map(|r| RealmParams {
+                    pool: r.pool.map(|p| (p.first, p.last)),
+                    max_bindings: r.simultaneous_bindings.max(1),
+                })
+                .collect(),
+        )
+    }
+
+    /// Shared read access to the binding table (data plane, admin, engine).
+    pub fn reader(&self) -> Arc<BindingTable> {
+        Arc::clone(&self.table)
+    }
+
+    /// The binding table.
+    pub fn table(&self) -> &BindingTable {
+        &self.table
+    }
+
+    /// Number of commands applied (refusals included).
+    pub fn applied_count(&self) -> u64 {
+        self.applied
+    }
+
+    /// The earliest care-of expiry, for the driver's timer.
+    pub fn next_expiry(&self) -> Option<Duration> {
+        self.expiry.next_expiry()
+    }
+
+    /// Care-of addresses whose lifetime ended at or before `now`, earliest
+    /// first; they remain until the engine's `Expire` commands are applied.
+    pub fn expired(&self, now: Duration) -> Vec<Expiry> {
+        self.expiry.expired(now)
+    }
+
+    /// Allocated addresses in a realm's pool (metrics).
+    pub fn pool_usage(&self, realm: RealmId) -> Option<(u32, u64)> {
+        let p = self.realms.get(usize::from(realm.0))?.pool.as_ref()?;
+        Some((p.allocated(), p.size()))
+    }
+
+    /// Applies one command. Deterministic: the result and the new state
+    /// depend only on the previous state and `cmd`.
+    pub fn apply(&mut self, cmd: &Command) -> ApplyResult {
+        self.applied += 1;
+        match cmd {
+            Command::Register {
+                realm,
+                home_address,
+                nai,
+                care_of,
+                identification,
+                simultaneous,
+            } => self
+                .register(
+                    *realm,
+                    *home_address,
+                    nai.as_ref(),
+                    care_of,
+                    *identification,
+                    *simultaneous,
+                )
+                .unwrap_or_else(ApplyResult::Refused),
+            Command::Deregister {
+                realm,
+                home_address,
+                nai,
+                care_of,
+                identification,
+            } => self.deregister(
+                *realm,
+                *home_address,
+                nai.as_ref(),
+                *care_of,
+                *identification,
+            ),
+            Command::Expire {
+                realm,
+                home_address,
+                coa,
+                expires_at,
+            } => self.expire(*realm, *home_address, *coa, *expires_at),
+            Command::AdminRemove {
+                realm,
+                home_address,
+            } => ApplyResult::AdminRemoved {
+                existed: self.remove_binding(*realm, *home_address),
+            },
+        }
+    }
+
+    fn register(
+        &mut self,
+        realm: RealmId,
+        requested: Ipv4Addr,
+        nai: Option<&Nai>,
+        care_of: &CareOf,
+        identification: u64,
+        simultaneous: bool,
+    ) -> Result<ApplyResult, Refusal> {
+        let rs = self
+            .realms
+            .get(usize::from(realm.0))
+            .ok_or(Refusal::UnknownRealm)?;
+        let max = rs.params.max_bindings.max(1);
+        let held = nai.and_then(|n| self.table.home_address_of(realm, n));
+        // Decide everything before changing anything: a refusal leaves the
+        // state untouched.
+        let (home_address, allocate) = if requested.is_unspecified() {
+            // [RFC 2794 § 2]: HoA 0.0.0.0 + NAI asks the HA to assign one;
+            // an MN that already holds one gets the same one (idempotent).
+            match (nai, held) {
+                (None, _) => return Err(Refusal::NoHomeAddress),
+                (Some(_), Some(h)) => (h, false),
+                (Some(_), None) => (Ipv4Addr::UNSPECIFIED, true),
+            }
+        } else {
+            (requested, false)
+        };
+        if allocate {
+            let pool = rs.pool.as_ref().ok_or(Refusal::NoHomeAddress)?;
+            if pool.allocated() as u64 >= pool.size() {
+                return Err(Refusal::PoolExhausted);
+            }
+        }
+        let existing = (!allocate)
+            .then(|| self.table.get(realm, home_address))
+            .flatten();
+        if let (Some(e), Some(n)) = (&existing, nai)
+            && e.nai.as_ref().is_some_and(|old| old != n)
+        {
+            return Err(Refusal::HomeAddressInUse);
+        }
+        let keep = simultaneous && max > 1;
+        let list = match (&existing, keep) {
+            (Some(e), true) => {
+                if e.care_of.find(care_of.coa).is_none() && e.care_of.len() >= usize::from(max) {
+                    return Err(Refusal::TooManyBindings);
+                }
+                let mut l = e.care_of.clone();
+                l.upsert(*care_of);
+                l
+            }
+            _ => CareOfList::One(*care_of),
+        };
+
+        // Commit.
+        // The NAI asked for a different address than the one it holds: the
+        // MN gives up the old one.
+        if let Some(h) = held.filter(|h| *h != home_address && !allocate) {
+            self.remove_binding(realm, h);
+        }
+        let rs = self
+            .realms
+            .get_mut(usize::from(realm.0))
+            .ok_or(Refusal::UnknownRealm)?;
+        let home_address = if allocate {
+            let pool = rs.pool.as_mut().ok_or(Refusal::NoHomeAddress)?;
+            pool.allocate().map_err(|_| Refusal::PoolExhausted)?
+        } else {
+            if let Some(pool) = rs.pool.as_mut() {
+                match pool.reserve(home_address) {
+                    // Free pool address asked for by name, or a fixed one.
+                    Ok(()) | Err(PoolError::OutOfRange(_)) => {}
+                    // Allocated: it is this binding's own address.
+                    Err(PoolError::InUse(_)) | Err(PoolError::Exhausted) => {}
+                }
+            }
+            home_address
+        };
+        if let Some(e) = &existing {
+            for c in e.care_of.iter() {
+                self.expiry.remove(&expiry_of(realm, home_address, c));
+            }
+        }
+        for c in list.iter() {
+            self.expiry.insert(expiry_of(realm, home_address, c));
+        }
+        let bindings = u8::try_from(list.len()).unwrap_or(u8::MAX);
+        let nai = nai.cloned().or_else(|| existing.and_then(|e| e.nai));
+        self.table.put(
+            realm,
+            home_address,
+            BindingEntry {
+                nai,
+                care_of: list,
+                last_identification: identification,
+            },
+        );
+        Ok(ApplyResult::Registered {
+            home_address,
+            simultaneous: keep,
+            bindings,
+        })
+    }
+
+    fn deregister(
+        &mut self,
+        realm: RealmId,
+        home_address: Ipv4Addr,
+        nai: Option<&Nai>,
+        coa: Option<Ipv4Addr>,
+        identification: u64,
+    ) -> ApplyResult {
+        let existing = self.table.get(realm, home_address);
+        let remaining = match (existing, coa) {
+            (Some(e), Some(c)) => match e.care_of.without(c) {
+                Some(rest) => {
+                    if let Some(old) = e.care_of.find(c) {
+                        self.expiry.remove(&expiry_of(realm, home_address, old));
+                    }
+                    let n = rest.len();
+                    self.table.put(
+                        realm,
+                        home_address,
+                        BindingEntry {
+                            nai: e.nai,
+                            care_of: rest,
+                            last_identification: identification,
+                        },
+                    );
+                    n
+                }
+                None => {
+                    self.remove_binding(realm, home_address);
+                    self.table.remember(
+                        realm,
+                        Identity::of(home_address, e.nai.as_ref()),
+                        identification,
+                    );
+                    0
+                }
+            },
+            (Some(e), None) => {
+                self.remove_binding(realm, home_address);
+                self.table.remember(
+                    realm,
+                    Identity::of(home_address, e.nai.as_ref()),
+                    identification,
+                );
+                0
+            }
+            (None, _) => {
+                // Nothing bound, but the identification was accepted: a
+                // replay of this very request must still be refused.
+                self.table
+                    .remember(realm, Identity::of(home_address, nai), identification);
+                0
+            }
+        };
+        ApplyResult::Deregistered {
+            home_address,
+            remaining: u8::try_from(remaining).unwrap_or(u8::MAX),
+        }
+    }
+
+    fn expire(
+        &mut self,
+        realm: RealmId,
+        home_address: Ipv4Addr,
+        coa: Ipv4Addr,
+        expires_at: Duration,
+    ) -> ApplyResult {
+        let Some(e) = self.table.get(realm, home_address) else {
+            return ApplyResult::Expired { removed: false };
+        };
+        // A re-registration since the expiry was computed moved expires_at:
+        // then the binding is alive and this command is stale.
+        let Some(c) = e.care_of.find(coa).filter(|c| c.expires_at() == expires_at) else {
+            return ApplyResult::Expired { removed: false };
+        };
+        self.expiry.remove(&expiry_of(realm, home_address, c));
+        match e.care_of.without(coa) {
+            Some(rest) => self
+                .table
+                .put(realm, home_address, BindingEntry { care_of: rest, ..e }),
+            None => {
+                self.remove_binding(realm, home_address);
+            }
+        }
+        ApplyResult::Expired { removed: true }
+    }
+
+    /// Removes a whole binding: schedule, pool address, table (which keeps
+    /// the identification in its replay memory).
+    fn remove_binding(&mut self, realm: RealmId, home_address: Ipv4Addr) -> bool {
+        let Some(old) = self.table.remove(realm, home_address) else {
+            return false;
+        };
+        for c in old.care_of.iter() {
+            self.expiry.remove(&expiry_of(realm, home_address, c));
+        }
+        if let Some(pool) = self
+            .realms
+            .get_mut(usize::from(realm.0))
+            .and_then(|r| r.pool.as_mut())
+        {
+            pool.release(home_address);
+        }
+        true
+    }
+
+    /// The canonical snapshot: same state ⇒ same bytes.
+    ///
+    /// ```text
+    /// snapshot = version:u8(=1) realms:u16 { bindings:u32 { hoa:4 nai
+    ///            last_identification:u64 count:u8 care_of* } }
+    ///            replay:u32 { realm:u16 kind:u8 (0 hoa:4 | 1 nai) identification:u64 }
+    /// ```
+    /// Bindings are sorted by home address, replay entries by (realm,
+    /// identity). Pools, the NAI index and the expiry schedule are derived
+    /// from the bindings and rebuilt by [`restore`](Self::restore).
+    pub fn snapshot(&self) -> Vec<u8> {
+        let mut w = W(Vec::new());
+        w.u8(ENCODING_VERSION);
+        let all = self.table.sorted();
+        w.u16(u16::try_from(self.realms.len()).unwrap_or(u16::MAX));
+        for i in 0..self.realms.len() {
+            let realm = RealmId(u16::try_from(i).unwrap_or(u16::MAX));
+            let of_realm: Vec<_> = all.iter().filter(|((r, _), _)| *r == realm).collect();
+            w.u32(u32::try_from(of_realm.len()).unwrap_or(u32::MAX));
+            for ((_, hoa), e) in of_realm {
+                w.ip(*hoa);
+                w.nai(e.nai.as_ref());
+                w.u64(e.last_identification);
+                w.u8(u8::try_from(e.care_of.len()).unwrap_or(u8::MAX));
+                for c in e.care_of.iter() {
+                    w.care_of(c);
+                }
+            }
+        }
+        let replay = self.table.sorted_replay();
+        w.u32(u32::try_from(replay.len()).unwrap_or(u32::MAX));
+        for ((realm, who), id) in replay {
+            w.u16(realm.0);
+            match who {
+                Identity::HomeAddress(a) => {
+                    w.u8(0);
+                    w.ip(a);
+                }
+                Identity::Nai(n) => {
+                    w.u8(1);
+                    w.nai(Some(&n));
+                }
+            }
+            w.u64(id);
+        }
+        w.0
+    }
+
+    /// Replaces the whole state with a snapshot. On error the state is
+    /// left empty (the caller must then fetch a new snapshot).
+    pub fn restore(&mut self, bytes: &[u8]) -> Result<(), CommandError> {
+        self.table.clear();
+        self.expiry.clear();
+        for r in &mut self.realms {
+            if let Some(p) = r.pool.as_mut() {
+                p.clear();
+            }
+        }
+        let res = self.restore_inner(bytes);
+        if res.is_err() {
+            self.table.clear();
+            self.expiry.clear();
+            for r in &mut self.realms {
+                if let Some(p) = r.pool.as_mut() {
+                    p.clear();
+                }
+            }
+        }
+        res
+    }
+
+    fn restore_inner(&mut self, bytes: &[u8]) -> Result<(), CommandError> {
+        let mut r = R(bytes);
+        let v = r.u8()?;
+        if v != ENCODING_VERSION {
+            return Err(CommandError::Version(v));
+        }
+        let n = usize::from(r.u16()?);
+        if n != self.realms.len() {
+            return Err(CommandError::RealmCount {
+                expected: self.realms.len(),
+                found: n,
+            });
+        }
+        for i in 0..n {
+            let realm = RealmId(u16::try_from(i).unwrap_or(u16::MAX));
+            let count = r.u32()?;
+            let mut prev: Option<Ipv4Addr> = None;
+            for _ in 0..count {
+                let hoa = r.ip()?;
+                if prev.is_some_and(|p| p >= hoa) {
+                    return Err(CommandError::Invalid("binding order"));
+                }
+                prev = Some(hoa);
+                let nai = r.nai()?;
+                if nai
+                    .as_ref()
+                    .is_some_and(|n| self.table.home_address_of(realm, n).is_some())
+                {
+                    return Err(CommandError::Invalid("duplicate NAI"));
+                }
+                let last_identification = r.u64()?;
+                let k = r.u8()?;
+                let mut list = Vec::with_capacity(usize::from(k));
+                for _ in 0..k {
+                    let c = r.care_of()?;
+                    if list.iter().any(|x: &CareOf| x.coa == c.coa) {
+                        return Err(CommandError::Invalid("duplicate care-of address"));
+                    }
+                    list.push(c);
+                }
+                let care_of =
+                    CareOfList::from_vec(list).ok_or(CommandError::Invalid("empty binding"))?;
+                if let Some(pool) = self
+                    .realms
+                    .get_mut(i)
+                    .and_then(|r| r.pool.as_mut())
+                    .filter(|p| p.contains(hoa))
+                {
+                    pool.reserve(hoa).map_err(|_| CommandError::Pool(hoa))?;
+                }
+                for c in care_of.iter() {
+                    self.expiry.insert(expiry_of(realm, hoa, c));
+                }
+                self.table.put(
+                    realm,
+                    hoa,
+                    BindingEntry {
+                        nai,
+                        care_of,
+                        last_identification,
+                    },
+                );
+            }
+        }
+        let count = r.u32()?;
+        let mut prev: Option<(RealmId, Identity)> = None;
+        for _ in 0..count {
+            let realm = r.realm()?;
+            let who = match r.u8()? {
+                0 => Identity::HomeAddress(r.ip()?),
+                1 => Identity::Nai(r.nai()?.ok_or(CommandError::Invalid("NAI"))?),
+                t => return Err(CommandError::Tag(t)),
+            };
+            let key = (realm, who);
+            if prev.as_ref().is_some_and(|p| *p >= key) {
+                return Err(CommandError::Invalid("replay order"));
+            }
+            let id = r.u64()?;
+            self.table.remember(realm, key.1.clone(), id);
+            prev = Some(key);
+        }
+        r.end()
+    }
+}
+
+fn expiry_of(realm: RealmId, home_address: Ipv4Addr, c: &CareOf) -> Expiry {
+    Expiry {
+        expires_at: c.expires_at(),
+        realm,
+        home_address,
+        coa: c.coa,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const INNER: RealmId = RealmId(0);
+    const OUTER: RealmId = RealmId(1);
+
+    fn sm() -> StateMachine {
+        StateMachine::new(vec![
+            RealmParams {
+                pool: None,
+                max_bindings: 2,
+            },
+            RealmParams {
+                pool: Some((
+                    Ipv4Addr::new(203, 0, 113, 10),
+                    Ipv4Addr::new(203, 0, 113, 12),
+                )),
+                max_bindings: 1,
+            },
+        ])
+    }
+
+    fn coa(last: u8, expires: u64) -> CareOf {
+        CareOf {
+            coa: Ipv4Addr::new(198, 18, 0, last),
+            // expires_at() == expires exactly.
+            registered_at: Duration::from_secs(expires.saturating_sub(600)),
+            lifetime: expires.min(600) as u16,
+            encap: Encap::Udp {
+                nat: SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, last), 40000),
+            },
+            reverse_tunnel: true,
+        }
+    }
+
+    fn hoa(last: u8) -> Ipv4Addr {
+        Ipv4Addr::new(198, 51, 100, last)
+    }
+
+    fn out(last: u8) -> Ipv4Addr {
+        Ipv4Addr::new(203, 0, 113, last)
+    }
+
+    fn reg(realm: RealmId, h: Ipv4Addr, nai: Option<&str>, c: CareOf, id: u64, s: bool) -> Command {
+        Command::Register {
+            realm,
+            home_address: h,
+            nai: nai.and_then(Nai::new),
+            care_of: c,
+            identification: id,
+            simultaneous: s,
+        }
+    }
+
+    fn dynamic(nai: &str, id: u64) -> Command {
+        reg(
+            OUTER,
+            Ipv4Addr::UNSPECIFIED,
+            Some(nai),
+            coa(1, 1000),
+            id,
+            false,
+        )
+    }
+
+    fn registered(r: ApplyResult) -> Ipv4Addr {
+        match r {
+            ApplyResult::Registered { home_address, .. } => home_address,
+            other => panic!("expected Registered, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn register_fixed_replaces_without_s_bit() {
+        let mut m = sm();
+        let r = m.apply(&reg(INNER, hoa(5), None, coa(1, 1000), 7, false));
+        assert_eq!(
+            r,
+            ApplyResult::Registered {
+                home_address: hoa(5),
+                simultaneous: false,
+                bindings: 1
+            }
+        );
+        m.apply(&reg(INNER, hoa(5), None, coa(2, 1100), 8, false));
+        let e = m.table().get(INNER, hoa(5)).expect("bound");
+        assert_eq!(e.care_of.len(), 1);
+        assert_eq!(e.care_of[0].coa, coa(2, 0).coa);
+        assert_eq!(e.last_identification, 8);
+        // The replaced care-of address left the schedule.
+        assert_eq!(m.next_expiry(), Some(Duration::from_secs(1100)));
+        assert_eq!(m.expired(Duration::from_secs(5000)).len(), 1);
+    }
+
+    #[test]
+    fn simultaneous_bindings_limit() {
+        // Reference: RFC 5944 § 3.6.1.2 (S bit), reply code 135.
+        let mut m = sm();
+        m.apply(&reg(INNER, hoa(5), None, coa(1, 1000), 1, true));
+        let r = m.apply(&reg(INNER, hoa(5), None, coa(2, 1000), 2, true));
+        assert_eq!(
+            r,
+            ApplyResult::Registered {
+                home_address: hoa(5),
+                simultaneous: true,
+                bindings: 2
+            }
+        );
+        let before = m.snapshot();
+        let r = m.apply(&reg(INNER, hoa(5), None, coa(3, 1000), 3, true));
+        assert_eq!(r, ApplyResult::Refused(Refusal::TooManyBindings));
+        assert_eq!(Refusal::TooManyBindings.reply_code(), 135);
+        assert_eq!(m.snapshot(), before, "a refusal changes nothing");
+        // Refreshing an existing care-of address fits.
+        let r = m.apply(&reg(INNER, hoa(5), None, coa(2, 2000), 4, true));
+        assert!(matches!(r, ApplyResult::Registered { bindings: 2, .. }));
+        // In a realm with max 1 the S bit is not honoured (reply code 1).
+        let r = m.apply(&dynamic("a@example.net", 1));
+        let h = registered(r);
+        let r = m.apply(&reg(OUTER, h, Some("a@example.net"), coa(2, 1000), 2, true));
+        assert_eq!(
+            r,
+            ApplyResult::Registered {
+                home_address: h,
+                simultaneous: false,
+                bindings: 1
+            }
+        );
+    }
+
+    #[test]
+    fn pool_allocation_idempotent_and_exhaustion() {
+        let mut m = sm();
+        assert_eq!(registered(m.apply(&dynamic("a@example.net", 1))), out(10));
+        assert_eq!(registered(m.apply(&dynamic("b@example.net", 1))), out(11));
+        // Same NAI again: same address, no new allocation.
+        assert_eq!(registered(m.apply(&dynamic("a@example.net", 2))), out(10));
+        assert_eq!(m.pool_usage(OUTER), Some((2, 3)));
+        assert_eq!(registered(m.apply(&dynamic("c@example.net", 1))), out(12));
+        let before = m.snapshot();
+        assert_eq!(
+            m.apply(&dynamic("d@example.net", 1)),
+            ApplyResult::Refused(Refusal::PoolExhausted)
+        );
+        assert_eq!(Refusal::PoolExhausted.reply_code(), 130);
+        assert_eq!(m.snapshot(), before);
+        // Deregistration releases; the lowest free address is reused.
+        let r = m.apply(&Command::Deregister {
+            realm: OUTER,
+            home_address: out(11),
+            nai: Nai::new("b@example.net"),
+            care_of: None,
+            identification: 5,
+        });
+        assert_eq!(
+            r,
+            ApplyResult::Deregistered {
+                home_address: out(11),
+                remaining: 0
+            }
+        );
+        assert_eq!(registered(m.apply(&dynamic("d@example.net", 1))), out(11));
+        assert_eq!(
+            m.table()
+                .last_identification(OUTER, crate::binding::MnId::Nai("b@example.net")),
+            Some(5)
+        );
+    }
+
+    #[test]
+    fn dynamic_refusals() {
+        let mut m = sm();
+        let r = m.apply(&reg(
+            OUTER,
+            Ipv4Addr::UNSPECIFIED,
+            None,
+            coa(1, 9),
+            1,
+            false,
+        ));
+        assert_eq!(r, ApplyResult::Refused(Refusal::NoHomeAddress));
+        let r = m.apply(&reg(
+            INNER,
+            Ipv4Addr::UNSPECIFIED,
+            Some("a@example.net"),
+            coa(1, 9),
+            1,
+            false,
+        ));
+        assert_eq!(r, ApplyResult::Refused(Refusal::NoHomeAddress));
+        let r = m.apply(&reg(RealmId(9), hoa(1), None, coa(1, 9), 1, false));
+        assert_eq!(r, ApplyResult::Refused(Refusal::UnknownRealm));
+        m.apply(&dynamic("a@example.net", 1));
+        let r = m.apply(&reg(
+            OUTER,
+            out(10),
+            Some("b@example.net"),
+            coa(1, 9),
+            1,
+            false,
+        ));
+        assert_eq!(r, ApplyResult::Refused(Refusal::HomeAddressInUse));
+        assert_eq!(m.applied_count(), 5);
+    }
+
+    #[test]
+    fn explicit_pool_address_is_reserved() {
+        let mut m = sm();
+        // An MN re-registering with the address it was given earlier.
+        let r = m.apply(&reg(
+            OUTER,
+            out(11),
+            Some("a@example.net"),
+            coa(1, 9),
+            1,
+            false,
+        ));
+        assert_eq!(registered(r), out(11));
+        assert_eq!(registered(m.apply(&dynamic("b@example.net", 1))), out(10));
+        assert_eq!(registered(m.apply(&dynamic("c@example.net", 1))), out(12));
+        // Moving to another address gives the old one back.
+        m.apply(&Command::AdminRemove {
+            realm: OUTER,
+            home_address: out(10),
+        });
+        let r = m.apply(&reg(
+            OUTER,
+            out(10),
+            Some("a@example.net"),
+            coa(1, 9),
+            2,
+            false,
+        ));
+        assert_eq!(registered(r), out(10));
+        assert!(m.table().get(OUTER, out(11)).is_none());
+        assert_eq!(m.pool_usage(OUTER), Some((2, 3)));
+    }
+
+    #[test]
+    fn deregister_one_and_all() {
+        let mut m = sm();
+        m.apply(&reg(INNER, hoa(5), None, coa(1, 1000), 1, true));
+        m.apply(&reg(INNER, hoa(5), None, coa(2, 1000), 2, true));
+        let r = m.apply(&Command::Deregister {
+            realm: INNER,
+            home_address: hoa(5),
+            nai: None,
+            care_of: Some(coa(1, 0).coa),
+            identification: 3,
+        });
+        assert_eq!(
+            r,
+            ApplyResult::Deregistered {
+                home_address: hoa(5),
+                remaining: 1
+            }
+        );
+        assert_eq!(m.expired(Duration::from_secs(1000)).len(), 1);
+        m.apply(&Command::Deregister {
+            realm: INNER,
+            home_address: hoa(5),
+            nai: None,
+            care_of: None,
+            identification: 4,
+        });
+        assert!(m.table().is_empty());
+        assert_eq!(m.next_expiry(), None);
+        use crate::binding::MnId;
+        assert_eq!(
+            m.table()
+                .last_identification(INNER, MnId::HomeAddress(hoa(5))),
+            Some(4)
+        );
+        // Deregistering with nothing bound still remembers the identification.
+        m.apply(&Command::Deregister {
+            realm: INNER,
+            home_address: hoa(6),
+            nai: None,
+            care_of: None,
+            identification: 9,
+        });
+        assert_eq!(
+            m.table()
+                .last_identification(INNER, MnId::HomeAddress(hoa(6))),
+            Some(9)
+        );
+    }
+
+    #[test]
+    fn expire_and_stale_expire() {
+        let mut m = sm();
+        let h = registered(m.apply(&dynamic("a@example.net", 1)));
+        m.apply(&reg(INNER, hoa(5), None, coa(1, 500), 1, false));
+        assert_eq!(m.next_expiry(), Some(Duration::from_secs(500)));
+        let due = m.expired(Duration::from_secs(1000));
+        assert_eq!(due.len(), 2);
+        assert_eq!(due[0].home_address, hoa(5), "earliest first");
+        // The outer binding is refreshed before its Expire is applied.
+        m.apply(&reg(
+            OUTER,
+            h,
+            Some("a@example.net"),
+            coa(1, 2000),
+            2,
+            false,
+        ));
+        for e in &due {
+            m.apply(&Command::Expire {
+                realm: e.realm,
+                home_address: e.home_address,
+                coa: e.coa,
+                expires_at: e.expires_at,
+            });
+        }
+        assert!(m.table().get(INNER, hoa(5)).is_none());
+        assert!(m.table().get(OUTER, h).is_some(), "refreshed binding kept");
+        let r = m.apply(&Command::Expire {
+            realm: OUTER,
+            home_address: h,
+            coa: coa(1, 0).coa,
+            expires_at: Duration::from_secs(1000),
+        });
+        assert_eq!(r, ApplyResult::Expired { removed: false });
+        let r = m.apply(&Command::Expire {
+            realm: OUTER,
+            home_address: h,
+            coa: coa(1, 0).coa,
+            expires_at: Duration::from_secs(2000),
+        });
+        assert_eq!(r, ApplyResult::Expired { removed: true });
+        assert_eq!(m.pool_usage(OUTER), Some((0, 3)));
+        assert_eq!(m.next_expiry(), None);
+    }
+
+    #[test]
+    fn admin_remove() {
+        let mut m = sm();
+        m.apply(&reg(INNER, hoa(5), None, coa(1, 500), 1, false));
+        let rm = Command::AdminRemove {
+            realm: INNER,
+            home_address: hoa(5),
+        };
+        assert_eq!(m.apply(&rm), ApplyResult::AdminRemoved { existed: true });
+        assert_eq!(m.apply(&rm), ApplyResult::AdminRemoved { existed: false });
+        assert_eq!(m.next_expiry(), None);
+    }
+
+    fn busy() -> StateMachine {
+        let mut m = sm();
+        m.apply(&reg(INNER, hoa(9), None, coa(3, 700), 1, true));
+        m.apply(&reg(INNER, hoa(5), None, coa(1, 500), 1, true));
+        m.apply(&reg(INNER, hoa(5), None, coa(2, 600), 2, true));
+        m.apply(&dynamic("b@example.net", 1));
+        m.apply(&dynamic("a@example.net", 1));
+        m.apply(&Command::Deregister {
+            realm: INNER,
+            home_address: hoa(7),
+            nai: None,
+            care_of: None,
+            identification: 77,
+        });
+        m.apply(&Command::Deregister {
+            realm: OUTER,
+            home_address: out(10),
+            nai: None,
+            care_of: None,
+            identification: 78,
+        });
+        m
+    }
+
+    #[test]
+    fn snapshot_restore_byte_equal() {
+        let m = busy();
+        let snap = m.snapshot();
+        let mut n = sm();
+        n.restore(&snap).expect("restores");
+        assert_eq!(n.snapshot(), snap);
+        assert_eq!(n.next_expiry(), m.next_expiry());
+        assert_eq!(n.expired(Duration::MAX), m.expired(Duration::MAX));
+        assert_eq!(n.pool_usage(OUTER), m.pool_usage(OUTER));
+        assert_eq!(
+            n.table().home_address_of(OUTER, "a@example.net"),
+            m.table().home_address_of(OUTER, "a@example.net")
+        );
+        // Replicas that apply the same commands in another hash-map order
+        // still produce the same bytes; and the restored one keeps working.
+        let cmd = dynamic("c@example.net", 1);
+        let mut m = m;
+        assert_eq!(m.apply(&cmd), n.apply(&cmd));
+        assert_eq!(m.snapshot(), n.snapshot());
+    }
+
+    #[test]
+    fn snapshot_restore_refuses_garbage() {
+        let snap = busy().snapshot();
+        let mut n = sm();
+        assert!(n.restore(&snap[..snap.len() - 1]).is_err());
+        assert!(n.table().is_empty(), "failed restore leaves an empty state");
+        let mut longer = snap.clone();
+        longer.push(0);
+        assert_eq!(n.restore(&longer), Err(CommandError::Trailing(1)));
+        let mut one = StateMachine::new(vec![RealmParams {
+            pool: None,
+            max_bindings: 1,
+        }]);
+        assert_eq!(
+            one.restore(&snap),
+            Err(CommandError::RealmCount {
+                expected: 1,
+                found: 2
+            })
+        );
+        n.restore(&snap).expect("valid snapshot");
+    }
+
+    #[test]
+    fn encoding_vector() {
+        // Computed by hand from the layout in the module docs.
+        let c = Command::Expire {
+            realm: RealmId(1),
+            home_address: out(10),
+            coa: Ipv4Addr::new(198, 18, 0, 1),
+            expires_at: Duration::new(0x0102, 5),
+        };
+        assert_eq!(
+            c.encode(),
+            hex::decode("01030001cb00710ac61200010000000000000102 00000005".replace(' ', ""))
+                .expect("hex")
+        );
+        let a = Command::AdminRemove {
+            realm: RealmId(0),
+            home_address: hoa(5),
+        };
+        assert_eq!(a.encode(), vec![1, 4, 0, 0, 198, 51, 100, 5]);
+        assert_eq!(
+            Command::decode(&[2, 4, 0, 0, 198, 51, 100, 5]),
+            Err(CommandError::Version(2))
+        );
+        assert_eq!(Command::decode(&[1, 9]), Err(CommandError::Tag(9)));
+        assert_eq!(Command::decode(&[1, 4, 0]), Err(CommandError::Truncated));
+        assert_eq!(
+            Command::decode(&[1, 4, 0, 0, 198, 51, 100, 5, 0]),
+            Err(CommandError::Trailing(1))
+        );
+    }
+
+    fn arb_time() -> impl Strategy<Value = Duration> {
+        (any::<u64>(), 0u32..1_000_000_000).prop_map(|(s, n)| Duration::new(s, n))
+    }
+
+    fn arb_nai() -> impl Strategy<Value = Option<Nai>> {
+        proptest::option::of("[a-z0-9.@-]{1,40}".prop_map(|s| Nai::new(&s).expect("valid")))
+    }
+
+    fn arb_ip() -> impl Strategy<Value = Ipv4Addr> {
+        any::<u32>().prop_map(Ipv4Addr::from)
+    }
+
+    fn arb_care_of() -> impl Strategy<Value = CareOf> {
+        (
+            arb_ip(),
+            arb_time(),
+            any::<u16>(),
+            proptest::option::of((arb_ip(), any::<u16>())),
+            any::<bool>(),
+        )
+            .prop_map(
+                |(coa, registered_at, lifetime, nat, reverse_tunnel)| CareOf {
+                    coa,
+                    registered_at,
+                    lifetime,
+                    encap: match nat {
+                        None => Encap::IpInIp,
+                        Some((a, p)) => Encap::Udp {
+                            nat: SocketAddrV4::new(a, p),
+                        },
+                    },
+                    reverse_tunnel,
+                },
+            )
+    }
+
+    fn arb_command() -> impl Strategy<Value = Command> {
+        let realm = any::<u16>().prop_map(RealmId);
+        prop_oneof![
+            (
+                realm.clone(),
+                arb_ip(),
+                arb_nai(),
+                arb_care_of(),
+                any::<u64>(),
+                any::<bool>()
+            )
+                .prop_map(
+                    |(realm, home_address, nai, care_of, identification, simultaneous)| {
+                        Command::Register {
+                            realm,
+                            home_address,
+                            nai,
+                            care_of,
+                            identification,
+                            simultaneous,
+                        }
+                    }
+                ),
+            (
+                realm.clone(),
+                arb_ip(),
+                arb_nai(),
+                proptest::option::of(arb_ip()),
+                any::<u64>()
+            )
+                .prop_map(|(realm, home_address, nai, care_of, identification)| {
+                    Command::Deregister {
+                        realm,
+                        home_address,
+                        nai,
+                        care_of,
+                        identification,
+                    }
+                }),
+            (realm.clone(), arb_ip(), arb_ip(), arb_time()).prop_map(
+                |(realm, home_address, coa, expires_at)| Command::Expire {
+                    realm,
+                    home_address,
+                    coa,
+                    expires_at,
+                }
+            ),
+            (realm, arb_ip()).prop_map(|(realm, home_address)| Command::AdminRemove {
+                realm,
+                home_address,
+            }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(c in arb_command()) {
+            let b = c.encode();
+            prop_assert_eq!(Command::decode(&b), Ok(c));
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic_and_are_canonical(b in proptest::collection::vec(any::<u8>(), 0..96)) {
+            if let Ok(c) = Command::decode(&b) {
+                prop_assert_eq!(c.encode(), b);
+            }
+        }
+
+        #[test]
+        fn mutated_encodings_never_panic(c in arb_command(), i in any::<usize>(), x in any::<u8>()) {
+            let mut b = c.encode();
+            let n = b.len();
+            if let Some(byte) = b.get_mut(i % n) {
+                *byte ^= x;
+            }
+            if let Ok(d) = Command::decode(&b) {
+                prop_assert_eq!(d.encode(), b);
+            }
+        }
+
+        #[test]
+        fn arbitrary_snapshots_never_panic(b in proptest::collection::vec(any::<u8>(), 0..128)) {
+            let mut m = sm();
+            if m.restore(&b).is_ok() {
+                prop_assert_eq!(m.snapshot(), b);
+            }
+        }
+
+        #[test]
+        fn replicas_agree(cmds in proptest::collection::vec(arb_small_command(), 0..40)) {
+            // Two replicas fed the same log end in byte-identical states
+            // with identical results, and a snapshot restores that state.
+            let mut a = sm();
+            let mut b = sm();
+            for c in &cmds {
+                prop_assert_eq!(a.apply(c), b.apply(c));
+            }
+            let snap = a.snapshot();
+            prop_assert_eq!(&snap, &b.snapshot());
+            let mut c = sm();
+            c.restore(&snap).expect("own snapshot restores");
+            prop_assert_eq!(c.snapshot(), snap);
+        }
+    }
+
+    /// Commands over a small address space so they interact.
+    fn arb_small_command() -> impl Strategy<Value = Command> {
+        let realm = (0u16..2).prop_map(RealmId);
+        let h = prop_oneof![
+            Just(Ipv4Addr::UNSPECIFIED),
+            (5u8..8).prop_map(hoa),
+            (10u8..13).prop_map(out)
+        ];
+        let nai = proptest::option::of(
+            prop_oneof![
+                Just("a@example.net"),
+                Just("b@example.net"),
+                Just("c@example.net")
+            ]
+            .prop_map(|s| Nai::new(s).expect("valid")),
+        );
+        let c = (1u8..4, 1u64..5).prop_map(|(l, e)| coa(l, e * 100));
+        prop_oneof![
+            (
+                realm.clone(),
+                h.clone(),
+                nai.clone(),
+                c.clone(),
+                any::<u64>(),
+                any::<bool>()
+            )
+                .prop_map(
+                    |(realm, home_address, nai, care_of, identification, simultaneous)| {
+                        Command::Register {
+                            realm,
+                            home_address,
+                            nai,
+                            care_of,
+                            identification,
+                            simultaneous,
+                        }
+                    }
+                ),
+            (
+                realm.clone(),
+                h.clone(),
+                nai,
+                proptest::option::of(c.clone().prop_map(|c| c.coa)),
+                any::<u64>()
+            )
+                .prop_map(|(realm, home_address, nai, care_of, identification)| {
+                    Command::Deregister {
+                        realm,
+                        home_address,
+                        nai,
+                        care_of,
+                        identification,
+                    }
+                }),
+            (realm.clone(), h.clone(), c).prop_map(|(realm, home_address, c)| Command::Expire {
+                realm,
+                home_address,
+                coa: c.coa,
+                expires_at: c.expires_at(),
+            }),
+            (realm, h).prop_map(|(realm, home_address)| Command::AdminRemove {
+                realm,
+                home_address
+            }),
+        ]
+    }
+}

@@ -1,0 +1,1074 @@
+//! The node's configuration file (TOML) and its validation.
+//!
+//! Every field has a documented default (`#[serde(default)]`) and unknown
+//! fields are refused (`deny_unknown_fields`) so a typo never silently falls
+//! back to a default. [`Config::validate`] checks everything that parsing
+//! cannot (in the manner of raft-rs `Config::validate`): each failure is one
+//! precise [`ConfigError`] naming the realm and the offending value. The
+//! daemon exits 64 (EX_USAGE) on any of them.
+//!
+//! Realms ([DESIGN.md § 7]) appear in file order; their position is the
+//! [`RealmId`] carried by replicated commands, so every replica of a cluster
+//! must list the same realms in the same order.
+//!
+//! Keys are never printed: [`Key`]'s `Debug` shows only its length. A realm
+//! may keep its security associations in a separate `keys_file` which must
+//! not be readable by group or others (mode 0600 or stricter).
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use haven_proto::mip::auth::Algorithm;
+use serde::Deserialize;
+
+/// Index of a realm in the configuration's `[[realm]]` list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RealmId(pub u16);
+
+/// Lowest SPI usable for a mobility security association: 0–255 are
+/// reserved [RFC 5944 § 5.1, § 1.6 "Security Parameter Index"].
+pub const MIN_SPI: u32 = 256;
+/// Shortest key accepted: RFC 5944 § 5.1 requires support for 128-bit keys,
+/// and anything shorter is too weak to protect registrations.
+pub const MIN_KEY_LEN: usize = 16;
+/// Largest dynamic pool (a /8).
+pub const MAX_POOL_SIZE: u32 = 1 << 24;
+/// Longest NAI: the MN-NAI extension length is one octet [RFC 2794 § 2].
+pub const MAX_NAI_LEN: usize = 255;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `[node]`
+    pub node: NodeConfig,
+    /// `[admin]`
+    pub admin: AdminConfig,
+    /// `[metrics]`
+    pub metrics: MetricsConfig,
+    /// `[registration]`
+    pub registration: RegistrationConfig,
+    /// `[[realm]]`, in file order (position = [`RealmId`]).
+    pub realm: Vec<RealmConfig>,
+}
+
+/// `[node]`: this node's identity in the cluster.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Cluster-unique node id; 0 is invalid (raft-rs reserves it). Default 1.
+    pub id: u64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self { id: 1 }
+    }
+}
+
+/// `[admin]`: the admin gRPC listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Default `127.0.0.1:4340`.
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 4340)),
+        }
+    }
+}
+
+/// `[metrics]`: the Prometheus scrape listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Default `127.0.0.1:9434`.
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 9434)),
+        }
+    }
+}
+
+/// Replay protection style [RFC 5944 § 5.7].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplayMode {
+    /// Timestamps (mandatory to implement, the default) [RFC 5944 § 5.7.1].
+    #[default]
+    Timestamp,
+    /// Nonces [RFC 5944 § 5.7.2].
+    Nonce,
+}
+
+/// `[registration]`: registration processing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistrationConfig {
+    /// Accepted clock difference for timestamp identifications, seconds.
+    /// Default 7 (RFC 5944 § 5.7.1 "e.g., 7 seconds").
+    pub timestamp_tolerance_secs: u32,
+    /// `"timestamp"` (default) or `"nonce"`.
+    pub replay: ReplayMode,
+    /// Longest time a registration may wait for its replicated command to be
+    /// applied before the node gives up and sends no reply, milliseconds.
+    /// Default 2000 (the MN retransmits after about a second, § 3.6.3).
+    pub max_commit_ms: u32,
+}
+
+impl Default for RegistrationConfig {
+    fn default() -> Self {
+        Self {
+            timestamp_tolerance_secs: 7,
+            replay: ReplayMode::Timestamp,
+            max_commit_ms: 2000,
+        }
+    }
+}
+
+/// Reverse tunnelling policy of a realm [RFC 3024].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReverseTunnelPolicy {
+    /// Granted when the MN sets the T bit (default).
+    #[default]
+    Optional,
+    /// Requests without the T bit are refused [RFC 3024 § 4.3, code 137].
+    Required,
+    /// Requests with the T bit are refused [RFC 3024 § 4.3, code 137].
+    Forbidden,
+}
+
+/// `[[realm]]`: one mobility system served by this cluster ([DESIGN.md § 7]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RealmConfig {
+    /// Realm name, unique, e.g. `"inner"` or `"outer"`. Required.
+    pub name: String,
+    /// The shared home agent address (the HA address in registrations). Required.
+    pub vip: Ipv4Addr,
+    /// Registration port. Default 434 [RFC 5944 § 3.1].
+    pub port: u16,
+    /// The home network, CIDR, e.g. `"198.51.100.0/24"`. Required.
+    pub home_prefix: Option<Prefix>,
+    /// Dynamic home address pool, `"first-last"`, inside `home_prefix`
+    /// [RFC 2794]. Default: none (fixed home addresses only).
+    pub pool: Option<PoolRange>,
+    /// Longest lifetime granted, seconds. Default 1800.
+    pub max_lifetime_secs: u16,
+    /// `"optional"` (default), `"required"` or `"forbidden"`.
+    pub reverse_tunnel: ReverseTunnelPolicy,
+    /// Whether UDP tunnelling for NAT traversal is granted [RFC 3519].
+    /// Default true.
+    pub udp_tunnel: bool,
+    /// NAT keepalive interval sent in the UDP Tunnel Reply, seconds.
+    /// Default 110 (RFC 3519 § 3.1's suggested default).
+    pub keepalive_interval_secs: u16,
+    /// Most simultaneous care-of addresses per home address [RFC 5944 § 3.6.1.2].
+    /// Default 1: simultaneous bindings not supported (the reply then says
+    /// code 1, "accepted, simultaneous bindings unsupported").
+    pub simultaneous_bindings: u8,
+    /// Security associations written inline.
+    pub sa: Vec<SaConfig>,
+    /// A separate TOML file with more `[[sa]]` entries (mode 0600), relative
+    /// to the config file. Default: none.
+    pub keys_file: Option<PathBuf>,
+}
+
+impl Default for RealmConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            vip: Ipv4Addr::UNSPECIFIED,
+            port: 434,
+            home_prefix: None,
+            pool: None,
+            max_lifetime_secs: 1800,
+            reverse_tunnel: ReverseTunnelPolicy::Optional,
+            udp_tunnel: true,
+            keepalive_interval_secs: 110,
+            simultaneous_bindings: 1,
+            sa: Vec::new(),
+            keys_file: None,
+        }
+    }
+}
+
+/// Authenticator algorithm names as written in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AlgorithmName {
+    /// `"hmac-md5"` (default) [RFC 5944 § 3.5.1].
+    #[default]
+    HmacMd5,
+    /// `"prefix-suffix-md5"` (legacy, RFC 2002).
+    PrefixSuffixMd5,
+}
+
+impl From<AlgorithmName> for Algorithm {
+    fn from(a: AlgorithmName) -> Self {
+        match a {
+            AlgorithmName::HmacMd5 => Algorithm::HmacMd5,
+            AlgorithmName::PrefixSuffixMd5 => Algorithm::PrefixSuffixMd5,
+        }
+    }
+}
+
+/// `[[realm.sa]]`: one mobility security association [RFC 5944 § 1.6].
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SaConfig {
+    /// The MN's fixed home address (exactly one of `home_address`, `nai`).
+    pub home_address: Option<Ipv4Addr>,
+    /// The MN's NAI [RFC 2794] (exactly one of `home_address`, `nai`).
+    pub nai: Option<String>,
+    /// Security Parameter Index, ≥ 256.
+    pub spi: u32,
+    /// `"hmac-md5"` (default) or `"prefix-suffix-md5"`.
+    pub algorithm: AlgorithmName,
+    /// The shared key, hex.
+    pub key_hex: Key,
+}
+
+/// A secret key. `Debug` never shows the bytes.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Key(Box<[u8]>);
+
+impl Key {
+    /// Wraps key bytes.
+    pub fn new(bytes: impl Into<Box<[u8]>>) -> Self {
+        Self(bytes.into())
+    }
+    /// The key bytes (for the authenticator only).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Key(<{} bytes>)", self.0.len())
+    }
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        // The error must not echo the string: it is (almost) a key.
+        hex::decode(s.trim())
+            .map(|v| Key(v.into_boxed_slice()))
+            .map_err(|_| serde::de::Error::custom("key_hex is not valid hex"))
+    }
+}
+
+/// An IPv4 prefix, `"198.51.100.0/24"`; host bits must be zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Prefix {
+    /// Network address.
+    pub addr: Ipv4Addr,
+    /// Prefix length, 0–32.
+    pub len: u8,
+}
+
+impl Prefix {
+    fn mask(self) -> u32 {
+        u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0)
+    }
+    /// Whether `a` is inside the prefix.
+    pub fn contains(self, a: Ipv4Addr) -> bool {
+        u32::from(a) & self.mask() == u32::from(self.addr)
+    }
+    /// The last (broadcast) address of the prefix.
+    pub fn last(self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) | !self.mask())
+    }
+}
+
+impl TryFrom<String> for Prefix {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not an IPv4 prefix like \"198.51.100.0/24\"");
+        let (a, l) = s.split_once('/').ok_or_else(bad)?;
+        let addr: Ipv4Addr = a.trim().parse().map_err(|_| bad())?;
+        let len: u8 = l.trim().parse().map_err(|_| bad())?;
+        if len > 32 {
+            return Err(bad());
+        }
+        let p = Prefix { addr, len };
+        if u32::from(addr) & !p.mask() != 0 {
+            return Err(format!("{s:?} has host bits set"));
+        }
+        Ok(p)
+    }
+}
+
+impl fmt::Display for Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+/// An inclusive address range, `"198.51.100.10-198.51.100.200"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct PoolRange {
+    /// First address.
+    pub first: Ipv4Addr,
+    /// Last address (inclusive).
+    pub last: Ipv4Addr,
+}
+
+impl PoolRange {
+    /// Whether `a` is in the range.
+    pub fn contains(self, a: Ipv4Addr) -> bool {
+        self.first <= a && a <= self.last
+    }
+}
+
+impl TryFrom<String> for PoolRange {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not a range like \"198.51.100.10-198.51.100.200\"");
+        let (a, b) = s.split_once('-').ok_or_else(bad)?;
+        Ok(PoolRange {
+            first: a.trim().parse().map_err(|_| bad())?,
+            last: b.trim().parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+impl fmt::Display for PoolRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+/// The separate keys file: `[[sa]]` entries only.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct KeysFile {
+    sa: Vec<SaConfig>,
+}
+
+/// A configuration error: what is wrong and where.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// TOML syntax or type error (the message names the line).
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// toml's message.
+        message: String,
+    },
+    /// A keys file readable by group or others.
+    #[error(
+        "keys file {path} has mode {mode:04o}; it must not be accessible by group or others (chmod 0600)"
+    )]
+    KeysFileMode {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// `[node] id = 0`.
+    #[error("[node] id must be non-zero")]
+    InvalidNodeId,
+    /// Admin and metrics on one socket.
+    #[error("[admin] listen and [metrics] listen are both {0}")]
+    ListenConflict(SocketAddr),
+    /// `timestamp_tolerance_secs = 0`.
+    #[error("[registration] timestamp_tolerance_secs must be at least 1")]
+    ZeroTolerance,
+    /// `max_commit_ms = 0`.
+    #[error("[registration] max_commit_ms must be at least 1")]
+    ZeroCommitTime,
+    /// No `[[realm]]`.
+    #[error("no [[realm]] configured")]
+    NoRealm,
+    /// More realms than a [`RealmId`] can number.
+    #[error("too many realms ({0}); at most 65535")]
+    TooManyRealms(usize),
+    /// Realm without a name.
+    #[error("realm #{0} has no name")]
+    MissingRealmName(usize),
+    /// Two realms with one name.
+    #[error("realm name {0:?} is used twice")]
+    DuplicateRealmName(String),
+    /// VIP missing or not a unicast address.
+    #[error("realm {realm:?}: vip {vip} is not a unicast address")]
+    InvalidVip {
+        /// Realm name.
+        realm: String,
+        /// The value.
+        vip: Ipv4Addr,
+    },
+    /// Two realms on one VIP.
+    #[error("realm {realm:?}: vip {vip} is already the vip of realm {other:?}")]
+    DuplicateVip {
+        /// Realm name.
+        realm: String,
+        /// The value.
+        vip: Ipv4Addr,
+        /// The realm that has it first.
+        other: String,
+    },
+    /// `port = 0`.
+    #[error("realm {0:?}: port must be non-zero")]
+    InvalidPort(String),
+    /// `home_prefix` missing.
+    #[error("realm {0:?}: home_prefix is required")]
+    MissingHomePrefix(String),
+    /// `pool` first > last.
+    #[error("realm {realm:?}: pool {pool} is empty (first address after last)")]
+    EmptyPool {
+        /// Realm name.
+        realm: String,
+        /// The value.
+        pool: PoolRange,
+    },
+    /// `pool` not inside `home_prefix` or touching its network/broadcast address.
+    #[error(
+        "realm {realm:?}: pool {pool} is not inside home_prefix {prefix} (excluding its network and broadcast addresses)"
+    )]
+    PoolOutsidePrefix {
+        /// Realm name.
+        realm: String,
+        /// The pool.
+        pool: PoolRange,
+        /// The prefix.
+        prefix: Prefix,
+    },
+    /// A pool larger than a /8 (its bitmap would be over 2 MB).
+    #[error("realm {realm:?}: pool {pool} has more than 16777216 addresses")]
+    PoolTooLarge {
+        /// Realm name.
+        realm: String,
+        /// The pool.
+        pool: PoolRange,
+    },
+    /// `max_lifetime_secs = 0`.
+    #[error("realm {0:?}: max_lifetime_secs must be at least 1")]
+    ZeroLifetime(String),
+    /// `keepalive_interval_secs = 0`.
+    #[error("realm {0:?}: keepalive_interval_secs must be at least 1")]
+    ZeroKeepalive(String),
+    /// `simultaneous_bindings = 0`.
+    #[error("realm {0:?}: simultaneous_bindings must be at least 1")]
+    ZeroSimultaneous(String),
+    /// SA with both or neither of `home_address` and `nai`.
+    #[error(
+        "realm {realm:?}: security association #{index} must have exactly one of home_address or nai"
+    )]
+    SaIdentity {
+        /// Realm name.
+        realm: String,
+        /// Position in the realm's SA list (inline first, then keys file).
+        index: usize,
+    },
+    /// SPI in the reserved range.
+    #[error(
+        "realm {realm:?}: security association for {who}: spi {spi} is reserved (must be >= 256)"
+    )]
+    ReservedSpi {
+        /// Realm name.
+        realm: String,
+        /// The MN.
+        who: String,
+        /// The value.
+        spi: u32,
+    },
+    /// Same (MN, SPI) twice.
+    #[error("realm {realm:?}: spi {spi} is defined twice for {who}")]
+    DuplicateSpi {
+        /// Realm name.
+        realm: String,
+        /// The MN.
+        who: String,
+        /// The value.
+        spi: u32,
+    },
+    /// Key too short.
+    #[error("realm {realm:?}: key for {who} spi {spi} is {len} bytes; at least 16 are required")]
+    ShortKey {
+        /// Realm name.
+        realm: String,
+        /// The MN.
+        who: String,
+        /// The SPI.
+        spi: u32,
+        /// The key length.
+        len: usize,
+    },
+    /// Fixed home address outside the prefix.
+    #[error("realm {realm:?}: home_address {addr} is outside home_prefix {prefix}")]
+    HomeAddressOutsidePrefix {
+        /// Realm name.
+        realm: String,
+        /// The value.
+        addr: Ipv4Addr,
+        /// The prefix.
+        prefix: Prefix,
+    },
+    /// Fixed home address inside the dynamic pool.
+    #[error("realm {realm:?}: home_address {addr} is inside the dynamic pool {pool}")]
+    HomeAddressInPool {
+        /// Realm name.
+        realm: String,
+        /// The value.
+        addr: Ipv4Addr,
+        /// The pool.
+        pool: PoolRange,
+    },
+    /// Empty or oversized NAI.
+    #[error("realm {realm:?}: nai {nai:?} must be 1 to 255 bytes")]
+    InvalidNai {
+        /// Realm name.
+        realm: String,
+        /// The value.
+        nai: String,
+    },
+}
+
+impl Config {
+    /// Parses a configuration from TOML text (no keys files are read, no
+    /// validation is done).
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<config>"),
+            message: e.to_string(),
+        })
+    }
+
+    /// Reads `path`, merges every realm's `keys_file` (relative paths are
+    /// resolved against the config file's directory) and validates.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = read(path)?;
+        let mut cfg: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for realm in &mut cfg.realm {
+            if let Some(kf) = &realm.keys_file {
+                let kp = base.join(kf);
+                check_private(&kp)?;
+                let keys: KeysFile =
+                    toml::from_str(&read(&kp)?).map_err(|e| ConfigError::Parse {
+                        path: kp.clone(),
+                        message: e.to_string(),
+                    })?;
+                realm.sa.extend(keys.sa);
+            }
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The id of the realm called `name`.
+    pub fn realm_id(&self, name: &str) -> Option<RealmId> {
+        let i = self.realm.iter().position(|r| r.name == name)?;
+        u16::try_from(i).ok().map(RealmId)
+    }
+
+    /// The realm with id `id`.
+    pub fn realm(&self, id: RealmId) -> Option<&RealmConfig> {
+        self.realm.get(usize::from(id.0))
+    }
+
+    /// Checks everything parsing cannot; the first problem found is returned.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.node.id == 0 {
+            return Err(ConfigError::InvalidNodeId);
+        }
+        if self.admin.listen == self.metrics.listen {
+            return Err(ConfigError::ListenConflict(self.admin.listen));
+        }
+        if self.registration.timestamp_tolerance_secs == 0 {
+            return Err(ConfigError::ZeroTolerance);
+        }
+        if self.registration.max_commit_ms == 0 {
+            return Err(ConfigError::ZeroCommitTime);
+        }
+        if self.realm.is_empty() {
+            return Err(ConfigError::NoRealm);
+        }
+        if self.realm.len() > usize::from(u16::MAX) {
+            return Err(ConfigError::TooManyRealms(self.realm.len()));
+        }
+        let mut names = HashSet::new();
+        for (i, r) in self.realm.iter().enumerate() {
+            if r.name.is_empty() {
+                return Err(ConfigError::MissingRealmName(i));
+            }
+            if !names.insert(r.name.as_str()) {
+                return Err(ConfigError::DuplicateRealmName(r.name.clone()));
+            }
+            if let Some(other) = self.realm[..i].iter().find(|o| o.vip == r.vip) {
+                return Err(ConfigError::DuplicateVip {
+                    realm: r.name.clone(),
+                    vip: r.vip,
+                    other: other.name.clone(),
+                });
+            }
+            r.validate()?;
+        }
+        Ok(())
+    }
+}
+
+impl RealmConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let name = || self.name.clone();
+        let v = self.vip;
+        if v.is_unspecified() || v.is_broadcast() || v.is_multicast() || v.is_loopback() {
+            return Err(ConfigError::InvalidVip {
+                realm: name(),
+                vip: v,
+            });
+        }
+        if self.port == 0 {
+            return Err(ConfigError::InvalidPort(name()));
+        }
+        let prefix = self
+            .home_prefix
+            .ok_or_else(|| ConfigError::MissingHomePrefix(name()))?;
+        if let Some(pool) = self.pool {
+            if pool.first > pool.last {
+                return Err(ConfigError::EmptyPool {
+                    realm: name(),
+                    pool,
+                });
+            }
+            // The network and broadcast addresses of the home network are
+            // never home addresses (only /31 and /32 have none).
+            let inside = prefix.contains(pool.first)
+                && prefix.contains(pool.last)
+                && (prefix.len >= 31 || (pool.first != prefix.addr && pool.last != prefix.last()));
+            if !inside {
+                return Err(ConfigError::PoolOutsidePrefix {
+                    realm: name(),
+                    pool,
+                    prefix,
+                });
+            }
+            if u32::from(pool.last) - u32::from(pool.first) >= MAX_POOL_SIZE {
+                return Err(ConfigError::PoolTooLarge {
+                    realm: name(),
+                    pool,
+                });
+            }
+        }
+        if self.max_lifetime_secs == 0 {
+            return Err(ConfigError::ZeroLifetime(name()));
+        }
+        if self.keepalive_interval_secs == 0 {
+            return Err(ConfigError::ZeroKeepalive(name()));
+        }
+        if self.simultaneous_bindings == 0 {
+            return Err(ConfigError::ZeroSimultaneous(name()));
+        }
+        let mut seen = HashSet::new();
+        for (index, sa) in self.sa.iter().enumerate() {
+            let who = match (&sa.home_address, &sa.nai) {
+                (Some(a), None) => {
+                    if !prefix.contains(*a) {
+                        return Err(ConfigError::HomeAddressOutsidePrefix {
+                            realm: name(),
+                            addr: *a,
+                            prefix,
+                        });
+                    }
+                    if let Some(pool) = self.pool.filter(|p| p.contains(*a)) {
+                        return Err(ConfigError::HomeAddressInPool {
+                            realm: name(),
+                            addr: *a,
+                            pool,
+                        });
+                    }
+                    a.to_string()
+                }
+                (None, Some(n)) => {
+                    if n.is_empty() || n.len() > MAX_NAI_LEN {
+                        return Err(ConfigError::InvalidNai {
+                            realm: name(),
+                            nai: n.clone(),
+                        });
+                    }
+                    format!("nai {n:?}")
+                }
+                _ => {
+                    return Err(ConfigError::SaIdentity {
+                        realm: name(),
+                        index,
+                    });
+                }
+            };
+            if sa.spi < MIN_SPI {
+                return Err(ConfigError::ReservedSpi {
+                    realm: name(),
+                    who,
+                    spi: sa.spi,
+                });
+            }
+            if sa.key_hex.as_bytes().len() < MIN_KEY_LEN {
+                return Err(ConfigError::ShortKey {
+                    realm: name(),
+                    who,
+                    spi: sa.spi,
+                    len: sa.key_hex.as_bytes().len(),
+                });
+            }
+            if !seen.insert((who.clone(), sa.spi)) {
+                return Err(ConfigError::DuplicateSpi {
+                    realm: name(),
+                    who,
+                    spi: sa.spi,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Refuses a keys file that group or others may access.
+fn check_private(path: &Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|source| ConfigError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(ConfigError::KeysFileMode {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "00112233445566778899aabbccddeeff";
+
+    fn base() -> Config {
+        Config::from_toml_str(&format!(
+            r#"
+            [[realm]]
+            name = "inner"
+            vip = "192.0.2.1"
+            home_prefix = "198.51.100.0/24"
+            pool = "198.51.100.10-198.51.100.200"
+            [[realm.sa]]
+            home_address = "198.51.100.5"
+            spi = 256
+            key_hex = "{KEY}"
+            [[realm.sa]]
+            nai = "mn1@example.net"
+            spi = 300
+            algorithm = "prefix-suffix-md5"
+            key_hex = "{KEY}"
+            "#
+        ))
+        .expect("base parses")
+    }
+
+    #[test]
+    fn defaults() {
+        let c = base();
+        c.validate().expect("valid");
+        assert_eq!(c.node.id, 1);
+        assert_eq!(c.admin.listen.to_string(), "127.0.0.1:4340");
+        assert_eq!(c.metrics.listen.to_string(), "127.0.0.1:9434");
+        assert_eq!(c.registration.timestamp_tolerance_secs, 7);
+        assert_eq!(c.registration.replay, ReplayMode::Timestamp);
+        assert_eq!(c.registration.max_commit_ms, 2000);
+        let r = &c.realm[0];
+        assert_eq!(r.port, 434);
+        assert_eq!(r.max_lifetime_secs, 1800);
+        assert_eq!(r.keepalive_interval_secs, 110);
+        assert_eq!(r.simultaneous_bindings, 1);
+        assert!(r.udp_tunnel);
+        assert_eq!(r.reverse_tunnel, ReverseTunnelPolicy::Optional);
+        assert_eq!(r.sa[0].algorithm, AlgorithmName::HmacMd5);
+        assert_eq!(
+            Algorithm::from(r.sa[1].algorithm),
+            Algorithm::PrefixSuffixMd5
+        );
+        assert_eq!(c.realm_id("inner"), Some(RealmId(0)));
+        assert_eq!(c.realm_id("outer"), None);
+    }
+
+    #[test]
+    fn key_debug_hides_bytes() {
+        let c = base();
+        let s = format!("{c:?}");
+        assert!(s.contains("Key(<16 bytes>)"));
+        assert!(!s.contains("0, 17, 34") && !s.contains("aabb"), "{s}");
+    }
+
+    #[test]
+    fn unknown_field_refused() {
+        let e = Config::from_toml_str("[node]\nid = 2\nidd = 3\n").unwrap_err();
+        assert!(e.to_string().contains("idd"), "{e}");
+    }
+
+    #[test]
+    fn bad_syntax_values() {
+        for (text, needle) in [
+            (
+                "[[realm]]\nhome_prefix = \"198.51.100.1/24\"\n",
+                "host bits",
+            ),
+            (
+                "[[realm]]\nhome_prefix = \"198.51.100.0/33\"\n",
+                "not an IPv4 prefix",
+            ),
+            ("[[realm]]\npool = \"198.51.100.1\"\n", "not a range"),
+            ("[[realm]]\nreverse_tunnel = \"sometimes\"\n", "sometimes"),
+            ("[registration]\nreplay = \"clock\"\n", "clock"),
+            (
+                "[[realm]]\n[[realm.sa]]\nkey_hex = \"zz\"\n",
+                "not valid hex",
+            ),
+        ] {
+            let e = Config::from_toml_str(text).unwrap_err();
+            assert!(e.to_string().contains(needle), "{text}: {e}");
+        }
+    }
+
+    fn err(f: impl FnOnce(&mut Config)) -> ConfigError {
+        let mut c = base();
+        f(&mut c);
+        c.validate().expect_err("must be invalid")
+    }
+
+    fn sa(f: impl FnOnce(&mut SaConfig)) -> ConfigError {
+        err(|c| f(&mut c.realm[0].sa[0]))
+    }
+
+    #[test]
+    fn every_validation_error() {
+        use ConfigError as E;
+        assert!(matches!(err(|c| c.node.id = 0), E::InvalidNodeId));
+        assert!(matches!(
+            err(|c| c.metrics.listen = c.admin.listen),
+            E::ListenConflict(_)
+        ));
+        assert!(matches!(
+            err(|c| c.registration.timestamp_tolerance_secs = 0),
+            E::ZeroTolerance
+        ));
+        assert!(matches!(
+            err(|c| c.registration.max_commit_ms = 0),
+            E::ZeroCommitTime
+        ));
+        assert!(matches!(err(|c| c.realm.clear()), E::NoRealm));
+        assert!(matches!(
+            err(|c| c.realm[0].name.clear()),
+            E::MissingRealmName(0)
+        ));
+        let dup = |c: &mut Config| {
+            let mut r = c.realm[0].clone();
+            r.vip = Ipv4Addr::new(203, 0, 113, 1);
+            c.realm.push(r);
+        };
+        assert!(matches!(err(dup), E::DuplicateRealmName(n) if n == "inner"));
+        let dup_vip = |c: &mut Config| {
+            let mut r = c.realm[0].clone();
+            r.name = "outer".into();
+            c.realm.push(r);
+        };
+        assert!(
+            matches!(err(dup_vip), E::DuplicateVip { realm, other, .. } if realm == "outer" && other == "inner")
+        );
+        for vip in [
+            [0, 0, 0, 0],
+            [255, 255, 255, 255],
+            [224, 0, 0, 1],
+            [127, 0, 0, 1],
+        ] {
+            assert!(matches!(
+                err(|c| c.realm[0].vip = Ipv4Addr::from(vip)),
+                E::InvalidVip { .. }
+            ));
+        }
+        assert!(matches!(err(|c| c.realm[0].port = 0), E::InvalidPort(_)));
+        assert!(matches!(
+            err(|c| c.realm[0].home_prefix = None),
+            E::MissingHomePrefix(_)
+        ));
+        let range = |a: [u8; 4], b: [u8; 4]| PoolRange {
+            first: a.into(),
+            last: b.into(),
+        };
+        assert!(matches!(
+            err(|c| c.realm[0].pool = Some(range([198, 51, 100, 20], [198, 51, 100, 10]))),
+            E::EmptyPool { .. }
+        ));
+        for (a, b) in [
+            ([198, 51, 100, 10], [198, 51, 101, 10]),
+            ([198, 51, 99, 10], [198, 51, 100, 10]),
+            ([198, 51, 100, 0], [198, 51, 100, 10]),
+            ([198, 51, 100, 10], [198, 51, 100, 255]),
+        ] {
+            assert!(matches!(
+                err(|c| c.realm[0].pool = Some(range(a, b))),
+                E::PoolOutsidePrefix { .. }
+            ));
+        }
+        let huge = |c: &mut Config| {
+            c.realm[0].home_prefix = Some(Prefix {
+                addr: Ipv4Addr::UNSPECIFIED,
+                len: 0,
+            });
+            c.realm[0].pool = Some(range([1, 0, 0, 0], [2, 0, 0, 0]));
+        };
+        assert!(matches!(err(huge), E::PoolTooLarge { .. }));
+        assert!(matches!(
+            err(|c| c.realm[0].max_lifetime_secs = 0),
+            E::ZeroLifetime(_)
+        ));
+        assert!(matches!(
+            err(|c| c.realm[0].keepalive_interval_secs = 0),
+            E::ZeroKeepalive(_)
+        ));
+        assert!(matches!(
+            err(|c| c.realm[0].simultaneous_bindings = 0),
+            E::ZeroSimultaneous(_)
+        ));
+        assert!(matches!(
+            sa(|s| s.nai = Some("x@example.net".into())),
+            E::SaIdentity { index: 0, .. }
+        ));
+        assert!(matches!(
+            sa(|s| s.home_address = None),
+            E::SaIdentity { index: 0, .. }
+        ));
+        assert!(matches!(
+            sa(|s| s.spi = 255),
+            E::ReservedSpi { spi: 255, .. }
+        ));
+        assert!(matches!(
+            sa(|s| s.key_hex = Key::new(vec![1; 15])),
+            E::ShortKey { len: 15, .. }
+        ));
+        assert!(matches!(
+            sa(|s| s.home_address = Some(Ipv4Addr::new(198, 51, 101, 5))),
+            E::HomeAddressOutsidePrefix { .. }
+        ));
+        assert!(matches!(
+            sa(|s| s.home_address = Some(Ipv4Addr::new(198, 51, 100, 10))),
+            E::HomeAddressInPool { .. }
+        ));
+        assert!(matches!(
+            err(|c| c.realm[0].sa[1].nai = Some(String::new())),
+            E::InvalidNai { .. }
+        ));
+        assert!(matches!(
+            err(|c| c.realm[0].sa[1].nai = Some("a".repeat(256))),
+            E::InvalidNai { .. }
+        ));
+        let dup_spi = |c: &mut Config| {
+            let s = c.realm[0].sa[0].clone();
+            c.realm[0].sa.push(s);
+        };
+        assert!(matches!(err(dup_spi), E::DuplicateSpi { spi: 256, .. }));
+        // Same SPI for two different MNs is fine: SPIs are per MN.
+        let mut c = base();
+        c.realm[0].sa[1].spi = 256;
+        c.validate().expect("SPI reuse across MNs is valid");
+    }
+
+    #[test]
+    fn error_messages_are_precise() {
+        let e = sa(|s| s.spi = 7);
+        assert_eq!(
+            e.to_string(),
+            "realm \"inner\": security association for 198.51.100.5: spi 7 is reserved (must be >= 256)"
+        );
+    }
+
+    #[test]
+    fn example_file_loads_and_validates() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/ha-node.example.toml");
+        let c = Config::load(&path).expect("example config is valid");
+        assert_eq!(c.realm.len(), 2);
+        let inner = c.realm(c.realm_id("inner").expect("inner")).expect("inner");
+        assert_eq!(inner.vip, Ipv4Addr::new(192, 0, 2, 1));
+        assert!(inner.pool.is_none());
+        let outer = c.realm(c.realm_id("outer").expect("outer")).expect("outer");
+        assert_eq!(outer.vip, Ipv4Addr::new(203, 0, 113, 1));
+        assert!(outer.pool.is_some());
+        assert!(outer.sa.iter().any(|s| s.nai.is_some()));
+    }
+
+    #[test]
+    fn keys_file_mode_enforced_and_merged() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keys = dir.path().join("inner.keys.toml");
+        std::fs::write(
+            &keys,
+            format!("[[sa]]\nhome_address = \"198.51.100.6\"\nspi = 1000\nkey_hex = \"{KEY}\"\n"),
+        )
+        .expect("write keys");
+        let cfg = dir.path().join("ha-node.toml");
+        std::fs::write(
+            &cfg,
+            "[[realm]]\nname = \"inner\"\nvip = \"192.0.2.1\"\nhome_prefix = \"198.51.100.0/24\"\nkeys_file = \"inner.keys.toml\"\n",
+        )
+        .expect("write config");
+        std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let e = Config::load(&cfg).unwrap_err();
+        assert!(
+            matches!(e, ConfigError::KeysFileMode { mode: 0o644, .. }),
+            "{e}"
+        );
+        std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let c = Config::load(&cfg).expect("loads");
+        assert_eq!(c.realm[0].sa.len(), 1);
+        assert_eq!(c.realm[0].sa[0].spi, 1000);
+        assert_eq!(c.realm[0].sa[0].key_hex.as_bytes().len(), 16);
+    }
+
+    #[test]
+    fn prefix_math() {
+        let p = Prefix::try_from("198.18.0.0/15".to_string()).expect("prefix");
+        assert!(p.contains(Ipv4Addr::new(198, 19, 255, 255)));
+        assert!(!p.contains(Ipv4Addr::new(198, 20, 0, 0)));
+        assert_eq!(p.last(), Ipv4Addr::new(198, 19, 255, 255));
+        let all = Prefix::try_from("0.0.0.0/0".to_string()).expect("prefix");
+        assert!(all.contains(Ipv4Addr::new(203, 0, 113, 9)));
+    }
+}

@@ -1,0 +1,750 @@
+//! [`RaftReplicator`]: a raft-rs `RawNode` driving the [`StateMachine`],
+//! behind the engine's [`Replicator`] seam.
+//!
+//! Sans-IO like the rest of the core: no clock, no socket. The daemon's
+//! driver task owns it and calls, in a loop:
+//!
+//! 1. [`tick`](RaftReplicator::tick) every [`RaftConfig::tick`] (50 ms);
+//! 2. [`step`](RaftReplicator::step) for every message from the transport;
+//! 3. [`propose`](Replicator::propose) for the engine's commands;
+//! 4. [`handle_ready`](RaftReplicator::handle_ready) after any of those;
+//! 5. [`poll_messages`](RaftReplicator::poll_messages) and hands each
+//!    `(to, message)` to the transport; the transport's failures come back
+//!    as [`report_unreachable`](RaftReplicator::report_unreachable) and
+//!    [`report_snapshot`](RaftReplicator::report_snapshot);
+//! 6. [`poll_applied`](Replicator::poll_applied) until `None`, sending the
+//!    replies whose `request` is `Some`.
+//!
+//! # Ready handling (raft-rs 0.7 contract)
+//!
+//! `messages` (a leader's appends and heartbeats) are queued for sending at
+//! once — a leader may send in parallel with its own disk write [Raft
+//! thesis § 10.2.1]; a received snapshot, new entries and the hard state are
+//! persisted in one synced batch; only then are `persisted_messages` (votes,
+//! append responses) released, and committed entries applied. The commit
+//! index is therefore always on disk before anything at or below it is
+//! applied or snapshotted, so a restart never sees `applied > commit`.
+//!
+//! # Request ids
+//!
+//! Each proposal's entry context is `proposer:u64 boot:u64 request:u64`
+//! (big-endian). Only the node whose id *and* current boot nonce (a counter
+//! persisted in the store, see [`RaftStore::next_boot`]) match reports
+//! `request: Some(id)`; every other replica, and this node after a restart,
+//! reports `None`. Nothing is matched by FIFO order, so a lost proposal
+//! never shifts the replies of later ones.
+//!
+//! # Snapshots and restarts
+//!
+//! Every [`RaftConfig::snapshot_every`] applied entries the node stores
+//! `StateMachine::snapshot()` as the Raft snapshot and compacts the log. The
+//! state machine is volatile: on start it is restored from the stored
+//! snapshot and raft's `applied` is that snapshot's index, so raft replays
+//! the committed entries after it (with `request: None`).
+
+use std::collections::VecDeque;
+
+use protobuf::Message as _;
+use raft::eraftpb::{
+    ConfChange, ConfChangeSingle, ConfChangeType, ConfChangeV2, Entry, EntryType, Message,
+    MessageType,
+};
+use raft::{RawNode, SnapshotStatus, StateRole, Storage as _};
+
+use super::storage::{RaftStore, StoreError};
+use crate::command::{Command, StateMachine};
+use crate::replicate::{Applied, ProposeError, Replicator, RequestId};
+
+/// Raft timing and limits. Defaults: 50 ms ticks, election after 10 ticks
+/// (randomised by raft in [10, 20)), heartbeat every 2 — a dead leader is
+/// noticed in 0.5–1 s [DESIGN.md § 9].
+#[derive(Debug, Clone)]
+pub struct RaftConfig {
+    /// This node's Raft id (non-zero, unique in the cluster).
+    pub id: u64,
+    /// The voters of a brand-new cluster; empty for a node that joins an
+    /// existing cluster (it waits for the leader's snapshot). Ignored when
+    /// the store already holds state.
+    pub initial_voters: Vec<u64>,
+    /// Ticks without a leader before an election.
+    pub election_tick: usize,
+    /// Ticks between heartbeats.
+    pub heartbeat_tick: usize,
+    /// Bounds of the randomised election timeout, `[min, max)` ticks; 0 =
+    /// raft's default (`election_tick`, `2 × election_tick`). A simulation
+    /// sets `max = min + 1` per node so that no thread-local randomness
+    /// inside raft breaks its determinism.
+    pub min_election_tick: usize,
+    /// See `min_election_tick`.
+    pub max_election_tick: usize,
+    /// Applied entries between state-machine snapshots (log compaction).
+    pub snapshot_every: u64,
+    /// Largest append message (bytes).
+    pub max_size_per_msg: u64,
+    /// Appends in flight per follower.
+    pub max_inflight_msgs: usize,
+}
+
+impl RaftConfig {
+    /// Defaults for node `id`.
+    pub fn new(id: u64, initial_voters: Vec<u64>) -> Self {
+        Self {
+            id,
+            initial_voters,
+            election_tick: 10,
+            heartbeat_tick: 2,
+            min_election_tick: 0,
+            max_election_tick: 0,
+            snapshot_every: 10_000,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+        }
+    }
+
+    /// The real-time length of one tick the defaults assume.
+    pub const TICK: std::time::Duration = std::time::Duration::from_millis(50);
+
+    fn to_raft(&self, applied: u64) -> raft::Config {
+        raft::Config {
+            id: self.id,
+            election_tick: self.election_tick,
+            heartbeat_tick: self.heartbeat_tick,
+            min_election_tick: self.min_election_tick,
+            max_election_tick: self.max_election_tick,
+            applied,
+            max_size_per_msg: self.max_size_per_msg,
+            max_inflight_msgs: self.max_inflight_msgs,
+            // A partitioned leader steps down, and a rejoining node does not
+            // disrupt the cluster with a higher term [Raft thesis § 9.6].
+            check_quorum: true,
+            pre_vote: true,
+            batch_append: true,
+            ..Default::default()
+        }
+    }
+}
+
+/// Errors from the Raft node. Storage errors are fatal for the node.
+#[derive(Debug, thiserror::Error)]
+pub enum RaftError {
+    /// raft-rs refused (invalid config, storage failure inside raft).
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The stored snapshot does not restore into this state machine.
+    #[error("stored snapshot does not restore: {0}")]
+    Snapshot(#[from] crate::command::CommandError),
+    /// A message from the wire did not decode.
+    #[error("undecodable raft message: {0}")]
+    Decode(#[from] protobuf::ProtobufError),
+}
+
+/// The node's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Follower.
+    Follower,
+    /// Candidate.
+    Candidate,
+    /// Pre-vote candidate.
+    PreCandidate,
+    /// Leader.
+    Leader,
+}
+
+impl From<StateRole> for Role {
+    fn from(r: StateRole) -> Self {
+        match r {
+            StateRole::Follower => Role::Follower,
+            StateRole::Candidate => Role::Candidate,
+            StateRole::PreCandidate => Role::PreCandidate,
+            StateRole::Leader => Role::Leader,
+        }
+    }
+}
+
+/// A point-in-time view for the admin API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftStatus {
+    /// This node.
+    pub id: u64,
+    /// Current term.
+    pub term: u64,
+    /// Known leader, 0 = none.
+    pub leader: u64,
+    /// Commit index.
+    pub commit: u64,
+    /// Applied index.
+    pub applied: u64,
+    /// Role.
+    pub role: Role,
+    /// Voters (sorted).
+    pub voters: Vec<u64>,
+    /// Learners (sorted).
+    pub learners: Vec<u64>,
+}
+
+/// Counters for the daemon's metrics (`haven_raft_*`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RaftStats {
+    /// Current term.
+    pub term: u64,
+    /// Known leader (0 = none).
+    pub leader: u64,
+    /// Commit index.
+    pub commit: u64,
+    /// Applied index.
+    pub applied: u64,
+    /// Proposals accepted by raft.
+    pub proposals: u64,
+    /// Proposals refused (no leader, transfer in progress).
+    pub proposal_drops: u64,
+    /// Snapshot messages sent.
+    pub snapshots_sent: u64,
+    /// Snapshots received and restored.
+    pub snapshots_received: u64,
+    /// State-machine snapshots taken locally (log compactions).
+    pub snapshots_taken: u64,
+    /// Times the known leader changed to a new one.
+    pub leader_changes: u64,
+    /// Committed entries that did not decode (should stay 0).
+    pub bad_entries: u64,
+}
+
+const CONTEXT_LEN: usize = 24;
+
+/// Raft replication (see the module docs for the driver contract).
+pub struct RaftReplicator {
+    raw: RawNode<RaftStore>,
+    state: StateMachine,
+    applied: VecDeque<Applied>,
+    outbox: Vec<Message>,
+    boot: u64,
+    snapshot_every: u64,
+    since_snapshot: u64,
+    last_applied: u64,
+    stats: RaftStats,
+}
+
+impl std::fmt::Debug for RaftReplicator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftReplicator")
+            .field("status", &self.status())
+            .field("boot", &self.boot)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RaftReplicator {
+    /// Starts a node on `store` (fresh or from a previous run). `state` is
+    /// an empty state machine for this node's realms; it is restored from
+    /// the store's snapshot.
+    pub fn new(
+        cfg: &RaftConfig,
+        mut store: RaftStore,
+        mut state: StateMachine,
+    ) -> Result<Self, RaftError> {
+        store.bootstrap(&cfg.initial_voters)?;
+        let boot = store.next_boot()?;
+        let snap = store.snapshot_ref();
+        let applied = snap.get_metadata().index;
+        if applied > 0 {
+            state.restore(&snap.data)?;
+        }
+        let rc = cfg.to_raft(applied);
+        rc.validate()?;
+        let raw = RawNode::new(&rc, store, &logger())?;
+        let mut me = Self {
+            raw,
+            state,
+            applied: VecDeque::new(),
+            outbox: Vec::new(),
+            boot,
+            snapshot_every: cfg.snapshot_every.max(1),
+            since_snapshot: 0,
+            last_applied: applied,
+            stats: RaftStats::default(),
+        };
+        me.refresh_stats();
+        Ok(me)
+    }
+
+    /// Stops the node and returns its store (the simulation's crash: the
+    /// volatile state is gone, what was persisted stays).
+    pub fn into_store(self) -> RaftStore {
+        self.raw.raft.r.raft_log.store
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> u64 {
+        self.raw.raft.id
+    }
+
+    /// The per-boot nonce carried in this node's proposals.
+    pub fn boot(&self) -> u64 {
+        self.boot
+    }
+
+    /// Advances raft's logical clock by one tick.
+    pub fn tick(&mut self) {
+        self.raw.tick();
+    }
+
+    /// Feeds one message from a peer. Messages for another node or from a
+    /// removed one are refused by raft; the daemon logs and drops them.
+    pub fn step(&mut self, msg: Message) -> Result<(), RaftError> {
+        if msg.to != self.id() {
+            return Err(raft::Error::StepPeerNotFound.into());
+        }
+        if is_local(msg.get_msg_type()) {
+            // Local message types never travel the wire.
+            return Err(raft::Error::StepLocalMsg.into());
+        }
+        self.raw.step(msg)?;
+        Ok(())
+    }
+
+    /// Decodes and feeds a message received as bytes.
+    pub fn step_bytes(&mut self, bytes: &[u8]) -> Result<(), RaftError> {
+        let msg = Message::parse_from_bytes(bytes)?;
+        self.step(msg)
+    }
+
+    /// Whether this node is the leader (only the leader proposes expiries,
+    /// so replicas never race each other with `Expire` commands).
+    pub fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    /// The known leader, 0 = none.
+    pub fn leader_id(&self) -> u64 {
+        self.raw.raft.leader_id
+    }
+
+    /// Whether `handle_ready` has work.
+    pub fn has_ready(&self) -> bool {
+        self.raw.has_ready()
+    }
+
+    /// Runs the Ready loop once (see the module docs). Call after `tick`,
+    /// `step` and `propose`.
+    pub fn handle_ready(&mut self) -> Result<(), RaftError> {
+        if self.raw.store().take_snapshot_wanted() {
+            self.since_snapshot = self.snapshot_every;
+            self.maybe_snapshot()?;
+        }
+        if !self.raw.has_ready() {
+            return Ok(());
+        }
+        let mut rd = self.raw.ready();
+        if let Some(ss) = rd.ss() {
+            self.note_leader(ss.leader_id);
+        }
+        self.outbox.extend(rd.take_messages());
+        let snapshot = (!rd.snapshot().is_empty()).then(|| rd.snapshot().clone());
+        self.raw
+            .mut_store()
+            .persist(snapshot.as_ref(), rd.entries(), rd.hs())?;
+        if let Some(s) = snapshot {
+            // The snapshot's state replaces ours; entries after it follow
+            // as committed entries [Raft § 7].
+            self.state.restore(&s.data)?;
+            self.last_applied = s.get_metadata().index;
+            self.since_snapshot = 0;
+            self.stats.snapshots_received += 1;
+        }
+        self.outbox.extend(rd.take_persisted_messages());
+        let committed = rd.take_committed_entries();
+        self.apply_entries(committed)?;
+        let mut light = self.raw.advance(rd);
+        if let Some(commit) = light.commit_index() {
+            self.raw.mut_store().set_commit(commit)?;
+        }
+        self.outbox.extend(light.take_messages());
+        let committed = light.take_committed_entries();
+        self.apply_entries(committed)?;
+        self.raw.advance_apply();
+        self.maybe_snapshot()?;
+        self.refresh_stats();
+        Ok(())
+    }
+
+    /// Outbound messages, in order, each with its destination.
+    pub fn poll_messages(&mut self) -> Vec<(u64, Message)> {
+        let out: Vec<_> = self.outbox.drain(..).map(|m| (m.to, m)).collect();
+        self.stats.snapshots_sent += out
+            .iter()
+            .filter(|(_, m)| m.get_msg_type() == MessageType::MsgSnapshot)
+            .count() as u64;
+        out
+    }
+
+    /// The transport could not reach `id` (raft then probes it gently).
+    pub fn report_unreachable(&mut self, id: u64) {
+        self.raw.report_unreachable(id);
+    }
+
+    /// The transport delivered (`true`) or lost (`false`) a snapshot to `id`.
+    pub fn report_snapshot(&mut self, id: u64, delivered: bool) {
+        let status = if delivered {
+            SnapshotStatus::Finish
+        } else {
+            SnapshotStatus::Failure
+        };
+        self.raw.report_snapshot(id, status);
+    }
+
+    /// Proposes adding `id` as a voter [Raft thesis § 4.1]. The leader must
+    /// already reach it (the daemon adds its address to the transport
+    /// first); it catches up from a snapshot.
+    pub fn add_member(&mut self, id: u64) -> Result<(), ProposeError> {
+        self.conf_change(ConfChangeType::AddNode, id)
+    }
+
+    /// Proposes adding `id` as a non-voting learner.
+    pub fn add_learner(&mut self, id: u64) -> Result<(), ProposeError> {
+        self.conf_change(ConfChangeType::AddLearnerNode, id)
+    }
+
+    /// Proposes removing `id`.
+    pub fn remove_member(&mut self, id: u64) -> Result<(), ProposeError> {
+        self.conf_change(ConfChangeType::RemoveNode, id)
+    }
+
+    fn conf_change(
+        &mut self,
+        change_type: ConfChangeType,
+        node_id: u64,
+    ) -> Result<(), ProposeError> {
+        if self.leader_id() == raft::INVALID_ID {
+            self.stats.proposal_drops += 1;
+            return Err(ProposeError::Unavailable);
+        }
+        let mut cc = ConfChangeV2::default();
+        let mut single = ConfChangeSingle::default();
+        single.set_change_type(change_type);
+        single.node_id = node_id;
+        cc.mut_changes().push(single);
+        self.raw.propose_conf_change(Vec::new(), cc).map_err(|_| {
+            self.stats.proposal_drops += 1;
+            ProposeError::Unavailable
+        })
+    }
+
+    /// Asks the leader (this node) to hand leadership to `to`.
+    pub fn transfer_leader(&mut self, to: u64) {
+        self.raw.transfer_leader(to);
+    }
+
+    /// Starts an election now (tests, operator tooling).
+    pub fn campaign(&mut self) -> Result<(), RaftError> {
+        self.raw.campaign()?;
+        Ok(())
+    }
+
+    /// Term, leader, indexes, role and membership.
+    pub fn status(&self) -> RaftStatus {
+        let r = &self.raw.raft;
+        let cs = self.raw.store().conf_state();
+        let mut voters = cs.voters.clone();
+        voters.extend(cs.voters_outgoing.iter().copied());
+        voters.sort_unstable();
+        voters.dedup();
+        let mut learners = cs.learners.clone();
+        learners.sort_unstable();
+        RaftStatus {
+            id: r.id,
+            term: r.term,
+            leader: r.leader_id,
+            commit: r.raft_log.committed,
+            applied: self.last_applied,
+            role: r.state.into(),
+            voters,
+            learners,
+        }
+    }
+
+    /// Replication progress of each peer as the leader sees it:
+    /// `(id, matched index, state)` (empty on a follower).
+    pub fn progress(&self) -> Vec<(u64, u64, String)> {
+        if !self.is_leader() {
+            return Vec::new();
+        }
+        let mut v: Vec<_> = self
+            .raw
+            .raft
+            .prs()
+            .iter()
+            .map(|(id, p)| (*id, p.matched, format!("{:?}", p.state)))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> RaftStats {
+        self.stats
+    }
+
+    /// The store (inspection, tests).
+    pub fn store(&self) -> &RaftStore {
+        self.raw.store()
+    }
+
+    fn note_leader(&mut self, leader: u64) {
+        if leader != raft::INVALID_ID && leader != self.stats.leader {
+            self.stats.leader_changes += 1;
+        }
+        self.stats.leader = leader;
+    }
+
+    fn refresh_stats(&mut self) {
+        let r = &self.raw.raft;
+        self.stats.term = r.term;
+        self.stats.commit = r.raft_log.committed;
+        self.stats.applied = self.last_applied;
+        let leader = r.leader_id;
+        self.note_leader(leader);
+    }
+
+    fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<(), RaftError> {
+        for e in entries {
+            if e.index <= self.last_applied {
+                // Already in the restored snapshot.
+                continue;
+            }
+            self.last_applied = e.index;
+            self.since_snapshot += 1;
+            match e.get_entry_type() {
+                EntryType::EntryNormal => self.apply_normal(&e),
+                EntryType::EntryConfChange => {
+                    let cc = ConfChange::parse_from_bytes(&e.data)?;
+                    let cs = self.raw.apply_conf_change(&cc)?;
+                    self.raw.mut_store().set_conf_state(cs)?;
+                }
+                EntryType::EntryConfChangeV2 => {
+                    let cc = ConfChangeV2::parse_from_bytes(&e.data)?;
+                    let cs = self.raw.apply_conf_change(&cc)?;
+                    self.raw.mut_store().set_conf_state(cs)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_normal(&mut self, e: &Entry) {
+        if e.data.is_empty() {
+            // A new leader's empty entry [Raft § 8].
+            return;
+        }
+        let cmd = match Command::decode(&e.data) {
+            Ok(c) => c,
+            Err(err) => {
+                // Every replica skips it alike, so they still agree.
+                tracing::error!(index = e.index, error = %err, "undecodable committed entry");
+                self.stats.bad_entries += 1;
+                return;
+            }
+        };
+        let result = self.state.apply(&cmd);
+        let request = self.own_request(&e.context);
+        self.applied.push_back(Applied {
+            request,
+            command: cmd,
+            result,
+        });
+    }
+
+    fn own_request(&self, ctx: &[u8]) -> Option<RequestId> {
+        let ctx: &[u8; CONTEXT_LEN] = ctx.try_into().ok()?;
+        let (node, rest) = ctx.split_at(8);
+        let (boot, req) = rest.split_at(8);
+        let node = u64::from_be_bytes(node.try_into().ok()?);
+        let boot = u64::from_be_bytes(boot.try_into().ok()?);
+        (node == self.id() && boot == self.boot)
+            .then(|| {
+                req.try_into()
+                    .ok()
+                    .map(|b| RequestId(u64::from_be_bytes(b)))
+            })
+            .flatten()
+    }
+
+    fn maybe_snapshot(&mut self) -> Result<(), RaftError> {
+        if self.since_snapshot < self.snapshot_every {
+            return Ok(());
+        }
+        let index = self.last_applied;
+        // Only entries still in the log can anchor a snapshot (a restored
+        // snapshot is already one).
+        if self.raw.store().term(index).is_err() || index == 0 {
+            self.since_snapshot = 0;
+            return Ok(());
+        }
+        let data = self.state.snapshot();
+        self.raw.mut_store().compact_to_snapshot(index, data)?;
+        self.since_snapshot = 0;
+        self.stats.snapshots_taken += 1;
+        Ok(())
+    }
+}
+
+impl Replicator for RaftReplicator {
+    fn propose(&mut self, id: RequestId, cmd: Command) -> Result<(), ProposeError> {
+        if self.leader_id() == raft::INVALID_ID {
+            // No leader known: nobody could commit it [DESIGN.md § 4].
+            self.stats.proposal_drops += 1;
+            return Err(ProposeError::Unavailable);
+        }
+        let mut ctx = Vec::with_capacity(CONTEXT_LEN);
+        ctx.extend_from_slice(&self.id().to_be_bytes());
+        ctx.extend_from_slice(&self.boot.to_be_bytes());
+        ctx.extend_from_slice(&id.0.to_be_bytes());
+        match self.raw.propose(ctx, cmd.encode()) {
+            Ok(()) => {
+                self.stats.proposals += 1;
+                Ok(())
+            }
+            Err(_) => {
+                self.stats.proposal_drops += 1;
+                Err(ProposeError::Unavailable)
+            }
+        }
+    }
+
+    fn poll_applied(&mut self) -> Option<Applied> {
+        self.applied.pop_front()
+    }
+
+    fn state(&self) -> &StateMachine {
+        &self.state
+    }
+}
+
+fn is_local(t: MessageType) -> bool {
+    matches!(
+        t,
+        MessageType::MsgHup
+            | MessageType::MsgBeat
+            | MessageType::MsgUnreachable
+            | MessageType::MsgSnapStatus
+            | MessageType::MsgCheckQuorum
+    )
+}
+
+/// raft-rs logs through `slog`; this drain forwards to `tracing`.
+struct TracingDrain;
+
+impl slog::Drain for TracingDrain {
+    type Ok = ();
+    type Err = slog::Never;
+
+    fn log(
+        &self,
+        record: &slog::Record<'_>,
+        _values: &slog::OwnedKVList,
+    ) -> Result<(), slog::Never> {
+        match record.level() {
+            slog::Level::Critical | slog::Level::Error => {
+                tracing::error!(target: "raft", "{}", record.msg());
+            }
+            slog::Level::Warning => tracing::warn!(target: "raft", "{}", record.msg()),
+            slog::Level::Info => tracing::info!(target: "raft", "{}", record.msg()),
+            slog::Level::Debug => tracing::debug!(target: "raft", "{}", record.msg()),
+            slog::Level::Trace => tracing::trace!(target: "raft", "{}", record.msg()),
+        }
+        Ok(())
+    }
+}
+
+fn logger() -> slog::Logger {
+    slog::Logger::root(TracingDrain, slog::o!())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::RealmParams;
+
+    fn single() -> RaftReplicator {
+        let sm = StateMachine::new(vec![RealmParams {
+            pool: None,
+            max_bindings: 1,
+        }]);
+        let mut r = RaftReplicator::new(&RaftConfig::new(1, vec![1]), RaftStore::in_memory(), sm)
+            .expect("start");
+        r.campaign().expect("campaign");
+        r.handle_ready().expect("ready");
+        r
+    }
+
+    fn ctx(node: u64, boot: u64, req: u64) -> Vec<u8> {
+        [node, boot, req]
+            .iter()
+            .flat_map(|v| v.to_be_bytes())
+            .collect()
+    }
+
+    #[test]
+    fn driver_can_move_it_to_a_task() {
+        fn send<T: Send + 'static>() {}
+        send::<RaftReplicator>();
+    }
+
+    #[test]
+    fn request_matches_only_this_node_and_boot() {
+        let r = single();
+        assert_eq!(r.own_request(&ctx(1, r.boot(), 42)), Some(RequestId(42)));
+        assert_eq!(
+            r.own_request(&ctx(2, r.boot(), 42)),
+            None,
+            "another proposer"
+        );
+        assert_eq!(
+            r.own_request(&ctx(1, r.boot() + 1, 42)),
+            None,
+            "another boot"
+        );
+        assert_eq!(
+            r.own_request(&ctx(1, r.boot(), 42)[..23]),
+            None,
+            "short context"
+        );
+        assert_eq!(r.own_request(&[]), None);
+    }
+
+    #[test]
+    fn no_leader_refuses_and_leader_applies() {
+        let sm = StateMachine::new(vec![RealmParams {
+            pool: None,
+            max_bindings: 1,
+        }]);
+        let mut r = RaftReplicator::new(
+            &RaftConfig::new(1, vec![1, 2, 3]),
+            RaftStore::in_memory(),
+            sm,
+        )
+        .expect("start");
+        let cmd = Command::AdminRemove {
+            realm: crate::config::RealmId(0),
+            home_address: std::net::Ipv4Addr::new(198, 51, 100, 5),
+        };
+        assert_eq!(
+            r.propose(RequestId(1), cmd.clone()),
+            Err(ProposeError::Unavailable)
+        );
+        assert_eq!(r.stats().proposal_drops, 1);
+        let mut r = single();
+        assert!(r.is_leader());
+        r.propose(RequestId(2), cmd.clone())
+            .expect("leader accepts");
+        r.handle_ready().expect("ready");
+        let a = r.poll_applied().expect("applied");
+        assert_eq!((a.request, a.command), (Some(RequestId(2)), cmd));
+        assert_eq!(r.status().role, Role::Leader);
+        assert_eq!(r.status().commit, r.status().applied);
+    }
+}

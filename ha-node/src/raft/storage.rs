@@ -1,0 +1,525 @@
+//! The Raft log, hard state and snapshot: in memory, or durable in tikv's
+//! `raft-engine`.
+//!
+//! [`RaftStore`] implements `raft::Storage` for the `RawNode` and offers the
+//! writes the ready loop needs ([`persist`](RaftStore::persist),
+//! [`set_commit`](RaftStore::set_commit), …). It keeps the whole live log
+//! (everything after the last snapshot) in memory; the durable flavour
+//! writes every change through to a `raft-engine` instance first, with
+//! `sync`, and reads it all back in [`RaftStore::open`]. The log stays
+//! small because the node snapshots the state machine every few thousand
+//! entries and compacts it ([DESIGN.md § 4]), so the memory copy is cheap
+//! and reads never touch the disk.
+//!
+//! The in-memory flavour ([`RaftStore::in_memory`]) is what the
+//! deterministic simulation uses as a node's "disk": it survives a
+//! simulated crash (the node's volatile state is dropped, the store kept).
+//!
+//! # raft-engine layout
+//!
+//! Two raft groups: `META` holds key/values (`hs` the `HardState`, `cs` the
+//! `ConfState`, `snap_meta` the last snapshot's `SnapshotMetadata`,
+//! `snap_data` its state-machine bytes, `boots` a big-endian boot counter),
+//! `LOG` the entries. A received snapshot replaces the whole log: `LOG` is
+//! cleaned in the same synced batch that records the snapshot, so a restart
+//! never sees a stale tail behind a newer snapshot.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::{GetEntriesContext, RaftState, Storage, StorageError};
+use raft_engine::{Engine, LogBatch, MessageExt};
+
+const META: u64 = 1;
+const LOG: u64 = 2;
+const KEY_HS: &[u8] = b"hs";
+const KEY_CS: &[u8] = b"cs";
+const KEY_SNAP_META: &[u8] = b"snap_meta";
+const KEY_SNAP_DATA: &[u8] = b"snap_data";
+const KEY_BOOTS: &[u8] = b"boots";
+
+/// Storage failures. The daemon treats them as fatal: a node that cannot
+/// persist its log must not vote or acknowledge anything.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The raft-engine failed (I/O, corruption).
+    #[error("raft-engine: {0}")]
+    Engine(#[from] raft_engine::Error),
+    /// What is on disk is inconsistent (a hole in the log, bad counter).
+    #[error("corrupt raft storage: {0}")]
+    Corrupt(&'static str),
+}
+
+#[derive(Clone)]
+struct EntryExt;
+
+impl MessageExt for EntryExt {
+    type Entry = Entry;
+
+    fn index(e: &Entry) -> u64 {
+        e.index
+    }
+}
+
+/// The node's Raft storage (see the module docs).
+pub struct RaftStore {
+    hard_state: HardState,
+    conf_state: ConfState,
+    /// The latest snapshot (metadata index 0 = none yet).
+    snapshot: Snapshot,
+    /// The log after `snapshot`'s index, contiguous.
+    entries: Vec<Entry>,
+    boots: u64,
+    engine: Option<Engine>,
+    /// Raft asked for a snapshot that the stored one cannot serve (it
+    /// predates the peer's membership): the node takes a fresh one.
+    snapshot_wanted: AtomicBool,
+}
+
+impl std::fmt::Debug for RaftStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftStore")
+            .field("hard_state", &self.hard_state)
+            .field("conf_state", &self.conf_state)
+            .field("snapshot_index", &self.snapshot.get_metadata().index)
+            .field("entries", &self.entries.len())
+            .field("boots", &self.boots)
+            .field("durable", &self.engine.is_some())
+            .finish()
+    }
+}
+
+impl RaftStore {
+    /// An empty, volatile store (tests and the simulation).
+    pub fn in_memory() -> Self {
+        Self {
+            hard_state: HardState::default(),
+            conf_state: ConfState::default(),
+            snapshot: Snapshot::default(),
+            entries: Vec::new(),
+            boots: 0,
+            engine: None,
+            snapshot_wanted: AtomicBool::new(false),
+        }
+    }
+
+    /// Opens (or creates) the durable store in `dir` and loads it.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let cfg = raft_engine::Config {
+            dir: dir.to_string_lossy().into_owned(),
+            ..Default::default()
+        };
+        let engine = Engine::open(cfg)?;
+        let hard_state = engine
+            .get_message::<HardState>(META, KEY_HS)?
+            .unwrap_or_default();
+        let conf_state = engine
+            .get_message::<ConfState>(META, KEY_CS)?
+            .unwrap_or_default();
+        let mut snapshot = Snapshot::default();
+        if let Some(meta) = engine.get_message::<SnapshotMetadata>(META, KEY_SNAP_META)? {
+            snapshot.set_metadata(meta);
+            snapshot.data = engine.get(META, KEY_SNAP_DATA).unwrap_or_default().into();
+        }
+        let boots = match engine.get(META, KEY_BOOTS) {
+            None => 0,
+            Some(b) => u64::from_be_bytes(
+                b.as_slice()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("boot counter"))?,
+            ),
+        };
+        let mut entries = Vec::new();
+        if let (Some(first), Some(last)) = (engine.first_index(LOG), engine.last_index(LOG)) {
+            engine.fetch_entries_to::<EntryExt>(LOG, first, last + 1, None, &mut entries)?;
+        }
+        let snap_index = snapshot.get_metadata().index;
+        entries.retain(|e| e.index > snap_index);
+        if let Some(e) = entries.first() {
+            if e.index != snap_index + 1 {
+                return Err(StoreError::Corrupt("hole between snapshot and log"));
+            }
+        }
+        Ok(Self {
+            hard_state,
+            conf_state,
+            snapshot,
+            entries,
+            boots,
+            engine: Some(engine),
+            snapshot_wanted: AtomicBool::new(false),
+        })
+    }
+
+    /// Whether this store writes to disk.
+    pub fn is_durable(&self) -> bool {
+        self.engine.is_some()
+    }
+
+    /// The persisted hard state (term, vote, commit).
+    pub fn hard_state(&self) -> &HardState {
+        &self.hard_state
+    }
+
+    /// The persisted membership.
+    pub fn conf_state(&self) -> &ConfState {
+        &self.conf_state
+    }
+
+    /// The latest snapshot (index 0 = none).
+    pub fn snapshot_ref(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    /// The number of entries held after the snapshot.
+    pub fn log_len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn write(&self, batch: &mut LogBatch) -> Result<(), StoreError> {
+        if let Some(e) = &self.engine {
+            if !batch.is_empty() {
+                // Synced: an acknowledged vote or entry must survive a
+                // power cut (Raft's persistence rule).
+                e.write(batch, true)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts a boot and returns the new count: a per-boot nonce that is
+    /// unique across restarts of this store (it tags proposals, so an entry
+    /// proposed before a restart never matches a request made after it).
+    pub fn next_boot(&mut self) -> Result<u64, StoreError> {
+        let boots = self.boots.wrapping_add(1);
+        let mut b = LogBatch::default();
+        b.put(META, KEY_BOOTS.to_vec(), boots.to_be_bytes().to_vec())?;
+        self.write(&mut b)?;
+        self.boots = boots;
+        Ok(boots)
+    }
+
+    /// Records the initial membership of a new cluster (no-op when the
+    /// store already has one or any state).
+    pub fn bootstrap(&mut self, voters: &[u64]) -> Result<(), StoreError> {
+        let fresh = self.conf_state == ConfState::default()
+            && self.hard_state == HardState::default()
+            && self.entries.is_empty()
+            && self.snapshot.get_metadata().index == 0;
+        if !fresh || voters.is_empty() {
+            return Ok(());
+        }
+        let cs = ConfState {
+            voters: voters.to_vec(),
+            ..Default::default()
+        };
+        self.set_conf_state(cs)
+    }
+
+    /// Persists one Ready in one synced batch: a received snapshot (which
+    /// replaces the log), new entries (a conflicting tail is overwritten)
+    /// and the hard state.
+    pub fn persist(
+        &mut self,
+        snapshot: Option<&Snapshot>,
+        entries: &[Entry],
+        hs: Option<&HardState>,
+    ) -> Result<(), StoreError> {
+        let mut b = LogBatch::default();
+        let mut new_hs = hs.cloned().unwrap_or_else(|| self.hard_state.clone());
+        if let Some(s) = snapshot {
+            let meta = s.get_metadata();
+            new_hs.term = new_hs.term.max(meta.term);
+            new_hs.commit = new_hs.commit.max(meta.index);
+            b.add_command(LOG, raft_engine::Command::Clean);
+            b.put_message(META, KEY_SNAP_META.to_vec(), meta)?;
+            b.put(META, KEY_SNAP_DATA.to_vec(), s.data.to_vec())?;
+            b.put_message(META, KEY_CS.to_vec(), meta.get_conf_state())?;
+        }
+        if let Some(first) = entries.first() {
+            let snap_index = snapshot
+                .map(|s| s.get_metadata().index)
+                .unwrap_or(self.snapshot.get_metadata().index);
+            if first.index <= snap_index {
+                return Err(StoreError::Corrupt("append overwrites the snapshot"));
+            }
+            let last = if snapshot.is_some() {
+                snap_index
+            } else {
+                self.last()
+            };
+            if first.index > last + 1 {
+                return Err(StoreError::Corrupt("append leaves a hole"));
+            }
+            b.add_entries::<EntryExt>(LOG, entries)?;
+        }
+        if snapshot.is_some() || hs.is_some() {
+            b.put_message(META, KEY_HS.to_vec(), &new_hs)?;
+        }
+        self.write(&mut b)?;
+        if let Some(s) = snapshot {
+            self.snapshot = s.clone();
+            self.conf_state = s.get_metadata().get_conf_state().clone();
+            self.entries.clear();
+        }
+        if let Some(first) = entries.first() {
+            let keep = self
+                .entries
+                .iter()
+                .take_while(|e| e.index < first.index)
+                .count();
+            self.entries.truncate(keep);
+            self.entries.extend_from_slice(entries);
+        }
+        self.hard_state = new_hs;
+        Ok(())
+    }
+
+    /// Persists a new commit index (from a `LightReady`).
+    pub fn set_commit(&mut self, commit: u64) -> Result<(), StoreError> {
+        if commit == self.hard_state.commit {
+            return Ok(());
+        }
+        let mut hs = self.hard_state.clone();
+        hs.commit = commit;
+        let mut b = LogBatch::default();
+        b.put_message(META, KEY_HS.to_vec(), &hs)?;
+        self.write(&mut b)?;
+        self.hard_state = hs;
+        Ok(())
+    }
+
+    /// Persists the membership after a configuration change is applied.
+    pub fn set_conf_state(&mut self, cs: ConfState) -> Result<(), StoreError> {
+        let mut b = LogBatch::default();
+        b.put_message(META, KEY_CS.to_vec(), &cs)?;
+        self.write(&mut b)?;
+        self.conf_state = cs;
+        Ok(())
+    }
+
+    /// Records a snapshot of the state machine taken at `index` (≤ the
+    /// applied index) and drops the log up to it.
+    pub fn compact_to_snapshot(&mut self, index: u64, data: Vec<u8>) -> Result<(), StoreError> {
+        let snap_index = self.snapshot.get_metadata().index;
+        if index <= snap_index {
+            return Ok(());
+        }
+        if index > self.hard_state.commit {
+            return Err(StoreError::Corrupt("snapshot beyond the commit index"));
+        }
+        let term = self
+            .entries
+            .iter()
+            .find(|e| e.index == index)
+            .map(|e| e.term)
+            .ok_or(StoreError::Corrupt("snapshot index not in the log"))?;
+        let mut snap = Snapshot {
+            data: data.into(),
+            ..Default::default()
+        };
+        {
+            let m = snap.mut_metadata();
+            m.index = index;
+            m.term = term;
+            m.set_conf_state(self.conf_state.clone());
+        }
+        let mut b = LogBatch::default();
+        b.put_message(META, KEY_SNAP_META.to_vec(), snap.get_metadata())?;
+        b.put(META, KEY_SNAP_DATA.to_vec(), snap.data.to_vec())?;
+        b.add_command(LOG, raft_engine::Command::Compact { index: index + 1 });
+        self.write(&mut b)?;
+        self.entries.retain(|e| e.index > index);
+        self.snapshot = snap;
+        if let Some(e) = &self.engine {
+            // Lets raft-engine recycle files the compaction emptied.
+            e.purge_expired_files()?;
+        }
+        Ok(())
+    }
+
+    /// Whether raft wanted a snapshot the store could not serve (clears
+    /// the flag).
+    pub fn take_snapshot_wanted(&self) -> bool {
+        self.snapshot_wanted.swap(false, Ordering::Relaxed)
+    }
+
+    fn snap_index(&self) -> u64 {
+        self.snapshot.get_metadata().index
+    }
+
+    fn last(&self) -> u64 {
+        self.entries.last().map_or(self.snap_index(), |e| e.index)
+    }
+}
+
+impl Storage for RaftStore {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState::new(
+            self.hard_state.clone(),
+            self.conf_state.clone(),
+        ))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low <= self.snap_index() {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > self.last() + 1 || low > high {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        let offset = self.snap_index() + 1;
+        let lo = usize::try_from(low - offset).unwrap_or(usize::MAX);
+        let hi = usize::try_from(high - offset).unwrap_or(usize::MAX);
+        let mut ents = self
+            .entries
+            .get(lo..hi)
+            .ok_or(raft::Error::Store(StorageError::Unavailable))?
+            .to_vec();
+        raft::util::limit_size(&mut ents, max_size.into());
+        Ok(ents)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        let snap = self.snapshot.get_metadata();
+        if idx == snap.index {
+            return Ok(snap.term);
+        }
+        if idx < snap.index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        let i = usize::try_from(idx - snap.index - 1).unwrap_or(usize::MAX);
+        self.entries
+            .get(i)
+            .map(|e| e.term)
+            .ok_or(raft::Error::Store(StorageError::Unavailable))
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.snap_index() + 1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last())
+    }
+
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let cs = self.snapshot.get_metadata().get_conf_state();
+        let knows_peer = cs
+            .voters
+            .iter()
+            .chain(&cs.learners)
+            .chain(&cs.voters_outgoing)
+            .chain(&cs.learners_next)
+            .any(|&id| id == to);
+        // A peer missing from the snapshot's membership would refuse it
+        // (raft-rs `restore`): have the node take a newer one, raft retries.
+        if self.snap_index() < request_index || self.snap_index() == 0 || !knows_peer {
+            self.snapshot_wanted.store(true, Ordering::Relaxed);
+            return Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        Ok(self.snapshot.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry {
+            index,
+            term,
+            data: vec![u8::try_from(index % 256).unwrap_or(0)].into(),
+            ..Default::default()
+        }
+    }
+
+    fn exercise(s: &mut RaftStore) {
+        s.bootstrap(&[1, 2, 3]).expect("bootstrap");
+        let hs = HardState {
+            term: 2,
+            vote: 1,
+            commit: 0,
+            ..Default::default()
+        };
+        let ents: Vec<_> = (1..=5).map(|i| entry(i, 1)).collect();
+        s.persist(None, &ents, Some(&hs)).expect("append");
+        // A conflicting tail from a new leader replaces entries 4..
+        // [Raft § 5.3].
+        s.persist(None, &[entry(4, 2)], None).expect("overwrite");
+        assert_eq!(s.last_index().expect("last"), 4);
+        assert_eq!(s.term(4).expect("term"), 2);
+        s.set_commit(3).expect("commit");
+        s.compact_to_snapshot(2, b"state@2".to_vec()).expect("snap");
+        assert_eq!(s.first_index().expect("first"), 3);
+        assert_eq!(s.term(2).expect("term"), 1);
+        assert!(matches!(
+            s.entries(1, 3, None, GetEntriesContext::empty(false)),
+            Err(raft::Error::Store(StorageError::Compacted))
+        ));
+        assert_eq!(
+            s.entries(3, 5, None, GetEntriesContext::empty(false))
+                .expect("entries")
+                .iter()
+                .map(|e| (e.index, e.term))
+                .collect::<Vec<_>>(),
+            vec![(3, 1), (4, 2)]
+        );
+    }
+
+    #[test]
+    fn memory_store_semantics() {
+        let mut s = RaftStore::in_memory();
+        exercise(&mut s);
+        assert_eq!(s.next_boot().expect("boot"), 1);
+        assert_eq!(s.next_boot().expect("boot"), 2);
+    }
+
+    #[test]
+    fn durable_store_survives_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let mut s = RaftStore::open(dir.path()).expect("open");
+            exercise(&mut s);
+            assert_eq!(s.next_boot().expect("boot"), 1);
+        }
+        let mut s = RaftStore::open(dir.path()).expect("reopen");
+        assert_eq!(s.hard_state().term, 2);
+        assert_eq!(s.hard_state().commit, 3);
+        assert_eq!(s.conf_state().voters, vec![1, 2, 3]);
+        assert_eq!(s.snapshot_ref().get_metadata().index, 2);
+        assert_eq!(s.snapshot_ref().data.as_ref(), b"state@2");
+        assert_eq!(s.first_index().expect("first"), 3);
+        assert_eq!(s.last_index().expect("last"), 4);
+        assert_eq!(s.term(4).expect("term"), 2);
+        assert_eq!(s.next_boot().expect("boot"), 2);
+        // A received snapshot replaces the whole log, on disk too.
+        let mut snap = Snapshot {
+            data: b"state@9".to_vec().into(),
+            ..Default::default()
+        };
+        snap.mut_metadata().index = 9;
+        snap.mut_metadata().term = 3;
+        snap.mut_metadata().mut_conf_state().voters = vec![1, 2, 3, 4];
+        s.persist(Some(&snap), &[], None).expect("snapshot");
+        s.persist(None, &[entry(10, 3)], None)
+            .expect("append after");
+        drop(s);
+        let s = RaftStore::open(dir.path()).expect("reopen");
+        assert_eq!(s.first_index().expect("first"), 10);
+        assert_eq!(s.last_index().expect("last"), 10);
+        assert_eq!(s.hard_state().commit, 9);
+        assert_eq!(s.conf_state().voters, vec![1, 2, 3, 4]);
+        assert_eq!(s.term(9).expect("term"), 3);
+    }
+}

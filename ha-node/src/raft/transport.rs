@@ -1,0 +1,406 @@
+//! Raft messages between nodes over tonic (`RaftTransport` in
+//! `proto/proto/haven.proto`).
+//!
+//! * **Server** ([`Transport::server`]): accepts each peer's long-lived
+//!   client stream of `RaftBatch`es, refuses a batch for another cluster or
+//!   another node, decodes each message (raft's own protobuf 2 codec) and
+//!   pushes it to the driver's [`Inbound`] channel.
+//! * **Clients**: one task per peer with an ordered, bounded outbound queue.
+//!   [`Transport::send`] never blocks the driver: when the queue is full or
+//!   the peer is down the message is dropped and the driver is told
+//!   ([`Inbound::Unreachable`]), which is what raft expects of a lossy
+//!   network. The task batches whatever is queued into one `RaftBatch` on
+//!   one stream, and reconnects with exponential backoff (50 ms … 2 s).
+//!
+//! Snapshots travel inline in a `MsgSnapshot` (the state machine's bytes
+//! are small); the gRPC message limit is raised to [`MAX_MESSAGE`] for it.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use haven_proto::grpc::raft_transport_client::RaftTransportClient;
+use haven_proto::grpc::raft_transport_server::{RaftTransport, RaftTransportServer};
+use haven_proto::grpc::{RaftBatch, SendAck, SnapshotChunk};
+use protobuf::Message as _;
+use raft::eraftpb::{Message, MessageType};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+/// Largest gRPC message either side accepts (an inline snapshot of a large
+/// binding table).
+pub const MAX_MESSAGE: usize = 256 << 20;
+
+/// Messages queued per peer before new ones are dropped.
+pub const PEER_QUEUE: usize = 4096;
+
+/// Largest batch the client assembles (bytes of encoded messages).
+const BATCH_BYTES: usize = 4 << 20;
+
+/// Peer id → `host:port` of its Raft transport.
+pub type PeerMap = HashMap<u64, String>;
+
+/// What the transport hands to the driver.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A message for this node's `RaftReplicator::step`.
+    Message(Box<Message>),
+    /// A message to this peer was dropped: `report_unreachable(id)`.
+    Unreachable(u64),
+    /// A snapshot was handed to the peer's stream (`true`) or dropped:
+    /// `report_snapshot(to, delivered)`.
+    Snapshot {
+        /// The peer.
+        to: u64,
+        /// Whether it left.
+        delivered: bool,
+    },
+}
+
+/// The node's Raft transport: per-peer clients plus the server half.
+#[derive(Debug)]
+pub struct Transport {
+    id: u64,
+    cluster_id: String,
+    peers: HashMap<u64, mpsc::Sender<Message>>,
+    inbound: mpsc::Sender<Inbound>,
+}
+
+impl Transport {
+    /// A transport for node `id`; spawns one client task per peer (call
+    /// inside a tokio runtime). Returns the receiver the driver reads.
+    pub fn new(id: u64, cluster_id: &str, peers: &PeerMap) -> (Self, mpsc::Receiver<Inbound>) {
+        let (inbound, rx) = mpsc::channel(PEER_QUEUE);
+        let mut t = Self {
+            id,
+            cluster_id: cluster_id.to_owned(),
+            peers: HashMap::new(),
+            inbound,
+        };
+        for (&peer, addr) in peers {
+            t.add_peer(peer, addr);
+        }
+        (t, rx)
+    }
+
+    /// Starts (or restarts) the client for `peer` at `addr`.
+    pub fn add_peer(&mut self, peer: u64, addr: &str) {
+        if peer == self.id {
+            return;
+        }
+        let (tx, rx) = mpsc::channel(PEER_QUEUE);
+        let client = PeerClient {
+            from: self.id,
+            to: peer,
+            cluster_id: self.cluster_id.clone(),
+            addr: format!("http://{addr}"),
+            inbound: self.inbound.clone(),
+        };
+        tokio::spawn(client.run(rx));
+        // Dropping a previous sender ends that peer's old task.
+        self.peers.insert(peer, tx);
+    }
+
+    /// Stops sending to `peer`.
+    pub fn remove_peer(&mut self, peer: u64) {
+        self.peers.remove(&peer);
+    }
+
+    /// Queues `msg` for `to`; drops it (and tells the driver) when the peer
+    /// is unknown or its queue is full. Never blocks.
+    pub fn send(&self, to: u64, msg: Message) {
+        let snapshot = msg.get_msg_type() == MessageType::MsgSnapshot;
+        let sent = self
+            .peers
+            .get(&to)
+            .is_some_and(|tx| tx.try_send(msg).is_ok());
+        if !sent {
+            tracing::trace!(to, "raft message dropped");
+            let _ = self.inbound.try_send(Inbound::Unreachable(to));
+            if snapshot {
+                let _ = self.inbound.try_send(Inbound::Snapshot {
+                    to,
+                    delivered: false,
+                });
+            }
+        }
+    }
+
+    /// The gRPC service to serve on the cluster address.
+    pub fn server(&self) -> RaftTransportServer<RaftService> {
+        RaftTransportServer::new(RaftService {
+            id: self.id,
+            cluster_id: self.cluster_id.clone(),
+            inbound: self.inbound.clone(),
+        })
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE)
+    }
+}
+
+/// The server half (see the module docs).
+#[derive(Debug, Clone)]
+pub struct RaftService {
+    id: u64,
+    cluster_id: String,
+    inbound: mpsc::Sender<Inbound>,
+}
+
+impl RaftService {
+    fn check(&self, cluster_id: &str, to: u64) -> Result<(), tonic::Status> {
+        if cluster_id != self.cluster_id {
+            return Err(tonic::Status::permission_denied("wrong cluster id"));
+        }
+        if to != self.id {
+            return Err(tonic::Status::invalid_argument("batch for another node"));
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl RaftTransport for RaftService {
+    async fn send(
+        &self,
+        request: tonic::Request<tonic::Streaming<RaftBatch>>,
+    ) -> Result<tonic::Response<SendAck>, tonic::Status> {
+        let mut stream = request.into_inner();
+        let mut received = 0u64;
+        while let Some(batch) = stream.message().await? {
+            self.check(&batch.cluster_id, batch.to)?;
+            for bytes in &batch.messages {
+                let msg = match Message::parse_from_bytes(bytes) {
+                    Ok(m) if m.to == self.id && m.from == batch.from => m,
+                    Ok(_) => return Err(tonic::Status::invalid_argument("message addressing")),
+                    Err(_) => return Err(tonic::Status::invalid_argument("undecodable message")),
+                };
+                received += 1;
+                // Backpressure: a slow driver slows the peer's stream, whose
+                // own queue then drops.
+                if self
+                    .inbound
+                    .send(Inbound::Message(Box::new(msg)))
+                    .await
+                    .is_err()
+                {
+                    return Err(tonic::Status::unavailable("node shutting down"));
+                }
+            }
+        }
+        Ok(tonic::Response::new(SendAck { received }))
+    }
+
+    async fn snapshot(
+        &self,
+        _request: tonic::Request<tonic::Streaming<SnapshotChunk>>,
+    ) -> Result<tonic::Response<SendAck>, tonic::Status> {
+        // Snapshots travel inline in `Send` (see the module docs).
+        Err(tonic::Status::unimplemented("snapshots are sent inline"))
+    }
+}
+
+struct PeerClient {
+    from: u64,
+    to: u64,
+    cluster_id: String,
+    addr: String,
+    inbound: mpsc::Sender<Inbound>,
+}
+
+impl PeerClient {
+    async fn run(self, mut rx: mpsc::Receiver<Message>) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.connect().await {
+                Ok(client) => {
+                    backoff = Duration::from_millis(50);
+                    if self.stream(client, &mut rx).await.is_none() {
+                        return;
+                    }
+                }
+                Err(e) => tracing::debug!(peer = self.to, error = %e, "raft peer connect failed"),
+            }
+            // Down: drop what is queued rather than deliver it stale.
+            let deadline = tokio::time::sleep(backoff);
+            tokio::pin!(deadline);
+            loop {
+                tokio::select! {
+                    () = &mut deadline => break,
+                    m = rx.recv() => match m {
+                        Some(m) => self.dropped(&m),
+                        None => return,
+                    },
+                }
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    async fn connect(
+        &self,
+    ) -> Result<RaftTransportClient<tonic::transport::Channel>, tonic::transport::Error> {
+        let ch = tonic::transport::Endpoint::from_shared(self.addr.clone())?
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+            .connect()
+            .await?;
+        Ok(RaftTransportClient::new(ch)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE))
+    }
+
+    /// Streams batches until the call fails (`Some`) or the transport
+    /// drops this peer (`None`).
+    async fn stream(
+        &self,
+        mut client: RaftTransportClient<tonic::transport::Channel>,
+        rx: &mut mpsc::Receiver<Message>,
+    ) -> Option<()> {
+        let (tx, stream_rx) = mpsc::channel::<RaftBatch>(16);
+        let call = tokio::spawn(async move { client.send(ReceiverStream::new(stream_rx)).await });
+        tokio::pin!(call);
+        loop {
+            tokio::select! {
+                r = &mut call => {
+                    tracing::debug!(peer = self.to, result = ?r.map(|r| r.map(|_| ())), "raft stream ended");
+                    return Some(());
+                }
+                m = rx.recv() => {
+                    let first = m?;
+                    let (batch, snapshots) = self.batch(first, rx);
+                    let delivered = tx.send(batch).await.is_ok();
+                    for _ in 0..snapshots {
+                        let _ = self.inbound.try_send(Inbound::Snapshot { to: self.to, delivered });
+                    }
+                    if !delivered {
+                        return Some(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// One batch of everything queued now (up to [`BATCH_BYTES`]), and one
+    /// marker per snapshot in it.
+    fn batch(&self, first: Message, rx: &mut mpsc::Receiver<Message>) -> (RaftBatch, usize) {
+        let mut messages = Vec::new();
+        let mut snaps = 0;
+        let mut bytes = 0usize;
+        let mut next = Some(first);
+        while let Some(m) = next.take() {
+            if m.get_msg_type() == MessageType::MsgSnapshot {
+                snaps += 1;
+            }
+            match m.write_to_bytes() {
+                Ok(b) => {
+                    bytes += b.len();
+                    messages.push(b);
+                }
+                Err(e) => tracing::warn!(error = %e, "raft message does not encode"),
+            }
+            if bytes < BATCH_BYTES {
+                next = rx.try_recv().ok();
+            }
+        }
+        (
+            RaftBatch {
+                cluster_id: self.cluster_id.clone(),
+                from: self.from,
+                to: self.to,
+                messages,
+            },
+            snaps,
+        )
+    }
+
+    fn dropped(&self, m: &Message) {
+        let _ = self.inbound.try_send(Inbound::Unreachable(self.to));
+        if m.get_msg_type() == MessageType::MsgSnapshot {
+            let _ = self.inbound.try_send(Inbound::Snapshot {
+                to: self.to,
+                delivered: false,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_stream::wrappers::TcpListenerStream;
+
+    fn heartbeat(from: u64, to: u64, term: u64) -> Message {
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgHeartbeat);
+        m.from = from;
+        m.to = to;
+        m.term = term;
+        m
+    }
+
+    #[tokio::test]
+    async fn delivers_in_order_over_loopback() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (t2, mut rx2) = Transport::new(2, "lab", &PeerMap::new());
+        let svc = t2.server();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        let peers = PeerMap::from([(2, addr.to_string())]);
+        let (t1, _rx1) = Transport::new(1, "lab", &peers);
+        for term in 1..=50 {
+            t1.send(2, heartbeat(1, 2, term));
+        }
+        let mut terms = Vec::new();
+        while terms.len() < 50 {
+            let got = tokio::time::timeout(Duration::from_secs(20), rx2.recv())
+                .await
+                .expect("delivered in time")
+                .expect("open");
+            if let Inbound::Message(m) = got {
+                assert_eq!((m.from, m.to), (1, 2));
+                terms.push(m.term);
+            }
+        }
+        assert_eq!(terms, (1..=50).collect::<Vec<_>>(), "per-peer order kept");
+    }
+
+    #[tokio::test]
+    async fn unknown_peer_is_reported_not_blocking() {
+        let (t, mut rx) = Transport::new(1, "lab", &PeerMap::new());
+        let mut m = heartbeat(1, 9, 1);
+        m.set_msg_type(MessageType::MsgSnapshot);
+        t.send(9, m);
+        assert!(matches!(rx.recv().await, Some(Inbound::Unreachable(9))));
+        assert!(matches!(
+            rx.recv().await,
+            Some(Inbound::Snapshot {
+                to: 9,
+                delivered: false
+            })
+        ));
+    }
+
+    #[test]
+    fn server_refuses_other_cluster_and_node() {
+        let (tx, _rx) = mpsc::channel(1);
+        let s = RaftService {
+            id: 2,
+            cluster_id: "lab".into(),
+            inbound: tx,
+        };
+        assert!(s.check("lab", 2).is_ok());
+        assert_eq!(
+            s.check("other", 2).map_err(|e| e.code()),
+            Err(tonic::Code::PermissionDenied)
+        );
+        assert_eq!(
+            s.check("lab", 3).map_err(|e| e.code()),
+            Err(tonic::Code::InvalidArgument)
+        );
+    }
+}

@@ -1,0 +1,124 @@
+//! Memory per binding ([DESIGN.md § 9]: ≤ 256 bytes per binding).
+//!
+//! Run with
+//! `cargo test --release -p haven-ha-node --test binding_memory -- --ignored --nocapture`.
+//! A counting global allocator measures the live heap bytes the state
+//! machine holds (binding table, NAI index, expiry schedule, pools); RSS
+//! growth from `/proc/self/statm` is printed beside it (it includes the
+//! allocator's own overhead and fragmentation).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::time::Duration;
+
+use haven_ha_node::binding::{CareOf, Encap, Nai};
+use haven_ha_node::command::{ApplyResult, Command, RealmParams, StateMachine};
+use haven_ha_node::config::RealmId;
+
+struct Counting;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: forwards to the system allocator and only counts sizes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
+        // SAFETY: same layout contract as the caller's.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        LIVE.fetch_sub(l.size() as isize, Ordering::Relaxed);
+        // SAFETY: `p` came from `alloc` with layout `l`.
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        LIVE.fetch_add(new as isize - l.size() as isize, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(p, l, new) }
+    }
+}
+
+#[global_allocator]
+static A: Counting = Counting;
+
+fn rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = s.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+const N: u32 = 1_000_000;
+// 1 M distinct home addresses do not fit in the test ranges, so they are
+// spread over 8 realms of 125 000 addresses from 198.18.0.0/15 each.
+const REALMS: u32 = 8;
+const PER_REALM: u32 = N / REALMS;
+
+fn measure(label: &str, with_nai: bool) -> f64 {
+    let base = u32::from(Ipv4Addr::new(198, 18, 0, 0));
+    let realms = (0..REALMS)
+        .map(|_| RealmParams {
+            pool: with_nai.then(|| (Ipv4Addr::from(base), Ipv4Addr::from(base + PER_REALM - 1))),
+            max_bindings: 1,
+        })
+        .collect();
+    let heap0 = LIVE.load(Ordering::Relaxed);
+    let rss0 = rss_bytes().unwrap_or(0);
+    let mut sm = StateMachine::new(realms);
+    for i in 0..N {
+        let realm = RealmId((i / PER_REALM) as u16);
+        let n = i % PER_REALM;
+        let (home_address, nai) = if with_nai {
+            // A realistic NAI length (RFC 4282 user@realm), ~22 bytes.
+            let s = format!("mn{n:07}@example.net");
+            (Ipv4Addr::UNSPECIFIED, Nai::new(&s))
+        } else {
+            (Ipv4Addr::from(base + n), None)
+        };
+        let cmd = Command::Register {
+            realm,
+            home_address,
+            nai,
+            care_of: CareOf {
+                coa: Ipv4Addr::new(203, 0, 113, (n % 250) as u8 + 1),
+                registered_at: Duration::from_secs(1_800_000_000 + u64::from(n % 1800)),
+                lifetime: 1800,
+                encap: Encap::Udp {
+                    nat: SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 200), (n % 60000) as u16),
+                },
+                reverse_tunnel: true,
+            },
+            identification: u64::from(n),
+            simultaneous: false,
+        };
+        let r = sm.apply(&cmd);
+        assert!(matches!(r, ApplyResult::Registered { .. }), "{r:?}");
+    }
+    assert_eq!(sm.table().len(), N as usize);
+    let heap = (LIVE.load(Ordering::Relaxed) - heap0) as f64 / f64::from(N);
+    let rss = (rss_bytes().unwrap_or(0).saturating_sub(rss0)) as f64 / f64::from(N);
+    println!("{label}: {heap:.1} heap bytes/binding, {rss:.1} RSS bytes/binding (N = {N})");
+    drop(sm);
+    heap
+}
+
+#[test]
+#[ignore = "allocates 1 M bindings; run with --ignored --nocapture"]
+fn bytes_per_binding() {
+    let fixed = measure("fixed HoA, no NAI", false);
+    let nai = measure("pool HoA + NAI (22 B)", true);
+    assert!(fixed <= 256.0, "fixed: {fixed} B/binding");
+    assert!(nai <= 256.0, "nai: {nai} B/binding");
+}
+
+#[test]
+fn print_sizes() {
+    use haven_ha_node::binding::{BindingEntry, CareOfList, Expiry};
+    println!(
+        "CareOf {} CareOfList {} BindingEntry {} Expiry {}",
+        size_of::<CareOf>(),
+        size_of::<CareOfList>(),
+        size_of::<BindingEntry>(),
+        size_of::<Expiry>()
+    );
+}
