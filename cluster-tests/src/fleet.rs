@@ -82,7 +82,13 @@ impl RealmSpec {
 
     /// SAs for `count` fixed home addresses from `base` on (`base + i`), as
     /// `mnsim --home-base` uses them.
-    pub fn with_home_address_sas(mut self, base: Ipv4Addr, count: usize, spi: u32, key: &[u8]) -> Self {
+    pub fn with_home_address_sas(
+        mut self,
+        base: Ipv4Addr,
+        count: usize,
+        spi: u32,
+        key: &[u8],
+    ) -> Self {
         let base = u32::from(base);
         self.sas.extend((0..count as u32).map(|i| Sa {
             owner: SaOwner::HomeAddress(Ipv4Addr::from(base + i)),
@@ -255,7 +261,12 @@ mod tests {
 
     #[test]
     fn renders_what_ha_node_reads() {
-        let spec = NodeSpec::new(3, "127.0.0.1:4340".parse().unwrap(), "127.0.0.1:9434".parse().unwrap())
+        let spec =
+            NodeSpec::new(
+                3,
+                "127.0.0.1:4340".parse().unwrap(),
+                "127.0.0.1:9434".parse().unwrap(),
+            )
             .realm(
                 RealmSpec::new("outer", Ipv4Addr::new(192, 0, 2, 1), "198.51.100.0/24")
                     .with_nai_sas("mn{i}@example.net", 2, 300, b"0123456789abcdef"),

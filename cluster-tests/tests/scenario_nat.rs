@@ -72,7 +72,12 @@ fn hundred_mobile_nodes_behind_a_nat_register_and_stay_visible() {
         .as_array()
         .expect("a JSON array")
         .iter()
-        .map(|b| (b["home_address"].as_str().unwrap().parse().unwrap(), b.clone()))
+        .map(|b| {
+            (
+                b["home_address"].as_str().unwrap().parse().unwrap(),
+                b.clone(),
+            )
+        })
         .collect();
     assert_eq!(listed.len(), MNS);
     for mn in &report.mns {

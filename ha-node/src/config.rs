@@ -641,7 +641,9 @@ impl RealmConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         let name = || self.name.clone();
         let v = self.vip;
-        if v.is_unspecified() || v.is_broadcast() || v.is_multicast() || v.is_loopback() {
+        // Loopback VIPs are allowed: single-host lab runs and unprivileged
+        // tests serve a realm on 127.0.0.x.
+        if v.is_unspecified() || v.is_broadcast() || v.is_multicast() {
             return Err(ConfigError::InvalidVip {
                 realm: name(),
                 vip: v,

@@ -107,7 +107,11 @@ impl Endpoint {
     pub async fn recv(&self, bufs: &mut RecvBuffers) -> io::Result<usize> {
         loop {
             self.io.readable().await?;
-            let RecvBuffers { bufs: b, metas, out } = bufs;
+            let RecvBuffers {
+                bufs: b,
+                metas,
+                out,
+            } = bufs;
             let res = self.io.try_io(Interest::READABLE, || {
                 let mut slices: Vec<IoSliceMut<'_>> =
                     b.iter_mut().map(|b| IoSliceMut::new(b)).collect();

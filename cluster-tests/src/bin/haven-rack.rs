@@ -32,7 +32,10 @@ const SPI: u32 = 1000;
 const NAI: &str = "mn{i}@rack.example";
 
 #[derive(Debug, Parser)]
-#[command(name = "haven-rack", about = "Run a local haven rack with simulated mobile nodes")]
+#[command(
+    name = "haven-rack",
+    about = "Run a local haven rack with simulated mobile nodes"
+)]
 struct Cli {
     /// Simulated mobile nodes.
     #[arg(long, default_value_t = 200)]
@@ -70,17 +73,28 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             .context("building the rack")?;
         let node_ns = lab.ns_name("node-1").map(str::to_owned);
         let mn_ns = lab.ns_name("mn").map(str::to_owned);
-        (Some(lab), racks::plan::VIP, 434, racks::plan::MN, node_ns, mn_ns)
+        (
+            Some(lab),
+            racks::plan::VIP,
+            434,
+            racks::plan::MN,
+            node_ns,
+            mn_ns,
+        )
     } else {
         println!("not root (or --loopback): running on loopback");
         let port = free_port();
-        (None, Ipv4Addr::LOCALHOST, port, Ipv4Addr::LOCALHOST, None, None)
+        (
+            None,
+            Ipv4Addr::LOCALHOST,
+            port,
+            Ipv4Addr::LOCALHOST,
+            None,
+            None,
+        )
     };
     let (admin, metrics) = if rack {
-        (
-            "127.0.0.1:4340".parse()?,
-            "127.0.0.1:9434".parse()?,
-        )
+        ("127.0.0.1:4340".parse()?, "127.0.0.1:9434".parse()?)
     } else {
         (
             format!("127.0.0.1:{}", free_port()).parse()?,
@@ -99,12 +113,17 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         anyhow::bail!("the demo's pool holds 240 home addresses; use --mobile-nodes 240 or fewer");
     }
     let node = start_node(&spec, dir.path(), node_ns.as_deref()).context("starting ha-node")?;
-    println!("ha-node up: VIP {vip}:{port}, admin {admin}, metrics {}", spec.metrics_url());
+    println!(
+        "ha-node up: VIP {vip}:{port}, admin {admin}, metrics {}",
+        spec.metrics_url()
+    );
 
     let mut sim = SimConfig::new(SocketAddrV4::new(vip, port), KEY.to_vec());
     sim.count = cli.mobile_nodes;
     sim.rate = cli.rate;
-    sim.home = HomeMode::Nai { pattern: NAI.into() };
+    sim.home = HomeMode::Nai {
+        pattern: NAI.into(),
+    };
     sim.spi = SPI;
     sim.udp_tunnel = true;
     sim.bind = vec![bind];
@@ -124,7 +143,10 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     };
 
     println!();
-    println!("{:>5}  {:>9}  {:>9}  {:>7}  {:>7}", "t(s)", "bindings", "accepted", "denied", "dropped");
+    println!(
+        "{:>5}  {:>9}  {:>9}  {:>7}  {:>7}",
+        "t(s)", "bindings", "accepted", "denied", "dropped"
+    );
     let start = Instant::now();
     while !done.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_secs(1));
@@ -146,7 +168,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     println!();
     println!("mobile nodes (mnsim):");
     println!("{}", report.summary.table());
-    let status = havenctl_json(&spec, node_ns.as_deref(), &["status"]).context("havenctl status")?;
+    let status =
+        havenctl_json(&spec, node_ns.as_deref(), &["status"]).context("havenctl status")?;
     println!("node status (havenctl --json status):");
     println!("{}", serde_json::to_string_pretty(&status)?);
     drop(node);
@@ -161,7 +184,9 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
 /// Sums every sample of `name` whose label set contains `needle`.
 fn sum(text: &str, name: &str, needle: &str) -> f64 {
     text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(needle))
+        .filter(|l| {
+            l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(needle)
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }

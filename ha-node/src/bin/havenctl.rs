@@ -21,10 +21,19 @@ use tonic::transport::Channel;
 const EX_UNAVAILABLE: u8 = 69;
 
 #[derive(Debug, Parser)]
-#[command(name = "havenctl", version, about = "Inspect and manage a haven home agent node")]
+#[command(
+    name = "havenctl",
+    version,
+    about = "Inspect and manage a haven home agent node"
+)]
 struct Cli {
     /// The node's admin API address.
-    #[arg(long, global = true, default_value = "127.0.0.1:4340", env = "HAVEN_ADMIN")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "127.0.0.1:4340",
+        env = "HAVEN_ADMIN"
+    )]
     admin: String,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
@@ -60,8 +69,16 @@ enum BindingsCmd {
 }
 
 fn main() -> ExitCode {
+    // A CLI's output is often piped into `head`; die quietly on a closed
+    // pipe like any Unix tool instead of panicking in println!.
+    // SAFETY: restoring the default disposition of one signal before any
+    // thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("havenctl: {e}");
@@ -93,14 +110,20 @@ async fn run(cli: Cli) -> ExitCode {
         Cmd::Bindings(BindingsCmd::List { realm, limit }) => {
             list(&mut client, realm.unwrap_or_default(), limit, cli.json).await
         }
-        Cmd::Bindings(BindingsCmd::Show { realm, home_address }) => client
+        Cmd::Bindings(BindingsCmd::Show {
+            realm,
+            home_address,
+        }) => client
             .get_binding(grpc::GetBindingRequest {
                 realm,
                 home_address,
             })
             .await
             .map(|b| print_bindings(&[b.into_inner()], cli.json)),
-        Cmd::Bindings(BindingsCmd::Remove { realm, home_address }) => client
+        Cmd::Bindings(BindingsCmd::Remove {
+            realm,
+            home_address,
+        }) => client
             .remove_binding(grpc::RemoveBindingRequest {
                 realm: realm.clone(),
                 home_address: home_address.clone(),
@@ -154,9 +177,15 @@ async fn status(client: &mut AdminClient<Channel>, as_json: bool) -> Result<(), 
     println!("uptime     {} s", s.uptime_seconds);
     println!("applied    {}", s.applied_index);
     println!();
-    println!("{:<12} {:<16} {:>10} {:>10}", "REALM", "VIP", "BINDINGS", "POOL FREE");
+    println!(
+        "{:<12} {:<16} {:>10} {:>10}",
+        "REALM", "VIP", "BINDINGS", "POOL FREE"
+    );
     for r in &s.realms {
-        println!("{:<12} {:<16} {:>10} {:>10}", r.name, r.vip, r.bindings, r.pool_free);
+        println!(
+            "{:<12} {:<16} {:>10} {:>10}",
+            r.name, r.vip, r.bindings, r.pool_free
+        );
     }
     Ok(())
 }

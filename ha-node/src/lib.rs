@@ -1,0 +1,27 @@
+//! # haven-ha-node
+//!
+//! The home agent node. Sans-IO state lives in the library modules; the
+//! daemon (`main.rs`) wires sockets, timers and the admin API around them.
+//!
+//! * [`config`] — the TOML configuration and its validation;
+//! * [`engine`] — the sans-IO registration engine (checks, replies, proposals);
+//! * [`binding`] — the shared binding table and the expiry schedule;
+//! * [`pool`] — deterministic dynamic home address pools;
+//! * [`command`] — replicated commands and the deterministic state machine;
+//! * [`replicate`] — the replication seam (local; Raft and pair later);
+//! * [`subscriber`] — security association look-up;
+//! * [`net`] — the UDP socket layer (batched, per-datagram destination);
+//! * [`server`] — the daemon: driver task, admin gRPC, shutdown;
+//! * [`telemetry`] — metric names and the Prometheus endpoint.
+
+pub mod binding;
+pub mod command;
+pub mod config;
+pub mod engine;
+pub mod net;
+pub mod pool;
+pub mod raft;
+pub mod replicate;
+pub mod server;
+pub mod subscriber;
+pub mod telemetry;

@@ -1,0 +1,593 @@
+//! The daemon around the sans-IO cores (mini-redis's `server::run` shape).
+//!
+//! * one [`net::Endpoint`] per realm (VIP:434), each with a receive task
+//!   that hands batches of datagrams to the driver;
+//! * the **driver** task owns the [`Engine`] and the [`Replicator`]: it feeds
+//!   datagrams and applied entries to the engine, moves proposals to the
+//!   replicator, sends replies, fires timers, and turns engine events into
+//!   metrics. One owner, no locks on the registration path;
+//! * the admin gRPC service reads the shared binding table directly and asks
+//!   the driver for changes (removals) over a channel;
+//! * shutdown: SIGTERM/SIGINT stop the receive tasks and the admin server,
+//!   then the driver finishes what is queued and exits.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use haven_proto::grpc;
+use tokio::sync::{mpsc, oneshot, watch};
+use tonic::{Request, Response, Status};
+use tracing::{debug, info, warn};
+
+use crate::binding::{BindingEntry, BindingTable, Encap};
+use crate::command::StateMachine;
+use crate::config::{Config, RealmId};
+use crate::engine::{Engine, EngineConfig, Event};
+use crate::net::{Endpoint, RecvBuffers};
+use crate::replicate::{LocalReplicator, Replicator};
+use crate::subscriber::StaticSubscribers;
+use crate::telemetry;
+
+/// The wall clock as the engine wants it: time since the Unix epoch (it is
+/// compared with the NTP timestamps mobile nodes put in their requests).
+fn wall_now() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+/// A batch of datagrams from one endpoint.
+struct Batch {
+    datagrams: Vec<(SocketAddrV4, SocketAddrV4, Vec<u8>)>,
+}
+
+/// Requests from the admin API to the driver.
+enum AdminOp {
+    Remove {
+        realm: RealmId,
+        home_address: Ipv4Addr,
+        done: oneshot::Sender<bool>,
+    },
+}
+
+/// What the driver publishes for the admin Status call.
+#[derive(Debug, Clone, Default)]
+struct Published {
+    applied: u64,
+    /// Free addresses in each realm's dynamic pool, by realm index.
+    pool_free: Vec<u64>,
+}
+
+/// Runs the node until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    telemetry::install(config.metrics.listen)
+        .with_context(|| format!("metrics listener on {}", config.metrics.listen))?;
+
+    let state = StateMachine::from_config(&config);
+    let table = state.reader();
+    let replicator: Box<dyn Replicator + Send> = Box::new(LocalReplicator::new(state));
+    let subscribers = Arc::new(StaticSubscribers::from_config(&config));
+    let engine = Engine::new(
+        EngineConfig::from_config(&config),
+        &config.realm,
+        subscribers,
+        table.clone(),
+    );
+
+    // Bind every realm before announcing readiness: a bad VIP fails start-up.
+    let mut endpoints: HashMap<SocketAddrV4, Arc<Endpoint>> = HashMap::new();
+    for realm in &config.realm {
+        let addr = SocketAddrV4::new(realm.vip, realm.port);
+        let ep =
+            Endpoint::bind(addr).with_context(|| format!("realm {}: bind {addr}", realm.name))?;
+        info!(realm = %realm.name, %addr, "listening for registrations");
+        endpoints.insert(addr, Arc::new(ep));
+    }
+
+    let (batch_tx, batch_rx) = mpsc::channel::<Batch>(1024);
+    let (admin_tx, admin_rx) = mpsc::channel::<AdminOp>(64);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (pub_tx, pub_rx) = watch::channel(Published::default());
+
+    let mut receivers = Vec::new();
+    for ep in endpoints.values() {
+        receivers.push(tokio::spawn(receive(
+            ep.clone(),
+            batch_tx.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    drop(batch_tx);
+
+    let admin = AdminService {
+        config: Arc::new(config.clone()),
+        table: table.clone(),
+        ops: admin_tx,
+        published: pub_rx,
+        started,
+    };
+    let admin_listen = config.admin.listen;
+    let admin_listener = tokio::net::TcpListener::bind(admin_listen)
+        .await
+        .with_context(|| format!("admin listener on {admin_listen}"))?;
+    info!(addr = %admin_listen, "admin API listening");
+    let mut admin_stop = stop_rx.clone();
+    let admin_task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(grpc::admin_server::AdminServer::new(admin))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(admin_listener),
+                async move {
+                    let _ = admin_stop.wait_for(|s| *s).await;
+                },
+            ),
+    );
+
+    let names: HashMap<RealmId, String> = config
+        .realm
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (RealmId(i as u16), r.name.clone()))
+        .collect();
+    let driver = tokio::spawn(drive(
+        Driver {
+            engine,
+            replicator,
+            endpoints,
+            table,
+            names,
+            published: pub_tx,
+        },
+        batch_rx,
+        admin_rx,
+    ));
+
+    shutdown.await;
+    info!("shutting down");
+    let _ = stop_tx.send(true);
+    for r in receivers {
+        let _ = r.await;
+    }
+    // The receive tasks held the batch senders: the driver drains what is
+    // queued, then sees the channel close and returns.
+    driver.await.context("driver task")?;
+    admin_task.await.context("admin task")??;
+    info!("stopped");
+    Ok(())
+}
+
+/// Receives batches of datagrams from one endpoint until told to stop.
+async fn receive(ep: Arc<Endpoint>, tx: mpsc::Sender<Batch>, mut stop: watch::Receiver<bool>) {
+    let mut bufs = RecvBuffers::default();
+    loop {
+        tokio::select! {
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
+            res = ep.recv(&mut bufs) => match res {
+                Ok(_) => {
+                    let datagrams = bufs
+                        .datagrams()
+                        .map(|(r, bytes)| (r.src, r.dst, bytes.to_vec()))
+                        .collect();
+                    if tx.send(Batch { datagrams }).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    // ICMP errors from earlier sends surface here on Linux;
+                    // they are not fatal for a datagram socket.
+                    debug!(error = %e, "receive error");
+                    metrics::counter!(telemetry::REGISTRATION_DROPS, "reason" => "socket_error")
+                        .increment(1);
+                }
+            }
+        }
+    }
+}
+
+struct Driver {
+    engine: Engine,
+    replicator: Box<dyn Replicator + Send>,
+    endpoints: HashMap<SocketAddrV4, Arc<Endpoint>>,
+    table: Arc<BindingTable>,
+    names: HashMap<RealmId, String>,
+    published: watch::Sender<Published>,
+}
+
+/// Pending admin removals, answered when their proposal is applied.
+type PendingRemovals = HashMap<(RealmId, Ipv4Addr), Vec<oneshot::Sender<bool>>>;
+
+async fn drive(
+    mut d: Driver,
+    mut batches: mpsc::Receiver<Batch>,
+    mut admin: mpsc::Receiver<AdminOp>,
+) {
+    let mut removals: PendingRemovals = HashMap::new();
+    let mut gauges = tokio::time::interval(Duration::from_secs(1));
+    gauges.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let timer = d.engine.poll_timeout().map(|at| {
+            let wait = at.saturating_sub(wall_now());
+            tokio::time::Instant::now() + wait
+        });
+        tokio::select! {
+            batch = batches.recv() => {
+                let Some(batch) = batch else { break };
+                let now = wall_now();
+                for (src, dst, bytes) in &batch.datagrams {
+                    d.engine.handle(now, *src, *dst, bytes);
+                }
+                // More may be queued: take what is ready without waiting so
+                // one pass through the replicator serves them all.
+                while let Ok(more) = batches.try_recv() {
+                    for (src, dst, bytes) in &more.datagrams {
+                        d.engine.handle(now, *src, *dst, bytes);
+                    }
+                }
+            }
+            op = admin.recv(), if !admin.is_closed() => {
+                if let Some(AdminOp::Remove { realm, home_address, done }) = op {
+                    d.engine.remove_binding(realm, home_address);
+                    removals.entry((realm, home_address)).or_default().push(done);
+                }
+            }
+            _ = async {
+                match timer {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                d.engine.handle_timeout(wall_now());
+            }
+            _ = gauges.tick() => {
+                d.update_gauges();
+                continue;
+            }
+        }
+        d.pump(&mut removals).await;
+    }
+    // Finish what the last batches produced.
+    d.pump(&mut removals).await;
+}
+
+impl Driver {
+    /// Moves work between the engine and the replicator until both are
+    /// quiet, then sends the replies and records the events.
+    async fn pump(&mut self, removals: &mut PendingRemovals) {
+        loop {
+            let mut progressed = false;
+            while let Some((id, cmd)) = self.engine.poll_proposal() {
+                progressed = true;
+                if self.replicator.propose(id, cmd).is_err() {
+                    self.engine.proposal_failed(id);
+                }
+            }
+            let now = wall_now();
+            while let Some(applied) = self.replicator.poll_applied() {
+                progressed = true;
+                self.engine.handle_applied(now, &applied);
+                if let crate::command::Command::AdminRemove {
+                    realm,
+                    home_address,
+                } = &applied.command
+                    && let Some(waiters) = removals.remove(&(*realm, *home_address))
+                {
+                    let existed = matches!(
+                        applied.result,
+                        crate::command::ApplyResult::AdminRemoved { existed: true }
+                    );
+                    for w in waiters {
+                        let _ = w.send(existed);
+                    }
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+        while let Some(t) = self.engine.poll_transmit() {
+            let Some(ep) = self.endpoints.get(&t.src) else {
+                warn!(src = %t.src, "reply from an address no endpoint holds");
+                continue;
+            };
+            if let Err(e) = ep.send(t.dst, IpAddr::V4(*t.src.ip()), &t.payload).await {
+                debug!(error = %e, dst = %t.dst, "send failed");
+                metrics::counter!(telemetry::REGISTRATION_DROPS, "reason" => "send_error")
+                    .increment(1);
+            }
+        }
+        while let Some(ev) = self.engine.poll_event() {
+            self.record(ev);
+        }
+        let state = self.replicator.state();
+        self.published.send_modify(|p| {
+            p.applied = state.applied_count();
+            p.pool_free = (0..self.names.len())
+                .map(|i| {
+                    state
+                        .pool_usage(RealmId(i as u16))
+                        .map_or(0, |(used, size)| size.saturating_sub(u64::from(used)))
+                })
+                .collect();
+        });
+    }
+
+    fn realm_name(&self, realm: RealmId) -> String {
+        self.names.get(&realm).cloned().unwrap_or_default()
+    }
+
+    fn record(&self, ev: Event) {
+        match ev {
+            Event::Replied {
+                realm,
+                code,
+                latency,
+            } => {
+                let realm = self.realm_name(realm);
+                let result = if code <= 1 { "accepted" } else { "denied" };
+                metrics::counter!(telemetry::REGISTRATIONS,
+                    "realm" => realm.clone(), "code" => code.to_string(), "result" => result)
+                .increment(1);
+                metrics::histogram!(telemetry::REGISTRATION_DURATION, "realm" => realm)
+                    .record(latency.as_secs_f64());
+            }
+            Event::Dropped { realm, reason } => {
+                let realm = realm.map(|r| self.realm_name(r)).unwrap_or_default();
+                metrics::counter!(telemetry::REGISTRATION_DROPS,
+                    "realm" => realm, "reason" => reason.as_str())
+                .increment(1);
+            }
+            Event::Expired { realm, .. } => {
+                metrics::counter!(telemetry::EXPIRIES, "realm" => self.realm_name(realm))
+                    .increment(1);
+            }
+            Event::Removed { realm, .. } => {
+                metrics::counter!(telemetry::REMOVALS, "realm" => self.realm_name(realm))
+                    .increment(1);
+            }
+        }
+    }
+
+    /// Per-realm gauges: a table scan, so once a second, off the packet path.
+    fn update_gauges(&self) {
+        for (id, name) in &self.names {
+            metrics::gauge!(telemetry::BINDINGS, "realm" => name.clone())
+                .set(self.table.count(*id) as f64);
+            if let Some((allocated, size)) = self.replicator.state().pool_usage(*id) {
+                metrics::gauge!(telemetry::POOL_FREE, "realm" => name.clone())
+                    .set(size.saturating_sub(u64::from(allocated)) as f64);
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------ admin API ----
+
+struct AdminService {
+    config: Arc<Config>,
+    table: Arc<BindingTable>,
+    ops: mpsc::Sender<AdminOp>,
+    published: watch::Receiver<Published>,
+    started: Instant,
+}
+
+impl AdminService {
+    /// Validates a (realm name, home address) pair from a request.
+    #[allow(clippy::result_large_err)]
+    fn key(&self, realm: &str, home_address: &str) -> Result<(RealmId, Ipv4Addr), Status> {
+        let id = self
+            .config
+            .realm_id(realm)
+            .ok_or_else(|| Status::not_found(format!("no realm named {realm:?}")))?;
+        let hoa = home_address
+            .parse()
+            .map_err(|_| Status::invalid_argument(format!("bad home address {home_address:?}")))?;
+        Ok((id, hoa))
+    }
+
+    fn binding(
+        &self,
+        realm: RealmId,
+        home_address: Ipv4Addr,
+        entry: &BindingEntry,
+    ) -> grpc::Binding {
+        let now = wall_now();
+        grpc::Binding {
+            realm: self
+                .config
+                .realm(realm)
+                .map(|r| r.name.clone())
+                .unwrap_or_default(),
+            home_address: home_address.to_string(),
+            nai: entry
+                .nai
+                .as_ref()
+                .map(|n| n.as_str().to_string())
+                .unwrap_or_default(),
+            care_of: entry
+                .care_of
+                .as_slice()
+                .iter()
+                .map(|c| grpc::CareOf {
+                    care_of_address: c.coa.to_string(),
+                    remaining: c.expires_at().saturating_sub(now).as_secs() as u32,
+                    granted: u32::from(c.lifetime),
+                    encapsulation: match c.encap {
+                        Encap::IpInIp => "ip-in-ip".into(),
+                        Encap::Udp { .. } => "udp".into(),
+                    },
+                    nat_mapping: match c.encap {
+                        Encap::Udp { nat } => nat.to_string(),
+                        Encap::IpInIp => String::new(),
+                    },
+                    reverse_tunnel: c.reverse_tunnel,
+                })
+                .collect(),
+            last_identification: entry.last_identification,
+        }
+    }
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl grpc::admin_server::Admin for AdminService {
+    async fn status(&self, _: Request<grpc::StatusRequest>) -> Reply<grpc::StatusReply> {
+        let published = self.published.borrow().clone();
+        let realms = self
+            .config
+            .realm
+            .iter()
+            .enumerate()
+            .map(|(i, r)| grpc::RealmStatus {
+                name: r.name.clone(),
+                vip: r.vip.to_string(),
+                bindings: self.table.count(RealmId(i as u16)) as u64,
+                pool_free: published.pool_free.get(i).copied().unwrap_or(0),
+            })
+            .collect();
+        Ok(Response::new(grpc::StatusReply {
+            node_id: self.config.node.id,
+            version: env!("CARGO_PKG_VERSION").into(),
+            mode: grpc::ReplicationMode::Local as i32,
+            draining: false,
+            uptime_seconds: self.started.elapsed().as_secs(),
+            realms,
+            applied_index: published.applied,
+            commit_index: published.applied,
+            members: vec![self.config.node.id],
+            role: "standalone".into(),
+            ..Default::default()
+        }))
+    }
+
+    async fn list_bindings(
+        &self,
+        req: Request<grpc::ListBindingsRequest>,
+    ) -> Reply<grpc::ListBindingsReply> {
+        let req = req.into_inner();
+        let realm = if req.realm.is_empty() {
+            None
+        } else {
+            Some(
+                self.config
+                    .realm_id(&req.realm)
+                    .ok_or_else(|| Status::not_found(format!("no realm named {:?}", req.realm)))?,
+            )
+        };
+        let after = if req.after.is_empty() {
+            None
+        } else {
+            // The cursor is "realm/address" so paging works across realms.
+            let (r, a) = req
+                .after
+                .split_once('/')
+                .ok_or_else(|| Status::invalid_argument("cursor must be realm/address"))?;
+            Some(self.key(r, a)?)
+        };
+        let limit = match req.limit {
+            0 => 1000,
+            n => n.min(10_000) as usize,
+        };
+        let page = self.table.page(realm, after, limit);
+        let next = if page.len() == limit {
+            page.last()
+                .and_then(|((r, a), _)| self.config.realm(*r).map(|rc| format!("{}/{a}", rc.name)))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let bindings = page
+            .iter()
+            .map(|((r, a), e)| self.binding(*r, *a, e))
+            .collect();
+        Ok(Response::new(grpc::ListBindingsReply { bindings, next }))
+    }
+
+    async fn get_binding(&self, req: Request<grpc::GetBindingRequest>) -> Reply<grpc::Binding> {
+        let req = req.into_inner();
+        let (realm, hoa) = self.key(&req.realm, &req.home_address)?;
+        let entry = self
+            .table
+            .get(realm, hoa)
+            .ok_or_else(|| Status::not_found(format!("no binding for {hoa} in {}", req.realm)))?;
+        Ok(Response::new(self.binding(realm, hoa, &entry)))
+    }
+
+    async fn remove_binding(
+        &self,
+        req: Request<grpc::RemoveBindingRequest>,
+    ) -> Reply<grpc::RemoveBindingReply> {
+        let req = req.into_inner();
+        let (realm, home_address) = self.key(&req.realm, &req.home_address)?;
+        let (done, wait) = oneshot::channel();
+        self.ops
+            .send(AdminOp::Remove {
+                realm,
+                home_address,
+                done,
+            })
+            .await
+            .map_err(|_| Status::unavailable("node is shutting down"))?;
+        // The removal is replicated like any registration; a bound keeps a
+        // caller from hanging on a node that cannot commit.
+        let removed = tokio::time::timeout(Duration::from_secs(5), wait)
+            .await
+            .map_err(|_| Status::deadline_exceeded("removal not committed within 5 s"))?
+            .map_err(|_| Status::unavailable("removal was dropped"))?;
+        Ok(Response::new(grpc::RemoveBindingReply { removed }))
+    }
+
+    async fn drain(&self, _: Request<grpc::DrainRequest>) -> Reply<grpc::DrainReply> {
+        Err(Status::unimplemented(
+            "drain needs the dispatcher's health advertisements (issue: Dispatcher)",
+        ))
+    }
+
+    async fn transfer_leadership(
+        &self,
+        _: Request<grpc::TransferLeadershipRequest>,
+    ) -> Reply<grpc::TransferLeadershipReply> {
+        Err(Status::unimplemented(
+            "this node runs standalone; leadership needs raft mode (issue: Replication)",
+        ))
+    }
+
+    async fn add_member(&self, _: Request<grpc::AddMemberRequest>) -> Reply<grpc::MemberReply> {
+        Err(Status::unimplemented(
+            "this node runs standalone; membership needs raft mode (issue: Replication)",
+        ))
+    }
+
+    async fn remove_member(
+        &self,
+        _: Request<grpc::RemoveMemberRequest>,
+    ) -> Reply<grpc::MemberReply> {
+        Err(Status::unimplemented(
+            "this node runs standalone; membership needs raft mode (issue: Replication)",
+        ))
+    }
+}
+
+/// Waits for SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops the node");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
