@@ -21,6 +21,15 @@
 //! * [`vrrp`] — the RFC 5798 state machine by which the dispatcher pair owns
 //!   the VIP.
 //!
+//! And the daemon (`src/main.rs`, binary `dispatcher`) around them:
+//!
+//! * [`config`] — the TOML configuration and its validation;
+//! * [`frame`] — the frames written by hand: l2 Ethernet/IPv4/UDP, gratuitous
+//!   ARP, the neighbour-table lookup;
+//! * [`driver`] — forwarding workers (recvmmsg → Maglev → sendmmsg), the
+//!   control loop (adverts, VRRP, VIP ownership, metrics);
+//! * `sys` — the few raw system calls (AF_PACKET, recvmmsg/sendmmsg, poll).
+//!
 //! ## Time
 //! Every core takes `now: std::time::Instant` from its caller and never reads
 //! the clock itself; deadlines come back as `Instant`s from `poll_timeout()`.
@@ -30,9 +39,13 @@
 
 use core::fmt;
 
+pub mod config;
+pub mod driver;
+pub mod frame;
 pub mod health;
 pub mod maglev;
 pub mod pool;
+mod sys;
 pub mod vrrp;
 
 pub use health::{HealthEvent, HealthTracker, NodeState, Reason};

@@ -19,6 +19,7 @@
 //! * [`ip`]: the IPv4/UDP header helpers and the Internet checksum.
 //! * [`udptun`]: RFC 3519 UDP tunnelling (tunnel data message, keepalives).
 //! * [`vrrp`]: RFC 5798 VRRPv3 advertisements.
+//! * [`dispatch`]: the dispatcher's encap-mode header (original addresses).
 //! * [`sync`]: the seed 002 figure 13b binding-sync messages (Data Dump
 //!   Request, Data Dump, Data Forward, Ack) with an HMAC-SHA256 trailer.
 //! * [`pcap`]: a pcap writer (raw IPv4) for the tests and the simulator.
@@ -30,6 +31,7 @@
 mod error;
 pub use error::{Error, Result};
 
+pub mod dispatch;
 pub mod ip;
 pub mod mip;
 pub mod pcap;

@@ -122,7 +122,11 @@ async fn raft_batches_and_admin_calls_cross_a_real_socket() {
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
 
     let mut admin = AdminClient::connect(url).await.unwrap();
-    let status = admin.status(grpc::StatusRequest {}).await.unwrap().into_inner();
+    let status = admin
+        .status(grpc::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(status.node_id, 7);
     assert_eq!(status.mode(), grpc::ReplicationMode::Local);
     let missing = admin

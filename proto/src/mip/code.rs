@@ -52,7 +52,10 @@ pub enum ReplyCode {
 impl ReplyCode {
     /// Whether the code acknowledges the registration (0 or 1).
     pub fn is_accepted(self) -> bool {
-        matches!(self, ReplyCode::Accepted | ReplyCode::AcceptedNoSimultaneous)
+        matches!(
+            self,
+            ReplyCode::Accepted | ReplyCode::AcceptedNoSimultaneous
+        )
     }
 }
 
@@ -149,9 +152,15 @@ mod tests {
     fn decode_errors_map_to_rfc_codes() {
         // RFC 5944 §3.8.2.1: poorly formed 134, authentication 131, replay 133.
         assert_eq!(u8::from(ReplyCode::from(Error::Truncated)), 134);
-        assert_eq!(u8::from(ReplyCode::from(Error::UnknownNonSkippable(7))), 134);
+        assert_eq!(
+            u8::from(ReplyCode::from(Error::UnknownNonSkippable(7))),
+            134
+        );
         assert_eq!(u8::from(ReplyCode::from(Error::Authentication)), 131);
-        assert_eq!(u8::from(ReplyCode::from(Error::IdentificationMismatch)), 133);
+        assert_eq!(
+            u8::from(ReplyCode::from(Error::IdentificationMismatch)),
+            133
+        );
         assert!(ReplyCode::from(1).is_accepted());
         assert!(!ReplyCode::from(128).is_accepted());
     }

@@ -1,0 +1,530 @@
+//! The dispatcher's TOML configuration and its validation.
+//!
+//! Every setting has a documented default (`#[serde(default)]`), unknown keys
+//! are refused so a typo is not silently ignored, and [`Config::validate`]
+//! returns a precise error; the binary exits 64 (EX_USAGE) on any of them
+//! (STYLE.md §2, §7). `ops/dispatcher.example.toml` shows every key.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::NodeId;
+use crate::maglev::{DEFAULT_TABLE_SIZE, NodeSpec, is_prime};
+use crate::pool::PoolConfig;
+use crate::vrrp::{VrrpConfig, VrrpConfigError};
+
+/// How datagrams reach the nodes (DESIGN.md §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Layer-2 direct server return: the rebuilt IPv4/UDP frame goes to the
+    /// node's MAC through an AF_PACKET socket; the node answers the mobile
+    /// node itself from the VIP. Needs CAP_NET_RAW and a shared segment.
+    L2,
+    /// The `haven_proto::dispatch` header over UDP to the node's unique
+    /// address; replies come back and leave from VIP:434 here.
+    Encap,
+}
+
+/// A 48-bit Ethernet address written `aa:bb:cc:dd:ee:ff`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Mac(pub [u8; 6]);
+
+impl Mac {
+    /// The broadcast address.
+    pub const BROADCAST: Mac = Mac([0xff; 6]);
+
+    /// Packs the address into the low 48 bits of a `u64` (0 = unknown).
+    pub fn to_u64(self) -> u64 {
+        let [a, b, c, d, e, f] = self.0;
+        u64::from_be_bytes([0, 0, a, b, c, d, e, f])
+    }
+
+    /// Inverse of [`Mac::to_u64`].
+    pub fn from_u64(v: u64) -> Mac {
+        let [_, _, a, b, c, d, e, f] = v.to_be_bytes();
+        Mac([a, b, c, d, e, f])
+    }
+}
+
+impl std::str::FromStr for Mac {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut out = [0u8; 6];
+        let mut parts = s.split(':');
+        for o in &mut out {
+            let p = parts
+                .next()
+                .filter(|p| p.len() == 2)
+                .ok_or_else(|| ConfigError::Mac(s.to_owned()))?;
+            *o = u8::from_str_radix(p, 16).map_err(|_| ConfigError::Mac(s.to_owned()))?;
+        }
+        if parts.next().is_some() {
+            return Err(ConfigError::Mac(s.to_owned()));
+        }
+        Ok(Mac(out))
+    }
+}
+
+impl std::fmt::Display for Mac {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
+}
+
+impl<'de> Deserialize<'de> for Mac {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[dispatcher]`.
+    pub dispatcher: DispatcherSection,
+    /// `[[node]]`, one per home-agent node.
+    #[serde(default, rename = "node")]
+    pub nodes: Vec<NodeEntry>,
+    /// `[health]`.
+    #[serde(default)]
+    pub health: HealthSection,
+    /// `[vrrp]`; absent: this dispatcher runs alone and is always active.
+    pub vrrp: Option<VrrpSection>,
+    /// `[metrics]`.
+    #[serde(default)]
+    pub metrics: MetricsSection,
+}
+
+/// `[dispatcher]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DispatcherSection {
+    /// The home-agent address mobile nodes register with.
+    pub vip: Ipv4Addr,
+    /// Its UDP port (default 434 [RFC 5944 § 3.1]).
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// `"l2"` (default) or `"encap"`.
+    #[serde(default = "default_mode")]
+    pub mode: Mode,
+    /// The rack interface: AF_PACKET output in l2 mode, where the VIP is
+    /// added on takeover and gratuitous ARP is sent. Required in l2 mode
+    /// and with `manage_vip`.
+    pub interface: Option<String>,
+    /// This dispatcher's own address on the rack segment: VRRP source and
+    /// tie-break, the address node adverts are sent to, the source of encap
+    /// frames.
+    pub address: Ipv4Addr,
+    /// Add the VIP to `interface` while active and remove it otherwise
+    /// (default true). Off for loopback runs where the VIP is local anyway.
+    #[serde(default = "yes")]
+    pub manage_vip: bool,
+    /// Forwarding threads, each with its own SO_REUSEPORT socket (default 1).
+    #[serde(default = "one")]
+    pub workers: usize,
+    /// Local UDP port encap frames leave from and replies return to
+    /// (default 4342).
+    #[serde(default = "default_encap_port")]
+    pub encap_port: u16,
+    /// Maglev table size, a prime (default 65537). Both dispatchers of a
+    /// pair must agree.
+    #[serde(default = "default_table_size")]
+    pub table_size: u32,
+}
+
+/// `[[node]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeEntry {
+    /// The node's stable id (hashed by Maglev; same on both dispatchers).
+    pub id: u32,
+    /// The node's unique address on the rack segment: its adverts come from
+    /// it, encap frames go to it, its MAC is resolved for it.
+    pub address: Ipv4Addr,
+    /// The node's MAC (l2); absent: resolved from the neighbour table.
+    pub mac: Option<Mac>,
+    /// Relative capacity for the Maglev table (default 1).
+    #[serde(default = "one_u32")]
+    pub weight: u32,
+    /// The node's encap listener port (default 4342).
+    #[serde(default = "default_encap_port")]
+    pub encap_port: u16,
+}
+
+/// `[health]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthSection {
+    /// UDP port node adverts arrive on (default 4341).
+    pub listen_port: u16,
+    /// Consecutive adverts that bring a Down node back (default 3).
+    pub rise: u32,
+}
+
+impl Default for HealthSection {
+    fn default() -> Self {
+        Self {
+            listen_port: 4341,
+            rise: crate::health::DEFAULT_RISE,
+        }
+    }
+}
+
+/// `[vrrp]` [RFC 5798 § 6.1].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VrrpSection {
+    /// VRID, 1–255 (default 1).
+    #[serde(default = "one_u8")]
+    pub vrid: u8,
+    /// Priority, 1–254 (255 = owner; default 100).
+    #[serde(default = "default_priority")]
+    pub priority: u8,
+    /// Advertisement_Interval in centiseconds (default 100).
+    #[serde(default = "default_interval_cs")]
+    pub interval_cs: u16,
+    /// Preempt_Mode (default true).
+    #[serde(default = "yes")]
+    pub preempt: bool,
+    /// The other dispatcher: adverts go to it by unicast. Absent: to the
+    /// VRRP group 224.0.0.18 on `interface` [RFC 5798 § 5.1.1.2].
+    pub peer: Option<Ipv4Addr>,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// Prometheus listener (default 127.0.0.1:9435); absent key keeps the
+    /// default, `enabled = false` turns it off.
+    pub listen: SocketAddr,
+    /// Serve metrics (default true).
+    pub enabled: bool,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9435)),
+            enabled: true,
+        }
+    }
+}
+
+fn default_port() -> u16 {
+    434
+}
+fn default_mode() -> Mode {
+    Mode::L2
+}
+fn yes() -> bool {
+    true
+}
+fn one() -> usize {
+    1
+}
+fn one_u32() -> u32 {
+    1
+}
+fn one_u8() -> u8 {
+    1
+}
+fn default_encap_port() -> u16 {
+    4342
+}
+fn default_table_size() -> u32 {
+    DEFAULT_TABLE_SIZE
+}
+fn default_priority() -> u8 {
+    haven_proto::vrrp::PRIORITY_DEFAULT
+}
+fn default_interval_cs() -> u16 {
+    crate::vrrp::DEFAULT_ADVERT_INTERVAL_CS
+}
+
+/// What [`Config::load`] and [`Config::validate`] refuse.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The path.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Not valid TOML, or a key of the wrong type or unknown.
+    #[error("parsing the configuration: {0}")]
+    Parse(String),
+    /// A MAC address that is not `aa:bb:cc:dd:ee:ff`.
+    #[error("bad MAC address {0:?}")]
+    Mac(String),
+    /// No `[[node]]`.
+    #[error("at least one [[node]] is required")]
+    NoNodes,
+    /// Two nodes with one id or one address.
+    #[error("duplicate node {0}")]
+    DuplicateNode(String),
+    /// A node weight of 0.
+    #[error("node {0}: weight must be at least 1")]
+    ZeroWeight(u32),
+    /// l2 mode or `manage_vip` without an interface.
+    #[error("[dispatcher] interface is required in l2 mode and with manage_vip")]
+    NoInterface,
+    /// An interface name the kernel cannot have.
+    #[error("bad interface name {0:?}")]
+    BadInterface(String),
+    /// Not a prime in range.
+    #[error("table_size {0} must be a prime between 2 and 2^24")]
+    TableSize(u32),
+    /// `workers` 0 or absurd.
+    #[error("workers must be 1-64, got {0}")]
+    Workers(usize),
+    /// Port 0 where a fixed port is needed.
+    #[error("{0} must not be 0")]
+    ZeroPort(&'static str),
+    /// `[health] rise` 0.
+    #[error("[health] rise must be at least 1")]
+    Rise,
+    /// The VRRP section fails RFC 5798's ranges.
+    #[error("[vrrp]: {0}")]
+    Vrrp(#[from] VrrpConfigError),
+    /// VRRP priority 255 is for the address owner; a dispatcher pair has none.
+    #[error("[vrrp] priority 255 is reserved for the address owner; use 1-254")]
+    OwnerPriority,
+}
+
+impl Config {
+    /// Reads, parses and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text)
+    }
+
+    /// Parses and validates a configuration text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let c: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks everything a running dispatcher would trip over later.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let d = &self.dispatcher;
+        if self.nodes.is_empty() {
+            return Err(ConfigError::NoNodes);
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        let mut addrs = std::collections::BTreeSet::new();
+        for n in &self.nodes {
+            if !ids.insert(n.id) {
+                return Err(ConfigError::DuplicateNode(format!("id {}", n.id)));
+            }
+            if !addrs.insert(n.address) {
+                return Err(ConfigError::DuplicateNode(format!("address {}", n.address)));
+            }
+            if n.weight == 0 {
+                return Err(ConfigError::ZeroWeight(n.id));
+            }
+            if d.mode == Mode::Encap && n.encap_port == 0 {
+                return Err(ConfigError::ZeroPort("[[node]] encap_port"));
+            }
+        }
+        if d.mode == Mode::L2 || d.manage_vip {
+            match &d.interface {
+                None => return Err(ConfigError::NoInterface),
+                Some(i) if i.is_empty() || i.len() > 15 || i.contains(['/', ' ', '\0']) => {
+                    return Err(ConfigError::BadInterface(i.clone()));
+                }
+                Some(_) => {}
+            }
+        }
+        if !(2..=crate::maglev::MAX_TABLE_SIZE).contains(&d.table_size) || !is_prime(d.table_size) {
+            return Err(ConfigError::TableSize(d.table_size));
+        }
+        if !(1..=64).contains(&d.workers) {
+            return Err(ConfigError::Workers(d.workers));
+        }
+        if d.port == 0 {
+            return Err(ConfigError::ZeroPort("[dispatcher] port"));
+        }
+        if d.mode == Mode::Encap && d.encap_port == 0 {
+            return Err(ConfigError::ZeroPort("[dispatcher] encap_port"));
+        }
+        if self.health.listen_port == 0 {
+            return Err(ConfigError::ZeroPort("[health] listen_port"));
+        }
+        if self.health.rise == 0 {
+            return Err(ConfigError::Rise);
+        }
+        if let Some(v) = self.vrrp_config() {
+            if v.priority == haven_proto::vrrp::PRIORITY_OWNER {
+                return Err(ConfigError::OwnerPriority);
+            }
+            v.validate()?;
+        }
+        Ok(())
+    }
+
+    /// The node pool's configuration.
+    pub fn pool_config(&self) -> PoolConfig {
+        PoolConfig {
+            table_size: self.dispatcher.table_size,
+            nodes: self
+                .nodes
+                .iter()
+                .map(|n| NodeSpec::weighted(NodeId(n.id), n.weight))
+                .collect(),
+            rise: self.health.rise,
+        }
+    }
+
+    /// The VRRP router's configuration, if `[vrrp]` is present.
+    pub fn vrrp_config(&self) -> Option<VrrpConfig> {
+        self.vrrp.as_ref().map(|v| VrrpConfig {
+            vrid: v.vrid,
+            priority: v.priority,
+            advert_interval_cs: v.interval_cs,
+            preempt: v.preempt,
+            primary_ip: self.dispatcher.address,
+            addresses: vec![self.dispatcher.vip],
+        })
+    }
+
+    /// VIP and port.
+    pub fn vip(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(self.dispatcher.vip, self.dispatcher.port)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        [dispatcher]
+        vip = "192.0.2.1"
+        mode = "l2"
+        interface = "s0"
+        address = "198.18.0.2"
+
+        [[node]]
+        id = 1
+        address = "198.18.0.11"
+        mac = "02:00:5e:00:01:0b"
+
+        [[node]]
+        id = 2
+        address = "198.18.0.12"
+        weight = 2
+
+        [vrrp]
+        vrid = 7
+        priority = 150
+        peer = "198.18.0.3"
+
+        [metrics]
+        listen = "127.0.0.1:9500"
+    "#;
+
+    #[test]
+    fn parses_with_defaults() {
+        let c = Config::parse(GOOD).expect("valid");
+        assert_eq!(c.dispatcher.port, 434);
+        assert_eq!(c.dispatcher.workers, 1);
+        assert!(c.dispatcher.manage_vip);
+        assert_eq!(c.health.listen_port, 4341);
+        assert_eq!(c.health.rise, 3);
+        assert_eq!(c.nodes[0].mac, Some(Mac([0x02, 0, 0x5e, 0, 1, 0x0b])));
+        assert_eq!(c.nodes[1].mac, None);
+        assert_eq!(c.nodes[1].weight, 2);
+        let v = c.vrrp_config().expect("vrrp");
+        assert_eq!(v.vrid, 7);
+        assert_eq!(v.advert_interval_cs, 100);
+        assert!(v.preempt);
+        assert_eq!(v.primary_ip, Ipv4Addr::new(198, 18, 0, 2));
+        assert_eq!(v.addresses, vec![Ipv4Addr::new(192, 0, 2, 1)]);
+        let p = c.pool_config();
+        assert_eq!(p.nodes.len(), 2);
+        assert_eq!(p.table_size, 65537);
+        assert_eq!(c.metrics.listen, "127.0.0.1:9500".parse().unwrap());
+    }
+
+    fn bad(edit: impl Fn(String) -> String) -> ConfigError {
+        Config::parse(&edit(GOOD.to_owned())).expect_err("must be refused")
+    }
+
+    #[test]
+    fn refusals_are_precise() {
+        assert!(matches!(
+            bad(|s| s.replace("02:00:5e:00:01:0b", "02:00:5e:00:01")),
+            ConfigError::Parse(m) if m.contains("MAC")
+        ));
+        assert!(matches!(
+            bad(|s| s.replace("id = 2", "id = 1")),
+            ConfigError::DuplicateNode(_)
+        ));
+        assert!(matches!(
+            bad(|s| s.replace("198.18.0.12", "198.18.0.11")),
+            ConfigError::DuplicateNode(_)
+        ));
+        assert!(matches!(
+            bad(|s| s.replace("weight = 2", "weight = 0")),
+            ConfigError::ZeroWeight(2)
+        ));
+        assert!(matches!(
+            bad(|s| s.replace("interface = \"s0\"", "")),
+            ConfigError::NoInterface
+        ));
+        assert!(matches!(
+            bad(|s| s.replace("priority = 150", "priority = 255")),
+            ConfigError::OwnerPriority
+        ));
+        assert!(matches!(
+            bad(|s| s.replace("vrid = 7", "vrid = 0")),
+            ConfigError::Vrrp(VrrpConfigError::Vrid)
+        ));
+        assert!(matches!(
+            bad(|s| s.replace("mode = \"l2\"", "mode = \"l2\"\ntable_size = 65536")),
+            ConfigError::TableSize(65536)
+        ));
+        assert!(matches!(
+            bad(|s| s.replace("mode = \"l2\"", "mode = \"l3\"")),
+            ConfigError::Parse(_)
+        ));
+        assert!(matches!(
+            bad(|s| s.replace("[metrics]", "[metrics]\nbogus = 1")),
+            ConfigError::Parse(m) if m.contains("bogus")
+        ));
+        let no_nodes = "[dispatcher]\nvip = \"192.0.2.1\"\nmode = \"encap\"\nmanage_vip = false\naddress = \"127.0.0.1\"\n";
+        assert!(matches!(Config::parse(no_nodes), Err(ConfigError::NoNodes)));
+    }
+
+    #[test]
+    fn encap_on_loopback_needs_no_interface() {
+        let t = "[dispatcher]\nvip = \"127.0.0.1\"\nport = 4434\nmode = \"encap\"\n\
+                 manage_vip = false\naddress = \"127.0.0.1\"\n\
+                 [[node]]\nid = 1\naddress = \"127.0.0.2\"\n";
+        let c = Config::parse(t).expect("valid");
+        assert!(c.vrrp.is_none());
+        assert_eq!(c.nodes[0].encap_port, 4342);
+    }
+
+    #[test]
+    fn mac_roundtrip() {
+        let m: Mac = "aa:bb:cc:dd:ee:0f".parse().unwrap();
+        assert_eq!(m.to_string(), "aa:bb:cc:dd:ee:0f");
+        assert_eq!(Mac::from_u64(m.to_u64()), m);
+        assert!("aa:bb:cc:dd:ee:0f:11".parse::<Mac>().is_err());
+        assert!("aa:bb:cc:dd:ee:zz".parse::<Mac>().is_err());
+    }
+}

@@ -1,0 +1,950 @@
+//! The daemon around the sans-IO cores: forwarding workers, the control
+//! loop (node adverts → [`NodePool`], the [`Vrrp`] router, MAC resolution,
+//! metrics), and VIP ownership.
+//!
+//! Threads, not tasks: the packet path is a blocking `recvmmsg` → Maglev
+//! lookup → in-place header rebuild → `sendmmsg` loop per worker, with every
+//! buffer allocated once at start. Workers read shared state lock-free
+//! (atomics) except one `RwLock` read per *batch* to take the current table
+//! (`Arc<MaglevTable>`, replaced by the control loop on every rebuild).
+//! Counters are per-worker-shared atomics that the control loop exports to
+//! `metrics` once a second, so no label lookup happens per packet.
+//!
+//! * **l2**: each datagram is received straight into a frame buffer at
+//!   [`frame::L2_PAYLOAD_OFFSET`]; Ethernet/IPv4/UDP headers are written in
+//!   front of it (the mobile node's address and port as source, VIP:434 as
+//!   destination, the node's MAC) and the frame leaves through an AF_PACKET
+//!   socket on the rack interface. The node replies directly (DSR).
+//! * **encap**: the datagram is received after a 16-octet
+//!   [`haven_proto::dispatch`] header and sent over UDP to the node's encap
+//!   listener; the node's `ToClient` frames come back to the encap socket
+//!   and leave from VIP:434 (one return thread).
+//!
+//! VRRP adverts are raw IP protocol 112 [RFC 5798 § 5.1], to the peer by
+//! unicast when `[vrrp] peer` is set (works on any segment, no IGMP
+//! snooping questions), else to 224.0.0.18 with TTL 255; received adverts
+//! must have TTL 255 [RFC 5798 § 7.1]. On Master the VIP is added to the
+//! rack interface (`ip addr add`) and a gratuitous ARP is sent; on Backup and
+//! on shutdown it is removed; on SIGTERM a priority-0 advert goes first.
+
+use std::io::{self, Read};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use haven_proto::dispatch::{self, DispatchPacket, DispatchRepr, Kind};
+use haven_proto::ip::{Ipv4Packet, Ipv4Repr, protocol};
+use haven_proto::vrrp::{self as vrrp_wire, VrrpPacket, VrrpRepr};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use crate::config::{Config, Mac, Mode};
+use crate::frame;
+use crate::maglev::MaglevTable;
+use crate::sys::{self, BATCH, RecvMeta, TxItem};
+use crate::vrrp::{Action, Vrrp, VrrpState};
+use crate::{HealthEvent, NodeId, NodePool};
+
+/// Largest datagram forwarded (jumbo frames); longer ones are dropped as
+/// malformed (they arrive truncated).
+pub const MAX_DATAGRAM: usize = 9000;
+/// How often workers look at the stop flag while idle.
+const IDLE: Duration = Duration::from_millis(100);
+
+/// Drop reasons, the `reason` label of `haven_dispatcher_drops_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Drop {
+    /// No node in the table (none Up or Draining).
+    NoHealthyNode = 0,
+    /// The kernel refused the send.
+    SendError,
+    /// Truncated, or a bad encap frame.
+    Malformed,
+    /// Received while Backup (the VIP moved away a moment ago).
+    NotActive,
+    /// l2: the chosen node's MAC is not known yet.
+    UnresolvedMac,
+    /// encap: a reply frame from an address that is not a node's.
+    UnknownSource,
+}
+
+impl Drop {
+    const ALL: [Drop; 6] = [
+        Drop::NoHealthyNode,
+        Drop::SendError,
+        Drop::Malformed,
+        Drop::NotActive,
+        Drop::UnresolvedMac,
+        Drop::UnknownSource,
+    ];
+    /// The metric label.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Drop::NoHealthyNode => "no_healthy_node",
+            Drop::SendError => "send_error",
+            Drop::Malformed => "malformed",
+            Drop::NotActive => "not_active",
+            Drop::UnresolvedMac => "unresolved_mac",
+            Drop::UnknownSource => "unknown_source",
+        }
+    }
+}
+
+/// A node as the packet path sees it.
+#[derive(Debug)]
+pub struct Target {
+    /// Its id.
+    pub id: NodeId,
+    /// Its unique address.
+    pub addr: Ipv4Addr,
+    /// Its encap listener.
+    pub encap: SocketAddrV4,
+    /// Its MAC as [`Mac::to_u64`]; 0 while unknown.
+    pub mac: AtomicU64,
+    /// Whether the MAC came from the configuration.
+    pub static_mac: bool,
+    /// Datagrams forwarded to it.
+    pub packets: AtomicU64,
+    /// Octets (UDP payload) forwarded to it.
+    pub bytes: AtomicU64,
+}
+
+/// Everything workers and the control loop share.
+#[derive(Debug)]
+pub struct Shared {
+    /// Set once to stop every thread.
+    pub stop: AtomicBool,
+    /// Whether this dispatcher holds the VIP (VRRP Master, or alone).
+    pub active: AtomicBool,
+    table: RwLock<Arc<MaglevTable>>,
+    /// Sorted by id.
+    pub targets: Vec<Target>,
+    drops: [AtomicU64; 6],
+    /// encap: replies sent to mobile nodes.
+    pub replies: AtomicU64,
+}
+
+impl Shared {
+    /// Drops counted for `why`.
+    pub fn drops(&self, why: Drop) -> u64 {
+        self.drops
+            .get(why as usize)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    fn drop_n(&self, why: Drop, n: u64) {
+        if let Some(c) = self.drops.get(why as usize) {
+            c.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    fn target(&self, id: NodeId) -> Option<&Target> {
+        self.targets
+            .binary_search_by_key(&id, |t| t.id)
+            .ok()
+            .and_then(|i| self.targets.get(i))
+    }
+
+    fn table(&self) -> Arc<MaglevTable> {
+        Arc::clone(&self.table.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn publish(&self, t: &MaglevTable) {
+        *self.table.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(t.clone());
+    }
+}
+
+/// Why the dispatcher could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A socket, interface or thread could not be set up.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: io::Error,
+    },
+    /// The pool or VRRP core refused the configuration.
+    #[error("{0}")]
+    Core(String),
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> StartError {
+    let what = what.into();
+    move |source| StartError::Io { what, source }
+}
+
+/// A running dispatcher.
+#[derive(Debug)]
+pub struct Running {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// The shared state (counters, flags).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Stops every thread: the control loop sends a priority-0 advert and
+    /// gives up the VIP first. Returns when all have ended.
+    pub fn shutdown(self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn udp_socket(bind: SocketAddrV4, reuseport: bool) -> io::Result<UdpSocket> {
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_address(true)?;
+    if reuseport {
+        s.set_reuse_port(true)?;
+    }
+    // The VIP is only on the interface while Master; bind it anyway.
+    s.set_freebind_v4(true)?;
+    let _ = s.set_recv_buffer_size(8 << 20);
+    let _ = s.set_send_buffer_size(8 << 20);
+    s.bind(&SocketAddr::V4(bind).into())?;
+    let u: UdpSocket = s.into();
+    sys::set_recv_timeout(u.as_fd(), IDLE)?;
+    Ok(u)
+}
+
+/// Starts workers and the control loop for `config` (already validated).
+pub fn start(config: Config) -> Result<Running, StartError> {
+    let mut targets: Vec<Target> = config
+        .nodes
+        .iter()
+        .map(|n| Target {
+            id: NodeId(n.id),
+            addr: n.address,
+            encap: SocketAddrV4::new(n.address, n.encap_port),
+            mac: AtomicU64::new(n.mac.map_or(0, Mac::to_u64)),
+            static_mac: n.mac.is_some(),
+            packets: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+        })
+        .collect();
+    targets.sort_by_key(|t| t.id);
+    let pool = NodePool::new(config.pool_config()).map_err(|e| StartError::Core(e.to_string()))?;
+    let vrrp = config
+        .vrrp_config()
+        .map(Vrrp::new)
+        .transpose()
+        .map_err(|e| StartError::Core(e.to_string()))?;
+    let shared = Arc::new(Shared {
+        stop: AtomicBool::new(false),
+        active: AtomicBool::new(false),
+        table: RwLock::new(Arc::new(pool.table().clone())),
+        targets,
+        drops: Default::default(),
+        replies: AtomicU64::new(0),
+    });
+    let d = &config.dispatcher;
+    let vip = config.vip();
+    let rack = match &d.interface {
+        Some(i) => Some(Rack::open(i)?),
+        None => None,
+    };
+    let mut threads = Vec::new();
+    let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
+        std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(f)
+            .map_err(io_err(format!("spawning {name}")))
+    };
+    let encap_sock = match d.mode {
+        Mode::Encap => Some(Arc::new(
+            udp_socket(SocketAddrV4::new(d.address, d.encap_port), false).map_err(io_err(
+                format!("binding encap socket {}:{}", d.address, d.encap_port),
+            ))?,
+        )),
+        Mode::L2 => None,
+    };
+    let mut vip_sockets = Vec::new();
+    for w in 0..d.workers {
+        let sock = udp_socket(vip, true).map_err(io_err(format!("binding {vip}")))?;
+        let sock = Arc::new(sock);
+        vip_sockets.push(Arc::clone(&sock));
+        let sh = Arc::clone(&shared);
+        let f: Box<dyn FnOnce() + Send> = match (d.mode, &rack, &encap_sock) {
+            (Mode::L2, Some(r), _) => {
+                let out = sys::packet_socket(r.ifindex)
+                    .map_err(io_err(format!("AF_PACKET socket on {}", r.name)))?;
+                let mac = r.mac;
+                Box::new(move || l2_worker(&sh, &sock, &out, mac, vip))
+            }
+            (Mode::Encap, _, Some(e)) => {
+                let e = Arc::clone(e);
+                Box::new(move || encap_worker(&sh, &sock, &e, vip))
+            }
+            _ => return Err(StartError::Core("l2 mode needs an interface".into())),
+        };
+        threads.push(spawn(format!("fwd-{w}"), f)?);
+    }
+    if let (Some(e), Some(v)) = (&encap_sock, vip_sockets.first()) {
+        let (sh, e, v) = (Arc::clone(&shared), Arc::clone(e), Arc::clone(v));
+        threads.push(spawn(
+            "encap-return".into(),
+            Box::new(move || encap_return(&sh, &e, &v, vip)),
+        )?);
+    }
+    let control = Control::new(&config, pool, vrrp, rack, Arc::clone(&shared))?;
+    threads.push(spawn("control".into(), Box::new(move || control.run()))?);
+    Ok(Running { shared, threads })
+}
+
+/// The rack interface.
+#[derive(Debug)]
+struct Rack {
+    name: String,
+    ifindex: u32,
+    mac: Mac,
+}
+
+impl Rack {
+    fn open(name: &str) -> Result<Self, StartError> {
+        let ifindex = sys::ifindex(name).map_err(io_err(format!("interface {name}")))?;
+        let text = std::fs::read_to_string(format!("/sys/class/net/{name}/address"))
+            .map_err(io_err(format!("reading the MAC of {name}")))?;
+        let mac = text
+            .trim()
+            .parse()
+            .map_err(|_| StartError::Core(format!("{name} has no Ethernet address")))?;
+        Ok(Self {
+            name: name.to_owned(),
+            ifindex,
+            mac,
+        })
+    }
+}
+
+/// The l2 forwarding loop (module docs).
+fn l2_worker(sh: &Shared, sock: &UdpSocket, out: &OwnedFd, my_mac: Mac, vip: SocketAddrV4) {
+    let mut bufs = vec![vec![0u8; frame::L2_PAYLOAD_OFFSET + MAX_DATAGRAM]; BATCH];
+    let mut metas = [RecvMeta::default(); BATCH];
+    let mut tx = [TxItem::default(); BATCH];
+    while !sh.stop.load(Ordering::Relaxed) {
+        let n = match sys::recv_batch(
+            sock.as_fd(),
+            &mut bufs,
+            frame::L2_PAYLOAD_OFFSET,
+            &mut metas,
+        ) {
+            Ok(n) => n,
+            Err(_) => continue,
+        };
+        if !sh.active.load(Ordering::Relaxed) {
+            sh.drop_n(Drop::NotActive, n as u64);
+            continue;
+        }
+        let table = sh.table();
+        let mut k = 0;
+        for (i, (m, b)) in metas.iter().zip(bufs.iter_mut()).take(n).enumerate() {
+            if m.truncated {
+                sh.drop_n(Drop::Malformed, 1);
+                continue;
+            }
+            let Some(t) = table
+                .lookup_flow(*m.src.ip(), m.src.port())
+                .and_then(|id| sh.target(id))
+            else {
+                sh.drop_n(Drop::NoHealthyNode, 1);
+                continue;
+            };
+            let mac = t.mac.load(Ordering::Relaxed);
+            if mac == 0 {
+                sh.drop_n(Drop::UnresolvedMac, 1);
+                continue;
+            }
+            let Some(len) = frame::write_l2_udp(b, Mac::from_u64(mac), my_mac, m.src, vip, m.len)
+            else {
+                sh.drop_n(Drop::Malformed, 1);
+                continue;
+            };
+            if let Some(slot) = tx.get_mut(k) {
+                *slot = TxItem {
+                    buf: i,
+                    start: 0,
+                    len,
+                    dst: None,
+                };
+                k += 1;
+            }
+            t.packets.fetch_add(1, Ordering::Relaxed);
+            t.bytes.fetch_add(m.len as u64, Ordering::Relaxed);
+        }
+        send(sh, out.as_fd(), &bufs, tx.get(..k).unwrap_or_default());
+    }
+}
+
+fn send(sh: &Shared, fd: std::os::fd::BorrowedFd<'_>, bufs: &[Vec<u8>], items: &[TxItem]) {
+    if items.is_empty() {
+        return;
+    }
+    let (_, failed, err) = sys::send_batch(fd, bufs, items);
+    if failed > 0 {
+        sh.drop_n(Drop::SendError, failed as u64);
+        if let Some(e) = err {
+            tracing::debug!("send: {e}");
+        }
+    }
+}
+
+/// The encap forwarding loop: header in front, UDP to the node.
+fn encap_worker(sh: &Shared, sock: &UdpSocket, encap: &UdpSocket, vip: SocketAddrV4) {
+    let mut bufs = vec![vec![0u8; dispatch::HEADER_LEN + MAX_DATAGRAM]; BATCH];
+    let mut metas = [RecvMeta::default(); BATCH];
+    let mut tx = [TxItem::default(); BATCH];
+    while !sh.stop.load(Ordering::Relaxed) {
+        let n = match sys::recv_batch(sock.as_fd(), &mut bufs, dispatch::HEADER_LEN, &mut metas) {
+            Ok(n) => n,
+            Err(_) => continue,
+        };
+        if !sh.active.load(Ordering::Relaxed) {
+            sh.drop_n(Drop::NotActive, n as u64);
+            continue;
+        }
+        let table = sh.table();
+        let mut k = 0;
+        for (i, (m, b)) in metas.iter().zip(bufs.iter_mut()).take(n).enumerate() {
+            if m.truncated {
+                sh.drop_n(Drop::Malformed, 1);
+                continue;
+            }
+            let Some(t) = table
+                .lookup_flow(*m.src.ip(), m.src.port())
+                .and_then(|id| sh.target(id))
+            else {
+                sh.drop_n(Drop::NoHealthyNode, 1);
+                continue;
+            };
+            let hdr = DispatchRepr {
+                kind: Kind::ToNode,
+                src: m.src,
+                dst: vip,
+            };
+            if hdr
+                .emit_header(&mut DispatchPacket::new_unchecked(&mut b[..]))
+                .is_err()
+            {
+                sh.drop_n(Drop::Malformed, 1);
+                continue;
+            }
+            if let Some(slot) = tx.get_mut(k) {
+                *slot = TxItem {
+                    buf: i,
+                    start: 0,
+                    len: dispatch::HEADER_LEN + m.len,
+                    dst: Some(t.encap),
+                };
+                k += 1;
+            }
+            t.packets.fetch_add(1, Ordering::Relaxed);
+            t.bytes.fetch_add(m.len as u64, Ordering::Relaxed);
+        }
+        send(sh, encap.as_fd(), &bufs, tx.get(..k).unwrap_or_default());
+    }
+}
+
+/// encap: node replies (`ToClient`) leave from VIP:434 to the mobile node.
+fn encap_return(sh: &Shared, encap: &UdpSocket, vip_sock: &UdpSocket, vip: SocketAddrV4) {
+    let mut bufs = vec![vec![0u8; dispatch::HEADER_LEN + MAX_DATAGRAM]; BATCH];
+    let mut metas = [RecvMeta::default(); BATCH];
+    let mut tx = [TxItem::default(); BATCH];
+    while !sh.stop.load(Ordering::Relaxed) {
+        let n = match sys::recv_batch(encap.as_fd(), &mut bufs, 0, &mut metas) {
+            Ok(n) => n,
+            Err(_) => continue,
+        };
+        let mut k = 0;
+        for (i, (m, b)) in metas.iter().zip(bufs.iter()).take(n).enumerate() {
+            // Only nodes may make the dispatcher send from the VIP: anything
+            // else would turn it into an open relay.
+            if !sh.targets.iter().any(|t| t.addr == *m.src.ip()) {
+                sh.drop_n(Drop::UnknownSource, 1);
+                continue;
+            }
+            let parsed = b
+                .get(..m.len)
+                .ok_or(haven_proto::Error::Truncated)
+                .and_then(DispatchPacket::new_checked)
+                .and_then(|p| DispatchRepr::parse(&p));
+            match parsed {
+                Ok(r) if !m.truncated && r.kind == Kind::ToClient && r.src == vip => {
+                    if let Some(slot) = tx.get_mut(k) {
+                        *slot = TxItem {
+                            buf: i,
+                            start: dispatch::HEADER_LEN,
+                            len: m.len - dispatch::HEADER_LEN,
+                            dst: Some(r.dst),
+                        };
+                        k += 1;
+                    }
+                }
+                _ => sh.drop_n(Drop::Malformed, 1),
+            }
+        }
+        let items = tx.get(..k).unwrap_or_default();
+        sh.replies.fetch_add(k as u64, Ordering::Relaxed);
+        send(sh, vip_sock.as_fd(), &bufs, items);
+    }
+}
+
+/// The control loop's state.
+struct Control {
+    shared: Arc<Shared>,
+    pool: NodePool,
+    vrrp: Option<Vrrp>,
+    vrrp_sock: Option<Socket>,
+    vrrp_dst: Ipv4Addr,
+    adverts: UdpSocket,
+    address: Ipv4Addr,
+    vip: Ipv4Addr,
+    manage_vip: bool,
+    rack: Option<Rack>,
+    garp: Option<OwnedFd>,
+    l2: bool,
+    published_rebuilds: u64,
+    metrics_at: Instant,
+    arp_at: Instant,
+}
+
+impl Control {
+    fn new(
+        config: &Config,
+        pool: NodePool,
+        vrrp: Option<Vrrp>,
+        rack: Option<Rack>,
+        shared: Arc<Shared>,
+    ) -> Result<Self, StartError> {
+        let d = &config.dispatcher;
+        let port = config.health.listen_port;
+        let adverts = udp_socket(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port), false).map_err(
+            io_err(format!("binding the advert listener on port {port}")),
+        )?;
+        // Drained until WouldBlock after each poll(2) wake-up.
+        adverts
+            .set_nonblocking(true)
+            .map_err(io_err("advert listener non-blocking"))?;
+        let peer = config.vrrp.as_ref().and_then(|v| v.peer);
+        let vrrp_dst = peer.unwrap_or(vrrp_wire::MULTICAST_ADDR);
+        let vrrp_sock = match &vrrp {
+            Some(_) => Some(
+                vrrp_socket(
+                    d.address,
+                    peer.is_none(),
+                    rack.as_ref().map(|r| r.name.as_str()),
+                )
+                .map_err(io_err("opening the VRRP raw socket (needs CAP_NET_RAW)"))?,
+            ),
+            None => None,
+        };
+        let garp = match (&rack, d.manage_vip) {
+            (Some(r), true) => Some(
+                sys::packet_socket(r.ifindex)
+                    .map_err(io_err(format!("AF_PACKET socket on {}", r.name)))?,
+            ),
+            _ => None,
+        };
+        let now = Instant::now();
+        Ok(Self {
+            shared,
+            pool,
+            vrrp,
+            vrrp_sock,
+            vrrp_dst,
+            adverts,
+            address: d.address,
+            vip: d.vip,
+            manage_vip: d.manage_vip,
+            rack,
+            garp,
+            l2: d.mode == Mode::L2,
+            published_rebuilds: u64::MAX,
+            metrics_at: now,
+            arp_at: now,
+        })
+    }
+
+    fn run(mut self) {
+        describe_metrics();
+        let now = Instant::now();
+        match self.vrrp.as_mut() {
+            Some(v) => v.startup(now),
+            None => self.become_active(),
+        }
+        self.actions();
+        let mut buf = vec![0u8; 2048];
+        while !self.shared.stop.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            let next = [
+                self.pool.poll_timeout(),
+                self.vrrp.as_ref().and_then(Vrrp::poll_timeout),
+                Some(self.metrics_at),
+                self.l2.then_some(self.arp_at),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(now + IDLE);
+            let wait = next.saturating_duration_since(now).min(IDLE);
+            let mask = {
+                let mut fds = vec![self.adverts.as_fd()];
+                if let Some(s) = &self.vrrp_sock {
+                    fds.push(s.as_fd());
+                }
+                sys::poll_readable(&fds, wait).unwrap_or(0)
+            };
+            if mask & 1 != 0 {
+                self.read_adverts(&mut buf);
+            }
+            if mask & 2 != 0 {
+                self.read_vrrp(&mut buf);
+            }
+            let now = Instant::now();
+            let events = self.pool.poll(now);
+            self.on_health(&events);
+            if let Some(v) = self.vrrp.as_mut() {
+                v.handle_timeout(now);
+            }
+            self.actions();
+            if self.l2 && now >= self.arp_at {
+                self.resolve_macs();
+                self.arp_at = now + Duration::from_secs(1);
+            }
+            if now >= self.metrics_at {
+                self.export();
+                self.metrics_at = now + Duration::from_secs(1);
+            }
+        }
+        // [RFC 5798 § 6.4.3]: a Master leaving sends priority 0 so the
+        // Backup takes over after Skew_Time, not Master_Down_Interval.
+        match self.vrrp.as_mut() {
+            Some(v) => v.shutdown(),
+            None => self.become_inactive(),
+        }
+        self.actions();
+        self.export();
+    }
+
+    fn read_adverts(&mut self, buf: &mut [u8]) {
+        for _ in 0..BATCH {
+            let (n, from) = match self.adverts.recv_from(buf) {
+                Ok((n, SocketAddr::V4(a))) => (n, a),
+                Ok(_) => continue,
+                Err(_) => return,
+            };
+            let now = Instant::now();
+            let Some(t) = self.shared.targets.iter().find(|t| t.addr == *from.ip()) else {
+                metrics::counter!("haven_dispatcher_adverts_total", "result" => "unknown_node")
+                    .increment(1);
+                continue;
+            };
+            let id = t.id;
+            // The node computes the checksum over the pseudo-header (its
+            // address, ours) as VRRP over IP would [RFC 5798 § 5.2.8].
+            let parsed = buf
+                .get(..n)
+                .ok_or(haven_proto::Error::Truncated)
+                .and_then(VrrpPacket::new_checked)
+                .and_then(|p| VrrpRepr::parse(&p, *from.ip(), self.address));
+            match parsed.map(|r| self.pool.on_advert(now, id, &r)) {
+                Ok(Ok(())) => {
+                    metrics::counter!("haven_dispatcher_adverts_total", "result" => "accepted")
+                        .increment(1);
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(node = %id, "advert refused: {e}");
+                    metrics::counter!("haven_dispatcher_adverts_total", "result" => "refused")
+                        .increment(1);
+                }
+                Err(e) => {
+                    tracing::debug!(node = %id, "malformed advert: {e}");
+                    metrics::counter!("haven_dispatcher_adverts_total", "result" => "malformed")
+                        .increment(1);
+                }
+            }
+            // A node we hear from is on the segment: learn its MAC soon.
+            if self.l2 && t.mac.load(Ordering::Relaxed) == 0 {
+                self.arp_at = now;
+            }
+        }
+    }
+
+    fn read_vrrp(&mut self, buf: &mut [u8]) {
+        let Some(sock) = &self.vrrp_sock else { return };
+        for _ in 0..BATCH {
+            let n = match (&*sock).read(buf) {
+                Ok(n) => n,
+                Err(_) => return,
+            };
+            let now = Instant::now();
+            let res = buf
+                .get(..n)
+                .ok_or(haven_proto::Error::Truncated)
+                .and_then(Ipv4Packet::new_checked)
+                .and_then(|ip| {
+                    let r = Ipv4Repr::parse(&ip)?;
+                    // [RFC 5798 § 7.1]: TTL must be 255, else discard.
+                    if r.protocol != protocol::VRRP || r.ttl != vrrp_wire::TTL {
+                        return Err(haven_proto::Error::Malformed("VRRP TTL not 255"));
+                    }
+                    let p = VrrpPacket::new_checked(ip.payload())?;
+                    Ok((r.src, VrrpRepr::parse(&p, r.src, r.dst)?))
+                });
+            match res {
+                Ok((src, advert)) => {
+                    if let Some(v) = self.vrrp.as_mut()
+                        && let Err(e) = v.handle_advert(now, src, &advert)
+                    {
+                        tracing::trace!(%src, "VRRP advert ignored: {e}");
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!("bad VRRP packet: {e}");
+                    metrics::counter!("haven_dispatcher_vrrp_malformed_total").increment(1);
+                }
+            }
+        }
+        self.actions();
+    }
+
+    fn actions(&mut self) {
+        while let Some(a) = self.vrrp.as_mut().and_then(Vrrp::poll_action) {
+            match a {
+                Action::SendAdvert(advert) => self.send_vrrp(&advert),
+                Action::BecomeMaster => {
+                    tracing::info!("VRRP: Master, taking {}", self.vip);
+                    metrics::counter!("haven_dispatcher_vrrp_transitions_total", "to" => "master")
+                        .increment(1);
+                    self.become_active();
+                }
+                Action::BecomeBackup => {
+                    tracing::info!("VRRP: Backup, releasing {}", self.vip);
+                    metrics::counter!("haven_dispatcher_vrrp_transitions_total", "to" => "backup")
+                        .increment(1);
+                    self.become_inactive();
+                }
+                Action::Stopped => {
+                    tracing::info!("VRRP: stopped");
+                    metrics::counter!("haven_dispatcher_vrrp_transitions_total", "to" => "stopped")
+                        .increment(1);
+                    self.become_inactive();
+                }
+            }
+        }
+        let state = match self.vrrp.as_ref().map(Vrrp::state) {
+            Some(VrrpState::Initialize) => 0.0,
+            Some(VrrpState::Backup) => 1.0,
+            Some(VrrpState::Master) | None => 2.0,
+        };
+        metrics::gauge!("haven_dispatcher_vrrp_state").set(state);
+    }
+
+    fn send_vrrp(&self, advert: &VrrpRepr) {
+        let Some(sock) = &self.vrrp_sock else { return };
+        match advert.to_bytes(self.address, self.vrrp_dst) {
+            Ok(b) => {
+                let dst = SockAddr::from(SocketAddrV4::new(self.vrrp_dst, 0));
+                if let Err(e) = sock.send_to(&b, &dst) {
+                    tracing::warn!("sending VRRP advert: {e}");
+                }
+            }
+            Err(e) => tracing::warn!("encoding VRRP advert: {e}"),
+        }
+    }
+
+    fn become_active(&mut self) {
+        if self.manage_vip
+            && let Some(r) = &self.rack
+        {
+            ip_addr("add", self.vip, &r.name);
+            let mut f = [0u8; 64];
+            if let (Some(n), Some(fd)) = (
+                frame::write_gratuitous_arp(&mut f, r.mac, self.vip),
+                &self.garp,
+            ) {
+                let items = [TxItem {
+                    buf: 0,
+                    start: 0,
+                    len: n,
+                    dst: None,
+                }];
+                let bufs = [f.to_vec()];
+                let (_, failed, e) = sys::send_batch(fd.as_fd(), &bufs, &items);
+                if failed > 0 {
+                    tracing::warn!("gratuitous ARP: {e:?}");
+                }
+            }
+        }
+        self.shared.active.store(true, Ordering::SeqCst);
+    }
+
+    fn become_inactive(&mut self) {
+        self.shared.active.store(false, Ordering::SeqCst);
+        if self.manage_vip
+            && let Some(r) = &self.rack
+        {
+            ip_addr("del", self.vip, &r.name);
+        }
+    }
+
+    fn on_health(&mut self, events: &[HealthEvent]) {
+        for ev in events {
+            let (to, node) = match ev {
+                HealthEvent::NodeUp { node, .. } => ("up", node),
+                HealthEvent::NodeDraining { node, .. } => ("draining", node),
+                HealthEvent::NodeDown { node, .. } => ("down", node),
+            };
+            tracing::info!(%node, "node {to}: {ev:?}");
+            metrics::counter!("haven_dispatcher_node_transitions_total",
+                "node" => node.0.to_string(), "to" => to)
+            .increment(1);
+        }
+        let rebuilds = self.pool.table().rebuilds();
+        if rebuilds != self.published_rebuilds {
+            self.shared.publish(self.pool.table());
+            self.published_rebuilds = rebuilds;
+        }
+    }
+
+    fn resolve_macs(&mut self) {
+        let iface = self.rack.as_ref().map(|r| r.name.clone());
+        let text = std::fs::read_to_string("/proc/net/arp").unwrap_or_default();
+        for t in self.shared.targets.iter().filter(|t| !t.static_mac) {
+            match frame::arp_lookup(&text, t.addr, iface.as_deref()) {
+                Some(m) => {
+                    if t.mac.swap(m.to_u64(), Ordering::Relaxed) != m.to_u64() {
+                        tracing::info!(node = %t.id, "MAC {m}");
+                    }
+                }
+                // Not in the neighbour table: one datagram to the discard
+                // port makes the kernel ARP for it.
+                None => {
+                    let _ = self.adverts.send_to(&[0], SocketAddrV4::new(t.addr, 9));
+                }
+            }
+        }
+    }
+
+    fn export(&self) {
+        for t in &self.shared.targets {
+            let node = t.id.0.to_string();
+            metrics::counter!("haven_dispatcher_packets_total", "node" => node.clone())
+                .absolute(t.packets.load(Ordering::Relaxed));
+            metrics::counter!("haven_dispatcher_bytes_total", "node" => node.clone())
+                .absolute(t.bytes.load(Ordering::Relaxed));
+            let state = match self.pool.health().state(t.id) {
+                Some(crate::NodeState::Up) => 1.0,
+                _ => 0.0,
+            };
+            metrics::gauge!("haven_dispatcher_node_up", "node" => node).set(state);
+        }
+        for d in Drop::ALL {
+            metrics::counter!("haven_dispatcher_drops_total", "reason" => d.label())
+                .absolute(self.shared.drops(d));
+        }
+        metrics::counter!("haven_dispatcher_replies_total")
+            .absolute(self.shared.replies.load(Ordering::Relaxed));
+        metrics::counter!("haven_dispatcher_table_rebuilds_total")
+            .absolute(self.pool.table().rebuilds());
+        metrics::gauge!("haven_dispatcher_active").set(
+            if self.shared.active.load(Ordering::Relaxed) {
+                1.0
+            } else {
+                0.0
+            },
+        );
+    }
+}
+
+/// `ip addr add|del VIP/32 dev IF`; "already there"/"not there" are fine.
+fn ip_addr(op: &str, vip: Ipv4Addr, dev: &str) {
+    let out = std::process::Command::new("ip")
+        .args(["addr", op, &format!("{vip}/32"), "dev", dev])
+        .stdin(std::process::Stdio::null())
+        .output();
+    match out {
+        Ok(o) if o.status.success() => tracing::info!("ip addr {op} {vip}/32 dev {dev}"),
+        Ok(o) => tracing::debug!(
+            "ip addr {op} {vip}: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) => tracing::warn!("running ip addr {op}: {e}"),
+    }
+}
+
+/// The raw IP protocol 112 socket [RFC 5798 § 5.1]: source `address`, TTL
+/// 255 for unicast and multicast, multicast loop off (our own adverts are
+/// ignored by the core anyway), joined to 224.0.0.18 when `multicast`.
+fn vrrp_socket(address: Ipv4Addr, multicast: bool, dev: Option<&str>) -> io::Result<Socket> {
+    let s = Socket::new(
+        Domain::IPV4,
+        Type::RAW,
+        Some(Protocol::from(i32::from(protocol::VRRP))),
+    )?;
+    s.set_ttl_v4(u32::from(vrrp_wire::TTL))?;
+    s.set_multicast_ttl_v4(u32::from(vrrp_wire::TTL))?;
+    s.set_multicast_loop_v4(false)?;
+    if let Some(d) = dev {
+        s.bind_device(Some(d.as_bytes()))?;
+    }
+    s.bind(&SockAddr::from(SocketAddrV4::new(address, 0)))?;
+    if multicast {
+        s.set_multicast_if_v4(&address)?;
+        s.join_multicast_v4(&vrrp_wire::MULTICAST_ADDR, &address)?;
+    }
+    s.set_nonblocking(true)?;
+    Ok(s)
+}
+
+fn describe_metrics() {
+    use metrics::{Unit, describe_counter, describe_gauge};
+    describe_counter!(
+        "haven_dispatcher_packets_total",
+        Unit::Count,
+        "Datagrams forwarded to each node"
+    );
+    describe_counter!(
+        "haven_dispatcher_bytes_total",
+        Unit::Bytes,
+        "UDP payload octets forwarded to each node"
+    );
+    describe_counter!(
+        "haven_dispatcher_drops_total",
+        Unit::Count,
+        "Datagrams dropped, by reason"
+    );
+    describe_counter!(
+        "haven_dispatcher_table_rebuilds_total",
+        Unit::Count,
+        "Maglev table rebuilds"
+    );
+    describe_counter!(
+        "haven_dispatcher_node_transitions_total",
+        Unit::Count,
+        "Node health transitions, by node and new state"
+    );
+    describe_gauge!("haven_dispatcher_node_up", "1 while the node is Up");
+    describe_gauge!(
+        "haven_dispatcher_vrrp_state",
+        "VRRP state: 0 Initialize, 1 Backup, 2 Master (also 2 when alone)"
+    );
+    describe_counter!(
+        "haven_dispatcher_vrrp_transitions_total",
+        Unit::Count,
+        "VRRP transitions, by new state"
+    );
+    describe_gauge!(
+        "haven_dispatcher_active",
+        "1 while this dispatcher forwards"
+    );
+}

@@ -1,0 +1,317 @@
+//! Health advertisements to the dispatchers (DESIGN.md §5).
+//!
+//! Every interval the node sends each configured dispatcher a VRRPv3-format
+//! advertisement [RFC 5798 § 5.2] by unicast UDP: priority = the node's
+//! capacity, 0 = draining, Max Adver Int = the interval. The dispatcher
+//! (`haven_dispatcher::health`) takes a node that falls silent for its
+//! Master_Down_Interval (3 × interval + skew) out of its Maglev table, so a
+//! SIGKILLed node is steered around within about three intervals, and a
+//! draining node at once. The checksum covers the pseudo-header (this
+//! node's address, the dispatcher's address, protocol 112) exactly as VRRP
+//! over IP would [RFC 5798 § 5.2.8], so the dispatcher parses it with
+//! [`VrrpRepr::parse`] unchanged.
+//!
+//! The advert comes from the node's *unique* address (`source`, the socket
+//! is bound to it): the dispatcher maps the source address to the node id.
+//! On stop, one last advert with priority 0 moves the node's mobile nodes
+//! to the survivors before it goes (graceful drain), instead of after
+//! Master_Down_Interval.
+//!
+//! The `[dispatch]` section of the node configuration ([`DispatchConfig`])
+//! holds these settings and the encap-mode listener ([`crate::ingress`]).
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::Duration;
+
+use haven_proto::vrrp::VrrpRepr;
+use serde::Deserialize;
+use tokio::sync::watch;
+
+/// How the dispatchers reach this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DispatchMode {
+    /// Layer-2 direct server return: datagrams arrive on the ordinary VIP
+    /// socket with the mobile node's own source (VIP on `lo`, `arp_ignore`).
+    #[default]
+    L2,
+    /// The `haven_proto::dispatch` header over UDP to `encap_listen`.
+    Encap,
+}
+
+/// `[dispatch]` in the node's configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DispatchConfig {
+    /// The dispatchers' advert listeners, e.g. `["198.18.0.2:4341"]`.
+    pub advertise_to: Vec<SocketAddrV4>,
+    /// This node's unique address on the rack segment (advert source; the
+    /// dispatchers know the node by it).
+    pub source: Ipv4Addr,
+    /// Advertisement interval in milliseconds, 10–40950, a multiple of 10
+    /// (default 1000) [RFC 5798 § 5.2.7: centiseconds, 12 bits].
+    #[serde(default = "default_interval_ms")]
+    pub interval_ms: u32,
+    /// Capacity advertised, 1–255 (default 100); 0 is reserved for draining.
+    #[serde(default = "default_priority")]
+    pub priority: u8,
+    /// VRID written into adverts (default 1; the dispatcher ignores it).
+    #[serde(default = "default_vrid")]
+    pub vrid: u8,
+    /// `"l2"` (default) or `"encap"`.
+    #[serde(default)]
+    pub mode: DispatchMode,
+    /// encap mode: where frames from the dispatcher arrive (default
+    /// `source:4342`).
+    pub encap_listen: Option<SocketAddrV4>,
+}
+
+fn default_interval_ms() -> u32 {
+    1000
+}
+fn default_priority() -> u8 {
+    100
+}
+fn default_vrid() -> u8 {
+    1
+}
+
+/// A `[dispatch]` section [`DispatchConfig::validate`] refuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DispatchConfigError {
+    /// No dispatcher to advertise to.
+    #[error("[dispatch] advertise_to must list at least one dispatcher")]
+    NoTargets,
+    /// Out of the 12-bit centisecond field, or not whole centiseconds.
+    #[error("[dispatch] interval_ms {0} must be 10-40950 and a multiple of 10")]
+    Interval(u32),
+    /// Priority 0 means draining; it is not a capacity.
+    #[error("[dispatch] priority must be 1-255")]
+    Priority,
+    /// The source must be a unicast address the dispatchers can map.
+    #[error("[dispatch] source {0} must be a unicast address")]
+    Source(Ipv4Addr),
+}
+
+impl DispatchConfig {
+    /// Checks ranges.
+    pub fn validate(&self) -> Result<(), DispatchConfigError> {
+        if self.advertise_to.is_empty() {
+            return Err(DispatchConfigError::NoTargets);
+        }
+        if !(10..=40950).contains(&self.interval_ms) || !self.interval_ms.is_multiple_of(10) {
+            return Err(DispatchConfigError::Interval(self.interval_ms));
+        }
+        if self.priority == 0 {
+            return Err(DispatchConfigError::Priority);
+        }
+        if self.source.is_unspecified() || self.source.is_multicast() || self.source.is_broadcast()
+        {
+            return Err(DispatchConfigError::Source(self.source));
+        }
+        Ok(())
+    }
+
+    /// The interval as a [`Duration`].
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(u64::from(self.interval_ms))
+    }
+
+    /// The encap listener (`encap_listen`, else `source:4342`).
+    pub fn encap_listen(&self) -> SocketAddrV4 {
+        self.encap_listen
+            .unwrap_or(SocketAddrV4::new(self.source, 4342))
+    }
+
+    /// The advertisement for the current drain state [RFC 5798 § 5.2].
+    pub fn advert(&self, draining: bool) -> VrrpRepr {
+        VrrpRepr {
+            vrid: self.vrid,
+            priority: if draining { 0 } else { self.priority },
+            // Validated: ≤ 4095 centiseconds.
+            max_advert_int_cs: u16::try_from(self.interval_ms / 10).unwrap_or(0x0fff),
+            addresses: Vec::new(),
+        }
+    }
+}
+
+/// Sends one advert to every dispatcher; failures are logged and counted
+/// (a dispatcher that is down must not stop the others hearing us).
+async fn send_all(sock: &tokio::net::UdpSocket, config: &DispatchConfig, draining: bool) {
+    let advert = config.advert(draining);
+    for dst in &config.advertise_to {
+        let sent = match advert.to_bytes(config.source, *dst.ip()) {
+            Ok(bytes) => sock.send_to(&bytes, SocketAddr::V4(*dst)).await.map(drop),
+            Err(e) => Err(std::io::Error::other(e)),
+        };
+        let result = if let Err(e) = sent {
+            tracing::debug!(%dst, "advert: {e}");
+            "error"
+        } else {
+            "sent"
+        };
+        metrics::counter!("haven_dispatch_adverts_total", "result" => result).increment(1);
+    }
+}
+
+/// Advertises until `stop` turns true, then sends one priority-0 advert.
+///
+/// `draining` true makes the adverts priority 0 (the dispatchers move this
+/// node's mobile nodes away at once); a change is advertised immediately.
+///
+/// # Errors
+/// Only binding the socket to `config.source` can fail.
+pub async fn run(
+    config: DispatchConfig,
+    mut draining: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let sock = tokio::net::UdpSocket::bind(SocketAddrV4::new(config.source, 0)).await?;
+    let mut tick = tokio::time::interval(config.interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut drain_open = true;
+    loop {
+        // Decide first, act after: the select's futures (and the watch
+        // guards they return) are gone before anything is awaited.
+        let send_now = tokio::select! {
+            _ = tick.tick() => true,
+            changed = draining.changed(), if drain_open => {
+                if changed.is_err() {
+                    // The drain flag's owner is gone: keep the last value.
+                    drain_open = false;
+                    false
+                } else {
+                    tick.reset();
+                    true
+                }
+            }
+            res = stop.wait_for(|s| *s) => {
+                let _ = res.map(drop);
+                break;
+            }
+        };
+        if send_now {
+            let d = *draining.borrow_and_update();
+            send_all(&sock, &config, d).await;
+        }
+    }
+    send_all(&sock, &config, true).await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use haven_proto::vrrp::VrrpPacket;
+    use hex_literal::hex;
+
+    fn config(to: SocketAddrV4) -> DispatchConfig {
+        DispatchConfig {
+            advertise_to: vec![to],
+            source: Ipv4Addr::LOCALHOST,
+            interval_ms: 50,
+            priority: 100,
+            vrid: 1,
+            mode: DispatchMode::L2,
+            encap_listen: None,
+        }
+    }
+
+    #[test]
+    fn parses_and_validates() {
+        let c: DispatchConfig = toml::from_str(
+            "advertise_to = [\"198.18.0.2:4341\", \"198.18.0.3:4341\"]\nsource = \"198.18.0.11\"\n",
+        )
+        .expect("parse");
+        assert_eq!(c.interval_ms, 1000);
+        assert_eq!(c.priority, 100);
+        assert_eq!(c.mode, DispatchMode::L2);
+        assert_eq!(c.encap_listen(), "198.18.0.11:4342".parse().unwrap());
+        assert_eq!(c.validate(), Ok(()));
+        let bad = DispatchConfig {
+            interval_ms: 15,
+            ..c.clone()
+        };
+        assert_eq!(bad.validate(), Err(DispatchConfigError::Interval(15)));
+        let bad = DispatchConfig {
+            priority: 0,
+            ..c.clone()
+        };
+        assert_eq!(bad.validate(), Err(DispatchConfigError::Priority));
+        let bad = DispatchConfig {
+            advertise_to: vec![],
+            ..c
+        };
+        assert_eq!(bad.validate(), Err(DispatchConfigError::NoTargets));
+    }
+
+    // Independently computed with python3 (RFC 1071 over the pseudo-header
+    // 198.18.0.11, 198.18.0.2, 0, 112, length 8, then 31 01 64 00 00 64 00 00):
+    // checksum 0xddef.
+    #[test]
+    fn advert_bytes() {
+        let mut c = config("198.18.0.2:4341".parse().unwrap());
+        c.source = Ipv4Addr::new(198, 18, 0, 11);
+        c.interval_ms = 1000;
+        let b = c
+            .advert(false)
+            .to_bytes(c.source, Ipv4Addr::new(198, 18, 0, 2))
+            .unwrap();
+        assert_eq!(b, hex!("310164000064ddef").to_vec());
+        let d = c.advert(true);
+        assert_eq!(d.priority, 0);
+    }
+
+    #[tokio::test]
+    async fn advertises_drains_and_stops_with_priority_zero() {
+        let rx = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let SocketAddr::V4(to) = rx.local_addr().unwrap() else {
+            panic!("v4")
+        };
+        let (drain_tx, drain_rx) = watch::channel(false);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run(config(to), drain_rx, stop_rx));
+        async fn next(rx: &tokio::net::UdpSocket, to: SocketAddrV4) -> VrrpRepr {
+            let mut buf = [0u8; 64];
+            let (n, from) = rx.recv_from(&mut buf).await.unwrap();
+            let SocketAddr::V4(from) = from else {
+                panic!("v4")
+            };
+            let p = VrrpPacket::new_checked(&buf[..n]).unwrap();
+            VrrpRepr::parse(&p, *from.ip(), *to.ip()).unwrap()
+        }
+        let a = next(&rx, to).await;
+        assert_eq!((a.priority, a.max_advert_int_cs), (100, 5));
+        drain_tx.send(true).unwrap();
+        // The change is advertised without waiting for the tick.
+        let mut saw_drain = false;
+        for _ in 0..3 {
+            if next(&rx, to).await.priority == 0 {
+                saw_drain = true;
+                break;
+            }
+        }
+        assert!(saw_drain);
+        drain_tx.send(false).unwrap();
+        let mut back = false;
+        for _ in 0..3 {
+            if next(&rx, to).await.priority == 100 {
+                back = true;
+                break;
+            }
+        }
+        assert!(back);
+        stop_tx.send(true).unwrap();
+        task.await.unwrap().unwrap();
+        // Whatever was queued, the last advert is priority 0.
+        let mut buf = [0u8; 64];
+        let mut last = None;
+        while let Ok(Ok((n, _))) =
+            tokio::time::timeout(Duration::from_millis(20), rx.recv_from(&mut buf)).await
+        {
+            let p = VrrpPacket::new_checked(&buf[..n]).unwrap();
+            last = Some(VrrpRepr::parse(&p, Ipv4Addr::LOCALHOST, *to.ip()).unwrap());
+        }
+        assert_eq!(last.map(|a| a.priority), Some(0));
+    }
+}
