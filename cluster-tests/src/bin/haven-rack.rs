@@ -183,10 +183,13 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
 
 /// Sums every sample of `name` whose label set contains `needle`.
 fn sum(text: &str, name: &str, needle: &str) -> f64 {
-    text.lines()
+    let total: f64 = text
+        .lines()
         .filter(|l| {
             l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(needle)
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .sum();
+    // An empty f64 sum is -0.0; show it as 0.
+    total + 0.0
 }
