@@ -100,6 +100,61 @@ impl RealmSpec {
     }
 }
 
+/// The `[cluster]` section of a node in raft mode (DESIGN.md § 4).
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    pub cluster_id: String,
+    /// The Raft transport listener.
+    pub listen: SocketAddr,
+    /// The durable Raft log.
+    pub data_dir: PathBuf,
+    pub tick_ms: u32,
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+    pub snapshot_every: u64,
+    /// Start empty and wait for `AddMember`.
+    pub join: bool,
+    /// Every founding voter, this node included: (id, transport address).
+    pub peers: Vec<(u64, SocketAddr)>,
+}
+
+impl ClusterSpec {
+    /// A raft member with `ops/ha-node.example.toml`'s timing defaults.
+    pub fn raft(
+        cluster_id: &str,
+        listen: SocketAddr,
+        data_dir: &Path,
+        peers: Vec<(u64, SocketAddr)>,
+    ) -> Self {
+        Self {
+            cluster_id: cluster_id.to_owned(),
+            listen,
+            data_dir: data_dir.to_owned(),
+            tick_ms: 50,
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            snapshot_every: 10_000,
+            join: false,
+            peers,
+        }
+    }
+}
+
+/// A TOML basic string holding `s`.
+fn toml_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for ch in s.chars() {
+        match ch {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 /// A whole node configuration.
 #[derive(Debug, Clone)]
 pub struct NodeSpec {
@@ -109,7 +164,11 @@ pub struct NodeSpec {
     /// "timestamp" or "nonce".
     pub replay: &'static str,
     pub timestamp_tolerance_secs: u32,
+    /// `[registration] max_commit_ms`; `None`: the node's default.
+    pub max_commit_ms: Option<u32>,
     pub realms: Vec<RealmSpec>,
+    /// `[cluster]` in raft mode; `None`: local mode (one node).
+    pub cluster: Option<ClusterSpec>,
 }
 
 impl NodeSpec {
@@ -121,8 +180,16 @@ impl NodeSpec {
             metrics,
             replay: "timestamp",
             timestamp_tolerance_secs: 7,
+            max_commit_ms: None,
             realms: Vec::new(),
+            cluster: None,
         }
+    }
+
+    /// Runs the node in raft mode.
+    pub fn cluster(mut self, cluster: ClusterSpec) -> Self {
+        self.cluster = Some(cluster);
+        self
     }
 
     /// Adds a realm.
@@ -147,6 +214,24 @@ impl NodeSpec {
             "[registration]\nreplay = \"{}\"\ntimestamp_tolerance_secs = {}\n",
             self.replay, self.timestamp_tolerance_secs
         );
+        if let Some(ms) = self.max_commit_ms {
+            let _ = writeln!(t, "max_commit_ms = {ms}\n");
+        }
+        if let Some(c) = &self.cluster {
+            let _ = writeln!(t, "[cluster]\nmode = \"raft\"");
+            let _ = writeln!(t, "cluster_id = {}", toml_string(&c.cluster_id));
+            let _ = writeln!(t, "listen = \"{}\"", c.listen);
+            let dir = c.data_dir.display().to_string();
+            let _ = writeln!(t, "data_dir = {}", toml_string(&dir));
+            let _ = writeln!(t, "tick_ms = {}", c.tick_ms);
+            let _ = writeln!(t, "election_ticks = {}", c.election_ticks);
+            let _ = writeln!(t, "heartbeat_ticks = {}", c.heartbeat_ticks);
+            let _ = writeln!(t, "snapshot_every = {}", c.snapshot_every);
+            let _ = writeln!(t, "join = {}\n", c.join);
+            for (id, addr) in &c.peers {
+                let _ = writeln!(t, "[[cluster.peer]]\nid = {id}\naddress = \"{addr}\"\n");
+            }
+        }
         for r in &self.realms {
             let _ = writeln!(t, "[[realm]]");
             let _ = writeln!(t, "name = \"{}\"", r.name);
@@ -276,5 +361,33 @@ mod tests {
         assert!(t.contains("nai = \"mn1@example.net\""));
         assert!(t.contains("key_hex = \"30313233343536373839616263646566\""));
         assert_eq!(t.matches("[[realm.sa]]").count(), 2);
+        assert!(!t.contains("[cluster]"), "local mode by default");
+    }
+
+    #[test]
+    fn renders_the_cluster_section() {
+        let a = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+        let mut spec = NodeSpec::new(2, a(4340), a(9434)).cluster(ClusterSpec {
+            snapshot_every: 50,
+            join: true,
+            ..ClusterSpec::raft(
+                "lab",
+                a(7402),
+                Path::new(r#"/tmp/raft "2"\x"#),
+                vec![(1, a(7401)), (2, a(7402))],
+            )
+        });
+        spec.max_commit_ms = Some(700);
+        let t = spec.toml();
+        assert!(t.contains("max_commit_ms = 700\n"), "{t}");
+        assert!(
+            t.contains("[cluster]\nmode = \"raft\"\ncluster_id = \"lab\"\n"),
+            "{t}"
+        );
+        assert!(t.contains("listen = \"127.0.0.1:7402\""), "{t}");
+        assert!(t.contains(r#"data_dir = "/tmp/raft \"2\"\\x""#), "{t}");
+        assert!(t.contains("snapshot_every = 50\njoin = true\n"), "{t}");
+        assert!(t.contains("[[cluster.peer]]\nid = 1\naddress = \"127.0.0.1:7401\"\n"));
+        assert_eq!(t.matches("[[cluster.peer]]").count(), 2);
     }
 }

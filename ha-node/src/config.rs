@@ -52,6 +52,98 @@ pub struct Config {
     pub registration: RegistrationConfig,
     /// `[[realm]]`, in file order (position = [`RealmId`]).
     pub realm: Vec<RealmConfig>,
+    /// `[cluster]`: replication (default: local, no replication).
+    pub cluster: ClusterConfig,
+}
+
+/// `[cluster] mode`: how bindings are replicated ([DESIGN.md § 4]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterMode {
+    /// One node, no replication: every proposal commits at once (default).
+    #[default]
+    Local,
+    /// A Raft group of 3 or more voters over a durable `raft-engine` log.
+    Raft,
+}
+
+/// `[cluster]`: the Raft group this node belongs to. Every field but
+/// `mode` is ignored in local mode. This node's Raft id is `[node] id`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `"local"` (default) or `"raft"`.
+    pub mode: ClusterMode,
+    /// Names the cluster; the transport refuses batches carrying another
+    /// (two clusters sharing a backend network by mistake). Required in
+    /// raft mode.
+    pub cluster_id: String,
+    /// The Raft transport's gRPC listener. Required in raft mode.
+    pub listen: Option<SocketAddr>,
+    /// The directory of the durable Raft log (`raft-engine`). Required in
+    /// raft mode; created if missing.
+    pub data_dir: Option<PathBuf>,
+    /// Length of one Raft tick, milliseconds. Default 50.
+    pub tick_ms: u32,
+    /// Ticks without a leader before an election (raft randomises it in
+    /// `[election_ticks, 2 × election_ticks)`). Default 10.
+    pub election_ticks: usize,
+    /// Ticks between the leader's heartbeats; less than `election_ticks`.
+    /// Default 2.
+    pub heartbeat_ticks: usize,
+    /// Applied entries between state-machine snapshots (log compaction; a
+    /// follower that fell behind the compacted log gets the snapshot).
+    /// Default 10000.
+    pub snapshot_every: u64,
+    /// Start with an empty log and wait to be added by `AddMember` on the
+    /// leader, instead of founding the cluster with `peer` as its voters.
+    /// Default false.
+    pub join: bool,
+    /// `[[cluster.peer]]`: every voter of a new cluster, this node included
+    /// (with `join`, the members to expect messages from).
+    pub peer: Vec<PeerConfig>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            mode: ClusterMode::Local,
+            cluster_id: String::new(),
+            listen: None,
+            data_dir: None,
+            tick_ms: 50,
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            snapshot_every: 10_000,
+            join: false,
+            peer: Vec::new(),
+        }
+    }
+}
+
+/// `[[cluster.peer]]`: one member of the Raft group.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PeerConfig {
+    /// Its `[node] id`.
+    pub id: u64,
+    /// `host:port` of its `[cluster] listen`.
+    pub address: String,
+}
+
+impl ClusterConfig {
+    /// The peers as the transport wants them (id → `host:port`).
+    pub fn peer_map(&self) -> std::collections::HashMap<u64, String> {
+        self.peer
+            .iter()
+            .map(|p| (p.id, p.address.clone()))
+            .collect()
+    }
+
+    /// The tick length.
+    pub fn tick(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(u64::from(self.tick_ms))
+    }
 }
 
 /// `[node]`: this node's identity in the cluster.
@@ -548,6 +640,55 @@ pub enum ConfigError {
         /// The value.
         nai: String,
     },
+    /// A setting raft mode cannot do without.
+    #[error("[cluster] mode = \"raft\" needs {0}")]
+    ClusterMissing(&'static str),
+    /// `tick_ms = 0`.
+    #[error("[cluster] tick_ms must be at least 1")]
+    ZeroTick,
+    /// Election and heartbeat ticks that raft refuses.
+    #[error(
+        "[cluster] heartbeat_ticks ({heartbeat}) must be at least 1 and less than election_ticks ({election})"
+    )]
+    RaftTicks {
+        /// `election_ticks`.
+        election: usize,
+        /// `heartbeat_ticks`.
+        heartbeat: usize,
+    },
+    /// `snapshot_every = 0`.
+    #[error("[cluster] snapshot_every must be at least 1")]
+    ZeroSnapshotEvery,
+    /// The cluster listener on the admin or metrics socket.
+    #[error("[cluster] listen {0} is also the [admin] or [metrics] listener")]
+    ClusterListenConflict(SocketAddr),
+    /// `[[cluster.peer]] id = 0`.
+    #[error("[[cluster.peer]] #{0}: id must be non-zero")]
+    InvalidPeerId(usize),
+    /// Two peers with one id.
+    #[error("[[cluster.peer]] id {0} is listed twice")]
+    DuplicatePeerId(u64),
+    /// A peer address that is not `host:port`.
+    #[error("[[cluster.peer]] id {id}: address {address:?} is not host:port with a non-zero port")]
+    InvalidPeerAddress {
+        /// The peer.
+        id: u64,
+        /// The value.
+        address: String,
+    },
+    /// Two peers on one address.
+    #[error("[[cluster.peer]] ids {first} and {second} share the address {address:?}")]
+    DuplicatePeerAddress {
+        /// The first peer.
+        first: u64,
+        /// The second.
+        second: u64,
+        /// The value.
+        address: String,
+    },
+    /// A founding node missing from its own voter list.
+    #[error("[[cluster.peer]] must list this node ([node] id = {0}) unless [cluster] join = true")]
+    SelfNotPeer(u64),
 }
 
 impl Config {
@@ -633,8 +774,83 @@ impl Config {
             }
             r.validate()?;
         }
+        if self.cluster.mode == ClusterMode::Raft {
+            self.validate_cluster()?;
+        }
         Ok(())
     }
+
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let c = &self.cluster;
+        if c.cluster_id.is_empty() {
+            return Err(ConfigError::ClusterMissing("a cluster_id"));
+        }
+        let listen = c
+            .listen
+            .ok_or(ConfigError::ClusterMissing("a listen address"))?;
+        if c.data_dir.as_ref().is_none_or(|d| d.as_os_str().is_empty()) {
+            return Err(ConfigError::ClusterMissing("a data_dir"));
+        }
+        if listen == self.admin.listen || listen == self.metrics.listen {
+            return Err(ConfigError::ClusterListenConflict(listen));
+        }
+        if c.tick_ms == 0 {
+            return Err(ConfigError::ZeroTick);
+        }
+        // raft-rs `Config::validate`: heartbeat > 0, election > heartbeat.
+        if c.heartbeat_ticks == 0 || c.election_ticks <= c.heartbeat_ticks {
+            return Err(ConfigError::RaftTicks {
+                election: c.election_ticks,
+                heartbeat: c.heartbeat_ticks,
+            });
+        }
+        if c.snapshot_every == 0 {
+            return Err(ConfigError::ZeroSnapshotEvery);
+        }
+        if c.peer.is_empty() {
+            return Err(ConfigError::ClusterMissing("at least one [[cluster.peer]]"));
+        }
+        for (i, p) in c.peer.iter().enumerate() {
+            if p.id == 0 {
+                return Err(ConfigError::InvalidPeerId(i));
+            }
+            if !valid_host_port(&p.address) {
+                return Err(ConfigError::InvalidPeerAddress {
+                    id: p.id,
+                    address: p.address.clone(),
+                });
+            }
+            if let Some(o) = c.peer[..i].iter().find(|o| o.id == p.id) {
+                return Err(ConfigError::DuplicatePeerId(o.id));
+            }
+            if let Some(o) = c.peer[..i].iter().find(|o| o.address == p.address) {
+                return Err(ConfigError::DuplicatePeerAddress {
+                    first: o.id,
+                    second: p.id,
+                    address: p.address.clone(),
+                });
+            }
+        }
+        if !c.join && !c.peer.iter().any(|p| p.id == self.node.id) {
+            return Err(ConfigError::SelfNotPeer(self.node.id));
+        }
+        Ok(())
+    }
+}
+
+/// `host:port` with a non-empty host and a non-zero port (`[v6]:port` too).
+pub fn valid_host_port(s: &str) -> bool {
+    if s.parse::<SocketAddr>().is_ok_and(|a| a.port() != 0) {
+        return true;
+    }
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return false;
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '.');
+    host_ok && port.parse::<u16>().is_ok_and(|p| p != 0)
 }
 
 impl RealmConfig {
@@ -914,17 +1130,16 @@ mod tests {
         assert!(
             matches!(err(dup_vip), E::DuplicateVip { realm, other, .. } if realm == "outer" && other == "inner")
         );
-        for vip in [
-            [0, 0, 0, 0],
-            [255, 255, 255, 255],
-            [224, 0, 0, 1],
-            [127, 0, 0, 1],
-        ] {
+        for vip in [[0, 0, 0, 0], [255, 255, 255, 255], [224, 0, 0, 1]] {
             assert!(matches!(
                 err(|c| c.realm[0].vip = Ipv4Addr::from(vip)),
                 E::InvalidVip { .. }
             ));
         }
+        // Loopback VIPs serve lab runs and unprivileged tests.
+        let mut lo = base();
+        lo.realm[0].vip = Ipv4Addr::new(127, 0, 0, 11);
+        lo.validate().expect("a loopback VIP is valid");
         assert!(matches!(err(|c| c.realm[0].port = 0), E::InvalidPort(_)));
         assert!(matches!(
             err(|c| c.realm[0].home_prefix = None),
@@ -1062,6 +1277,145 @@ mod tests {
         assert_eq!(c.realm[0].sa.len(), 1);
         assert_eq!(c.realm[0].sa[0].spi, 1000);
         assert_eq!(c.realm[0].sa[0].key_hex.as_bytes().len(), 16);
+    }
+
+    fn raft() -> Config {
+        let mut c = base();
+        let extra = Config::from_toml_str(
+            r#"
+            [cluster]
+            mode = "raft"
+            cluster_id = "lab"
+            listen = "127.0.0.1:7401"
+            data_dir = "/var/lib/haven/raft"
+            [[cluster.peer]]
+            id = 1
+            address = "127.0.0.1:7401"
+            [[cluster.peer]]
+            id = 2
+            address = "node-2.example.net:7401"
+            [[cluster.peer]]
+            id = 3
+            address = "[::1]:7401"
+            "#,
+        )
+        .expect("cluster parses");
+        c.cluster = extra.cluster;
+        c
+    }
+
+    #[test]
+    fn cluster_defaults_and_valid_raft() {
+        let c = base();
+        assert_eq!(c.cluster.mode, ClusterMode::Local);
+        assert_eq!(c.cluster.tick_ms, 50);
+        assert_eq!(c.cluster.election_ticks, 10);
+        assert_eq!(c.cluster.heartbeat_ticks, 2);
+        assert_eq!(c.cluster.snapshot_every, 10_000);
+        assert!(!c.cluster.join);
+        let r = raft();
+        r.validate().expect("valid raft config");
+        assert_eq!(r.cluster.peer_map().len(), 3);
+        assert_eq!(r.cluster.tick(), std::time::Duration::from_millis(50));
+        let e = Config::from_toml_str("[cluster]\nmode = \"paxos\"\n").unwrap_err();
+        assert!(e.to_string().contains("paxos"), "{e}");
+        // Local mode ignores the raft settings entirely.
+        let mut l = raft();
+        l.cluster.mode = ClusterMode::Local;
+        l.cluster.peer.clear();
+        l.validate().expect("local ignores [cluster]");
+    }
+
+    #[test]
+    fn every_cluster_validation_error() {
+        use ConfigError as E;
+        let err = |f: &dyn Fn(&mut Config)| {
+            let mut c = raft();
+            f(&mut c);
+            c.validate().expect_err("must be invalid")
+        };
+        assert!(matches!(
+            err(&|c| c.cluster.cluster_id.clear()),
+            E::ClusterMissing("a cluster_id")
+        ));
+        assert!(matches!(
+            err(&|c| c.cluster.listen = None),
+            E::ClusterMissing("a listen address")
+        ));
+        assert!(matches!(
+            err(&|c| c.cluster.data_dir = None),
+            E::ClusterMissing("a data_dir")
+        ));
+        assert!(matches!(
+            err(&|c| c.cluster.listen = Some(c.admin.listen)),
+            E::ClusterListenConflict(_)
+        ));
+        assert!(matches!(err(&|c| c.cluster.tick_ms = 0), E::ZeroTick));
+        assert!(matches!(
+            err(&|c| c.cluster.heartbeat_ticks = 0),
+            E::RaftTicks { heartbeat: 0, .. }
+        ));
+        assert!(matches!(
+            err(&|c| c.cluster.election_ticks = 2),
+            E::RaftTicks {
+                election: 2,
+                heartbeat: 2
+            }
+        ));
+        assert!(matches!(
+            err(&|c| c.cluster.snapshot_every = 0),
+            E::ZeroSnapshotEvery
+        ));
+        assert!(matches!(
+            err(&|c| c.cluster.peer.clear()),
+            E::ClusterMissing(_)
+        ));
+        assert!(matches!(
+            err(&|c| c.cluster.peer[1].id = 0),
+            E::InvalidPeerId(1)
+        ));
+        assert!(matches!(
+            err(&|c| c.cluster.peer[2].id = 1),
+            E::DuplicatePeerId(1)
+        ));
+        for bad in ["", "127.0.0.1", "127.0.0.1:0", ":7401", "host:x", "a b:1"] {
+            assert!(
+                matches!(
+                    err(&|c| c.cluster.peer[1].address = bad.into()),
+                    E::InvalidPeerAddress { id: 2, .. }
+                ),
+                "{bad:?}"
+            );
+        }
+        assert!(matches!(
+            err(&|c| c.cluster.peer[2].address = c.cluster.peer[0].address.clone()),
+            E::DuplicatePeerAddress {
+                first: 1,
+                second: 3,
+                ..
+            }
+        ));
+        assert!(matches!(err(&|c| c.node.id = 4), E::SelfNotPeer(4)));
+        // A joining node need not list itself.
+        let mut j = raft();
+        j.node.id = 4;
+        j.cluster.join = true;
+        j.validate().expect("join without self");
+        assert_eq!(
+            err(&|c| c.node.id = 4).to_string(),
+            "[[cluster.peer]] must list this node ([node] id = 4) unless [cluster] join = true"
+        );
+    }
+
+    #[test]
+    fn example_cluster_section_validates_in_raft_mode() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/ha-node.example.toml");
+        let mut c = Config::load(&path).expect("example config is valid");
+        assert_eq!(c.cluster.mode, ClusterMode::Local);
+        c.cluster.mode = ClusterMode::Raft;
+        c.validate()
+            .expect("the documented raft settings are valid");
+        assert_eq!(c.cluster.peer.len(), 3);
     }
 
     #[test]

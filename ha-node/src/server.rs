@@ -7,7 +7,11 @@
 //!   replicator, sends replies, fires timers, and turns engine events into
 //!   metrics. One owner, no locks on the registration path;
 //! * the admin gRPC service reads the shared binding table directly and asks
-//!   the driver for changes (removals) over a channel;
+//!   the driver for changes (removals, membership) over a channel;
+//! * in raft mode ([`crate::cluster`]) the driver also owns the Raft replica:
+//!   it ticks it, steps the transport's messages into it, persists and
+//!   applies after every pump (a storage failure stops the daemon with an
+//!   error), and serves the Raft transport's gRPC on `[cluster] listen`;
 //! * shutdown: SIGTERM/SIGINT stop the receive tasks and the admin server,
 //!   then the driver finishes what is queued and exits.
 
@@ -23,8 +27,9 @@ use tonic::{Request, Response, Status};
 use tracing::{debug, info, warn};
 
 use crate::binding::{BindingEntry, BindingTable, Encap};
+use crate::cluster::{self, AdminError, RaftInput, RaftNode};
 use crate::command::StateMachine;
-use crate::config::{Config, RealmId};
+use crate::config::{ClusterMode, Config, RealmId};
 use crate::engine::{Engine, EngineConfig, Event};
 use crate::net::{Endpoint, RecvBuffers};
 use crate::replicate::{LocalReplicator, Replicator};
@@ -51,6 +56,19 @@ enum AdminOp {
         home_address: Ipv4Addr,
         done: oneshot::Sender<bool>,
     },
+    AddMember {
+        id: u64,
+        address: String,
+        done: oneshot::Sender<Result<Vec<u64>, AdminError>>,
+    },
+    RemoveMember {
+        id: u64,
+        done: oneshot::Sender<Result<Vec<u64>, AdminError>>,
+    },
+    TransferLeader {
+        to: u64,
+        done: oneshot::Sender<Result<u64, AdminError>>,
+    },
 }
 
 /// What the driver publishes for the admin Status call.
@@ -59,6 +77,47 @@ struct Published {
     applied: u64,
     /// Free addresses in each realm's dynamic pool, by realm index.
     pool_free: Vec<u64>,
+    /// Raft mode: term, leader, indexes, members, role.
+    raft: Option<cluster::Published>,
+}
+
+/// The replication mode the driver runs.
+enum Repl {
+    Local(LocalReplicator),
+    Raft(Box<RaftNode>),
+}
+
+impl Repl {
+    fn get(&mut self) -> &mut dyn Replicator {
+        match self {
+            Repl::Local(l) => l,
+            Repl::Raft(r) => r.replicator(),
+        }
+    }
+
+    fn state(&self) -> &StateMachine {
+        match self {
+            Repl::Local(l) => l.state(),
+            Repl::Raft(r) => r.replica().state(),
+        }
+    }
+
+    /// Whether datagrams go to the engine (a Raft node outside the group
+    /// answers nothing).
+    fn serving(&self) -> bool {
+        match self {
+            Repl::Local(_) => true,
+            Repl::Raft(r) => r.serving(),
+        }
+    }
+}
+
+/// Awaits the Raft inputs, forever pending in local mode.
+async fn raft_input(input: &mut Option<RaftInput>) -> cluster::Input {
+    match input {
+        Some(i) => i.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Runs the node until `shutdown` resolves.
@@ -67,19 +126,33 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
-    telemetry::install(config.metrics.listen)
-        .with_context(|| format!("metrics listener on {}", config.metrics.listen))?;
 
     let state = StateMachine::from_config(&config);
     let table = state.reader();
-    let replicator: Box<dyn Replicator + Send> = Box::new(LocalReplicator::new(state));
+    // Raft: the store is opened and the state machine restored from its
+    // snapshot before the engine mirrors the table's expiries.
+    let (replicator, raft_in, raft_service) = match config.cluster.mode {
+        ClusterMode::Local => (Repl::Local(LocalReplicator::new(state)), None, None),
+        ClusterMode::Raft => {
+            let started = cluster::start(&config, state).await?;
+            (
+                Repl::Raft(Box::new(started.node)),
+                Some(started.input),
+                Some(started.service),
+            )
+        }
+    };
     let subscribers = Arc::new(StaticSubscribers::from_config(&config));
-    let engine = Engine::new(
+    let mut engine = Engine::new(
         EngineConfig::from_config(&config),
         &config.realm,
         subscribers,
         table.clone(),
     );
+    if let Repl::Raft(r) = &replicator {
+        // Only the leader proposes expiries; the pump follows changes.
+        engine.set_propose_expiries(r.replica().is_leader());
+    }
 
     // Bind every realm before announcing readiness: a bad VIP fails start-up.
     let mut endpoints: HashMap<SocketAddrV4, Arc<Endpoint>> = HashMap::new();
@@ -130,13 +203,37 @@ pub async fn run(
             ),
     );
 
+    let raft_task = match (raft_service, config.cluster.listen) {
+        (Some(service), Some(listen)) => {
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("[cluster] listen on {listen}"))?;
+            info!(addr = %listen, "raft transport listening");
+            // No graceful shutdown: peers hold their streams open for as
+            // long as they live, so the task is aborted once the driver is
+            // done (a peer then sees a reset and reconnects elsewhere).
+            Some(tokio::spawn(
+                tonic::transport::Server::builder()
+                    .tcp_nodelay(true)
+                    .add_service(service)
+                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+            ))
+        }
+        _ => None,
+    };
+
+    // Metrics last: `haven_build_info` answering means the log is open and
+    // every listener is bound (supervisors and tests wait on it).
+    telemetry::install(config.metrics.listen)
+        .with_context(|| format!("metrics listener on {}", config.metrics.listen))?;
+
     let names: HashMap<RealmId, String> = config
         .realm
         .iter()
         .enumerate()
         .map(|(i, r)| (RealmId(i as u16), r.name.clone()))
         .collect();
-    let driver = tokio::spawn(drive(
+    let mut driver = tokio::spawn(drive(
         Driver {
             engine,
             replicator,
@@ -147,9 +244,20 @@ pub async fn run(
         },
         batch_rx,
         admin_rx,
+        raft_in,
     ));
 
-    shutdown.await;
+    let early = tokio::select! {
+        () = shutdown => None,
+        r = &mut driver => Some(r),
+    };
+    if let Some(r) = early {
+        // The driver only ends by itself on a fatal error (the Raft log
+        // cannot be written): stop serving and exit non-zero.
+        let _ = stop_tx.send(true);
+        r.context("driver task")??;
+        anyhow::bail!("the driver stopped unexpectedly");
+    }
     info!("shutting down");
     let _ = stop_tx.send(true);
     for r in receivers {
@@ -157,8 +265,16 @@ pub async fn run(
     }
     // The receive tasks held the batch senders: the driver drains what is
     // queued, then sees the channel close and returns.
-    driver.await.context("driver task")?;
+    driver.await.context("driver task")??;
     admin_task.await.context("admin task")??;
+    if let Some(t) = raft_task {
+        t.abort();
+        match t.await {
+            Ok(r) => r.context("raft transport")?,
+            Err(e) if e.is_cancelled() => {}
+            Err(e) => return Err(e).context("raft transport task"),
+        }
+    }
     info!("stopped");
     Ok(())
 }
@@ -193,7 +309,7 @@ async fn receive(ep: Arc<Endpoint>, tx: mpsc::Sender<Batch>, mut stop: watch::Re
 
 struct Driver {
     engine: Engine,
-    replicator: Box<dyn Replicator + Send>,
+    replicator: Repl,
     endpoints: HashMap<SocketAddrV4, Arc<Endpoint>>,
     table: Arc<BindingTable>,
     names: HashMap<RealmId, String>,
@@ -207,7 +323,8 @@ async fn drive(
     mut d: Driver,
     mut batches: mpsc::Receiver<Batch>,
     mut admin: mpsc::Receiver<AdminOp>,
-) {
+    mut raft_in: Option<RaftInput>,
+) -> anyhow::Result<()> {
     let mut removals: PendingRemovals = HashMap::new();
     let mut gauges = tokio::time::interval(Duration::from_secs(1));
     gauges.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -220,21 +337,21 @@ async fn drive(
             batch = batches.recv() => {
                 let Some(batch) = batch else { break };
                 let now = wall_now();
-                for (src, dst, bytes) in &batch.datagrams {
-                    d.engine.handle(now, *src, *dst, bytes);
-                }
+                d.handle_batch(now, &batch);
                 // More may be queued: take what is ready without waiting so
                 // one pass through the replicator serves them all.
                 while let Ok(more) = batches.try_recv() {
-                    for (src, dst, bytes) in &more.datagrams {
-                        d.engine.handle(now, *src, *dst, bytes);
-                    }
+                    d.handle_batch(now, &more);
+                }
+            }
+            input = raft_input(&mut raft_in) => {
+                if let Repl::Raft(r) = &mut d.replicator {
+                    r.input(input);
                 }
             }
             op = admin.recv(), if !admin.is_closed() => {
-                if let Some(AdminOp::Remove { realm, home_address, done }) = op {
-                    d.engine.remove_binding(realm, home_address);
-                    removals.entry((realm, home_address)).or_default().push(done);
+                if let Some(op) = op {
+                    d.admin(op, &mut removals);
                 }
             }
             _ = async {
@@ -247,29 +364,89 @@ async fn drive(
             }
             _ = gauges.tick() => {
                 d.update_gauges();
+                if let Repl::Raft(r) = &mut d.replicator {
+                    r.publish_metrics();
+                }
                 continue;
             }
         }
-        d.pump(&mut removals).await;
+        d.pump(&mut removals).await?;
     }
     // Finish what the last batches produced.
-    d.pump(&mut removals).await;
+    d.pump(&mut removals).await
 }
 
 impl Driver {
+    /// Feeds one batch of datagrams to the engine, or drops it when this
+    /// node is not a member of its Raft group (before `AddMember`, after
+    /// `RemoveMember`): it must not answer what it cannot commit.
+    fn handle_batch(&mut self, now: Duration, batch: &Batch) {
+        if !self.replicator.serving() {
+            metrics::counter!(telemetry::REGISTRATION_DROPS, "realm" => "", "reason" => "not_member")
+                .increment(batch.datagrams.len() as u64);
+            return;
+        }
+        for (src, dst, bytes) in &batch.datagrams {
+            self.engine.handle(now, *src, *dst, bytes);
+        }
+    }
+
+    /// An admin request that needs the driver.
+    fn admin(&mut self, op: AdminOp, removals: &mut PendingRemovals) {
+        let raft = match &mut self.replicator {
+            Repl::Raft(r) => Some(r),
+            Repl::Local(_) => None,
+        };
+        match (op, raft) {
+            (
+                AdminOp::Remove {
+                    realm,
+                    home_address,
+                    done,
+                },
+                _,
+            ) => {
+                self.engine.remove_binding(realm, home_address);
+                removals
+                    .entry((realm, home_address))
+                    .or_default()
+                    .push(done);
+            }
+            (AdminOp::AddMember { id, address, done }, Some(r)) => r.add_member(id, &address, done),
+            (AdminOp::RemoveMember { id, done }, Some(r)) => r.remove_member(id, done),
+            (AdminOp::TransferLeader { to, done }, Some(r)) => r.transfer_leader(to, done),
+            // The admin service refuses these in local mode before asking.
+            (AdminOp::AddMember { done, .. } | AdminOp::RemoveMember { done, .. }, None) => {
+                let _ = done.send(Err(AdminError::Invalid("not in raft mode".into())));
+            }
+            (AdminOp::TransferLeader { done, .. }, None) => {
+                let _ = done.send(Err(AdminError::Invalid("not in raft mode".into())));
+            }
+        }
+    }
+
     /// Moves work between the engine and the replicator until both are
-    /// quiet, then sends the replies and records the events.
-    async fn pump(&mut self, removals: &mut PendingRemovals) {
+    /// quiet, then sends the replies and records the events. In raft mode
+    /// every round persists and applies what raft has ready; an error there
+    /// is fatal (returned).
+    async fn pump(&mut self, removals: &mut PendingRemovals) -> anyhow::Result<()> {
         loop {
             let mut progressed = false;
             while let Some((id, cmd)) = self.engine.poll_proposal() {
                 progressed = true;
-                if self.replicator.propose(id, cmd).is_err() {
+                if self.replicator.get().propose(id, cmd).is_err() {
+                    // Never acknowledged: the MN retransmits [DESIGN.md § 4].
                     self.engine.proposal_failed(id);
                 }
             }
+            if let Repl::Raft(r) = &mut self.replicator
+                && let Err(e) = r.ready()
+            {
+                tracing::error!(error = %e, "raft storage failed; this node stops");
+                return Err(anyhow::Error::new(e).context("raft log"));
+            }
             let now = wall_now();
-            while let Some(applied) = self.replicator.poll_applied() {
+            while let Some(applied) = self.replicator.get().poll_applied() {
                 progressed = true;
                 self.engine.handle_applied(now, &applied);
                 if let crate::command::Command::AdminRemove {
@@ -291,6 +468,9 @@ impl Driver {
                 break;
             }
         }
+        if let Repl::Raft(r) = &mut self.replicator {
+            r.flush(&mut self.engine);
+        }
         while let Some(t) = self.engine.poll_transmit() {
             let Some(ep) = self.endpoints.get(&t.src) else {
                 warn!(src = %t.src, "reply from an address no endpoint holds");
@@ -306,6 +486,10 @@ impl Driver {
             self.record(ev);
         }
         let state = self.replicator.state();
+        let raft = match &self.replicator {
+            Repl::Raft(r) => Some(r.published()),
+            Repl::Local(_) => None,
+        };
         self.published.send_modify(|p| {
             p.applied = state.applied_count();
             p.pool_free = (0..self.names.len())
@@ -315,7 +499,9 @@ impl Driver {
                         .map_or(0, |(used, size)| size.saturating_sub(u64::from(used)))
                 })
                 .collect();
+            p.raft = raft;
         });
+        Ok(())
     }
 
     fn realm_name(&self, realm: RealmId) -> String {
@@ -452,7 +638,7 @@ impl grpc::admin_server::Admin for AdminService {
                 pool_free: published.pool_free.get(i).copied().unwrap_or(0),
             })
             .collect();
-        Ok(Response::new(grpc::StatusReply {
+        let reply = grpc::StatusReply {
             node_id: self.config.node.id,
             version: env!("CARGO_PKG_VERSION").into(),
             mode: grpc::ReplicationMode::Local as i32,
@@ -464,7 +650,21 @@ impl grpc::admin_server::Admin for AdminService {
             members: vec![self.config.node.id],
             role: "standalone".into(),
             ..Default::default()
-        }))
+        };
+        let reply = match published.raft {
+            Some(r) => grpc::StatusReply {
+                mode: grpc::ReplicationMode::Raft as i32,
+                term: r.term,
+                leader_id: r.leader,
+                commit_index: r.commit,
+                applied_index: r.applied,
+                members: r.members,
+                role: r.role,
+                ..reply
+            },
+            None => reply,
+        };
+        Ok(Response::new(reply))
     }
 
     async fn list_bindings(
@@ -552,27 +752,88 @@ impl grpc::admin_server::Admin for AdminService {
 
     async fn transfer_leadership(
         &self,
-        _: Request<grpc::TransferLeadershipRequest>,
+        req: Request<grpc::TransferLeadershipRequest>,
     ) -> Reply<grpc::TransferLeadershipReply> {
-        Err(Status::unimplemented(
-            "this node runs standalone; leadership needs raft mode (issue: Replication)",
-        ))
+        self.require_raft()?;
+        let to = req.into_inner().to;
+        let leader_id = self
+            .ask(|done| AdminOp::TransferLeader { to, done })
+            .await?;
+        Ok(Response::new(grpc::TransferLeadershipReply { leader_id }))
     }
 
-    async fn add_member(&self, _: Request<grpc::AddMemberRequest>) -> Reply<grpc::MemberReply> {
-        Err(Status::unimplemented(
-            "this node runs standalone; membership needs raft mode (issue: Replication)",
-        ))
+    async fn add_member(&self, req: Request<grpc::AddMemberRequest>) -> Reply<grpc::MemberReply> {
+        self.require_raft()?;
+        let req = req.into_inner();
+        if !valid_peer_address(&req.address) {
+            return Err(Status::invalid_argument(format!(
+                "address {:?} is not host:port",
+                req.address
+            )));
+        }
+        let members = self
+            .ask(|done| AdminOp::AddMember {
+                id: req.node_id,
+                address: req.address.clone(),
+                done,
+            })
+            .await?;
+        Ok(Response::new(grpc::MemberReply { members }))
     }
 
     async fn remove_member(
         &self,
-        _: Request<grpc::RemoveMemberRequest>,
+        req: Request<grpc::RemoveMemberRequest>,
     ) -> Reply<grpc::MemberReply> {
-        Err(Status::unimplemented(
-            "this node runs standalone; membership needs raft mode (issue: Replication)",
-        ))
+        self.require_raft()?;
+        let id = req.into_inner().node_id;
+        let members = self.ask(|done| AdminOp::RemoveMember { id, done }).await?;
+        Ok(Response::new(grpc::MemberReply { members }))
     }
+}
+
+impl AdminService {
+    #[allow(clippy::result_large_err)]
+    fn require_raft(&self) -> Result<(), Status> {
+        if self.config.cluster.mode == ClusterMode::Raft {
+            Ok(())
+        } else {
+            Err(Status::failed_precondition(
+                "this node runs standalone; leadership and membership need [cluster] mode = \"raft\"",
+            ))
+        }
+    }
+
+    /// Sends a membership or leadership request to the driver and waits
+    /// (bounded) until the group reached the asked state.
+    async fn ask<T>(
+        &self,
+        op: impl FnOnce(oneshot::Sender<Result<T, AdminError>>) -> AdminOp,
+    ) -> Result<T, Status> {
+        let (done, wait) = oneshot::channel();
+        self.ops
+            .send(op(done))
+            .await
+            .map_err(|_| Status::unavailable("node is shutting down"))?;
+        match tokio::time::timeout(cluster::ADMIN_WAIT, wait).await {
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "not applied within {:?}",
+                cluster::ADMIN_WAIT
+            ))),
+            Ok(Err(_)) => Err(Status::unavailable("the request was dropped")),
+            Ok(Ok(Ok(v))) => Ok(v),
+            Ok(Ok(Err(e @ AdminError::NotLeader { .. }))) => {
+                Err(Status::failed_precondition(e.to_string()))
+            }
+            Ok(Ok(Err(e @ AdminError::Invalid(_)))) => Err(Status::invalid_argument(e.to_string())),
+            Ok(Ok(Err(e @ AdminError::Unavailable))) => Err(Status::unavailable(e.to_string())),
+        }
+    }
+}
+
+/// `host:port` as `[[cluster.peer]] address` accepts it.
+fn valid_peer_address(s: &str) -> bool {
+    crate::config::valid_host_port(s)
 }
 
 /// Waits for SIGTERM or SIGINT.

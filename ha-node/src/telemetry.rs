@@ -27,6 +27,34 @@ pub const POOL_FREE: &str = "haven_pool_free_addresses";
 /// Always 1, labelled with the version.
 pub const BUILD_INFO: &str = "haven_build_info";
 
+/// Raft: current term.
+pub const RAFT_TERM: &str = "haven_raft_term";
+/// Raft: the leader this node knows (0 = none).
+pub const RAFT_LEADER_ID: &str = "haven_raft_leader_id";
+/// Raft: 1 on the leader, 0 elsewhere.
+pub const RAFT_IS_LEADER: &str = "haven_raft_is_leader";
+/// Raft: 1 while this node is a voter of the group (0 before it was added
+/// and after it was removed: it then answers no registration).
+pub const RAFT_MEMBER: &str = "haven_raft_member";
+/// Raft: commit index.
+pub const RAFT_COMMIT_INDEX: &str = "haven_raft_commit_index";
+/// Raft: applied index.
+pub const RAFT_APPLIED_INDEX: &str = "haven_raft_applied_index";
+/// Raft: proposals accepted by raft.
+pub const RAFT_PROPOSALS: &str = "haven_raft_proposals_total";
+/// Raft: proposals refused (no leader, transfer in progress).
+pub const RAFT_PROPOSAL_DROPS: &str = "haven_raft_proposal_drops_total";
+/// Raft: times the known leader changed.
+pub const RAFT_LEADER_CHANGES: &str = "haven_raft_leader_changes_total";
+/// Raft: snapshot messages sent to followers.
+pub const RAFT_SNAPSHOTS_SENT: &str = "haven_raft_snapshots_sent_total";
+/// Raft: snapshots received and installed.
+pub const RAFT_SNAPSHOTS_RECEIVED: &str = "haven_raft_snapshots_received_total";
+/// Raft: state-machine snapshots taken here (log compactions).
+pub const RAFT_SNAPSHOTS_TAKEN: &str = "haven_raft_snapshots_taken_total";
+/// Raft: messages the transport could not deliver, by peer.
+pub const RAFT_UNREACHABLE: &str = "haven_raft_unreachable_total";
+
 /// Starts the Prometheus endpoint on `listen` (`GET /metrics`) and
 /// describes every metric the node emits. Must run inside a tokio runtime.
 pub fn install(listen: SocketAddr) -> Result<(), BuildError> {
@@ -67,4 +95,37 @@ fn describe() {
     describe_counter!(REMOVALS, Unit::Count, "Bindings removed by an operator");
     describe_gauge!(POOL_FREE, Unit::Count, "Free addresses in the dynamic pool");
     describe_gauge!(BUILD_INFO, "haven build information");
+    describe_gauge!(RAFT_TERM, Unit::Count, "Raft term");
+    describe_gauge!(RAFT_LEADER_ID, "Raft leader known to this node (0 = none)");
+    describe_gauge!(RAFT_IS_LEADER, "1 when this node is the Raft leader");
+    describe_gauge!(RAFT_MEMBER, "1 when this node is a voter of the Raft group");
+    describe_gauge!(RAFT_COMMIT_INDEX, Unit::Count, "Raft commit index");
+    describe_gauge!(RAFT_APPLIED_INDEX, Unit::Count, "Raft applied index");
+    describe_counter!(RAFT_PROPOSALS, Unit::Count, "Proposals accepted by Raft");
+    describe_counter!(
+        RAFT_PROPOSAL_DROPS,
+        Unit::Count,
+        "Proposals Raft refused (no leader): the request got no reply"
+    );
+    describe_counter!(
+        RAFT_LEADER_CHANGES,
+        Unit::Count,
+        "Times the Raft leader known to this node changed"
+    );
+    describe_counter!(RAFT_SNAPSHOTS_SENT, Unit::Count, "Raft snapshots sent");
+    describe_counter!(
+        RAFT_SNAPSHOTS_RECEIVED,
+        Unit::Count,
+        "Raft snapshots received and installed"
+    );
+    describe_counter!(
+        RAFT_SNAPSHOTS_TAKEN,
+        Unit::Count,
+        "Binding-table snapshots taken (Raft log compactions)"
+    );
+    describe_counter!(
+        RAFT_UNREACHABLE,
+        Unit::Count,
+        "Raft messages the transport could not deliver, by peer"
+    );
 }
