@@ -9,16 +9,21 @@
 //! * [`pool`] — deterministic dynamic home address pools;
 //! * [`command`] — replicated commands and the deterministic state machine;
 //! * [`replicate`] — the replication seam (local; Raft and pair later);
+//! * [`raft`] — the Raft replicator, its durable log and its transport;
+//! * [`pair`] — pair mode: seed 002 fig. 13 data dump / data forward;
+//! * [`cluster`] — raft mode in the daemon: the pump the driver calls;
 //! * [`subscriber`] — security association look-up;
 //! * [`net`] — the UDP socket layer (batched, per-datagram destination);
 //! * [`server`] — the daemon: driver task, admin gRPC, shutdown;
 //! * [`telemetry`] — metric names and the Prometheus endpoint.
 
 pub mod binding;
+pub mod cluster;
 pub mod command;
 pub mod config;
 pub mod engine;
 pub mod net;
+pub mod pair;
 pub mod pool;
 pub mod raft;
 pub mod replicate;
