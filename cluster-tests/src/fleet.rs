@@ -7,7 +7,7 @@
 //! nodes through here, so a configuration change is made in one place.
 
 use std::fmt::Write as _;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -140,6 +140,70 @@ impl ClusterSpec {
     }
 }
 
+/// The `[cluster]` section of a node in pair mode (DESIGN.md § 4 "pair";
+/// `ha-node/src/pair/mod.rs`).
+#[derive(Debug, Clone)]
+pub struct PairSpec {
+    /// This node's unique sync address (`[cluster] listen`).
+    pub listen: SocketAddrV4,
+    /// The other node's.
+    pub peer: SocketAddrV4,
+    pub vrid: u8,
+    pub priority: u8,
+    pub advert_interval_cs: u16,
+    /// The HMAC-SHA256 key both nodes share.
+    pub key: Vec<u8>,
+    pub forward_retransmit_ms: u32,
+    /// 0 = Master_Down_Interval.
+    pub forward_timeout_ms: u32,
+}
+
+impl PairSpec {
+    /// A pair member with `ops/ha-node.example.toml`'s defaults.
+    pub fn new(listen: SocketAddrV4, peer: SocketAddrV4, key: &[u8]) -> Self {
+        Self {
+            listen,
+            peer,
+            vrid: 1,
+            priority: 100,
+            advert_interval_cs: 100,
+            key: key.to_vec(),
+            forward_retransmit_ms: 20,
+            forward_timeout_ms: 0,
+        }
+    }
+}
+
+/// The `[dispatch]` section: health adverts to the dispatchers (DESIGN.md
+/// § 5, `ha-node/src/advertise.rs`).
+#[derive(Debug, Clone)]
+pub struct DispatchSpec {
+    /// The dispatchers' advert listeners.
+    pub advertise_to: Vec<SocketAddrV4>,
+    /// This node's unique address (advert source).
+    pub source: Ipv4Addr,
+    pub interval_ms: u32,
+    pub priority: u8,
+    /// "l2" or "encap".
+    pub mode: &'static str,
+    /// encap mode: the frame listener (`None`: `source:4342`).
+    pub encap_listen: Option<SocketAddrV4>,
+}
+
+impl DispatchSpec {
+    /// l2 adverts from `source` to `advertise_to` every `interval_ms`.
+    pub fn l2(source: Ipv4Addr, advertise_to: Vec<SocketAddrV4>, interval_ms: u32) -> Self {
+        Self {
+            advertise_to,
+            source,
+            interval_ms,
+            priority: 100,
+            mode: "l2",
+            encap_listen: None,
+        }
+    }
+}
+
 /// A TOML basic string holding `s`.
 fn toml_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
@@ -169,6 +233,10 @@ pub struct NodeSpec {
     pub realms: Vec<RealmSpec>,
     /// `[cluster]` in raft mode; `None`: local mode (one node).
     pub cluster: Option<ClusterSpec>,
+    /// `[cluster]` in pair mode (takes precedence over `cluster`).
+    pub pair: Option<PairSpec>,
+    /// `[dispatch]`; `None`: no dispatcher adverts.
+    pub dispatch: Option<DispatchSpec>,
 }
 
 impl NodeSpec {
@@ -183,7 +251,21 @@ impl NodeSpec {
             max_commit_ms: None,
             realms: Vec::new(),
             cluster: None,
+            pair: None,
+            dispatch: None,
         }
+    }
+
+    /// Runs the node in pair mode.
+    pub fn pair(mut self, pair: PairSpec) -> Self {
+        self.pair = Some(pair);
+        self
+    }
+
+    /// Advertises health to dispatchers.
+    pub fn dispatch(mut self, dispatch: DispatchSpec) -> Self {
+        self.dispatch = Some(dispatch);
+        self
     }
 
     /// Runs the node in raft mode.
@@ -217,7 +299,15 @@ impl NodeSpec {
         if let Some(ms) = self.max_commit_ms {
             let _ = writeln!(t, "max_commit_ms = {ms}\n");
         }
-        if let Some(c) = &self.cluster {
+        if let Some(p) = &self.pair {
+            let _ = writeln!(t, "[cluster]\nmode = \"pair\"\nlisten = \"{}\"\n", p.listen);
+            let _ = writeln!(t, "[cluster.pair]\npeer = \"{}\"", p.peer);
+            let _ = writeln!(t, "vrid = {}\npriority = {}", p.vrid, p.priority);
+            let _ = writeln!(t, "advert_interval_cs = {}", p.advert_interval_cs);
+            let _ = writeln!(t, "key_hex = \"{}\"", hex::encode(&p.key));
+            let _ = writeln!(t, "forward_retransmit_ms = {}", p.forward_retransmit_ms);
+            let _ = writeln!(t, "forward_timeout_ms = {}\n", p.forward_timeout_ms);
+        } else if let Some(c) = &self.cluster {
             let _ = writeln!(t, "[cluster]\nmode = \"raft\"");
             let _ = writeln!(t, "cluster_id = {}", toml_string(&c.cluster_id));
             let _ = writeln!(t, "listen = \"{}\"", c.listen);
@@ -231,6 +321,18 @@ impl NodeSpec {
             for (id, addr) in &c.peers {
                 let _ = writeln!(t, "[[cluster.peer]]\nid = {id}\naddress = \"{addr}\"\n");
             }
+        }
+        if let Some(d) = &self.dispatch {
+            let to: Vec<String> = d.advertise_to.iter().map(|a| format!("\"{a}\"")).collect();
+            let _ = writeln!(t, "[dispatch]\nadvertise_to = [{}]", to.join(", "));
+            let _ = writeln!(t, "source = \"{}\"", d.source);
+            let _ = writeln!(t, "interval_ms = {}", d.interval_ms);
+            let _ = writeln!(t, "priority = {}", d.priority);
+            let _ = writeln!(t, "mode = \"{}\"", d.mode);
+            if let Some(l) = d.encap_listen {
+                let _ = writeln!(t, "encap_listen = \"{l}\"");
+            }
+            t.push('\n');
         }
         for r in &self.realms {
             let _ = writeln!(t, "[[realm]]");
@@ -362,6 +464,40 @@ mod tests {
         assert!(t.contains("key_hex = \"30313233343536373839616263646566\""));
         assert_eq!(t.matches("[[realm.sa]]").count(), 2);
         assert!(!t.contains("[cluster]"), "local mode by default");
+        assert!(!t.contains("[dispatch]"));
+    }
+
+    #[test]
+    fn renders_the_pair_and_dispatch_sections() {
+        let a = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+        let v4 = |s: &str| s.parse::<SocketAddrV4>().unwrap();
+        let spec = NodeSpec::new(1, a(4340), a(9434))
+            .pair(PairSpec {
+                priority: 200,
+                ..PairSpec::new(v4("127.0.0.1:7401"), v4("127.0.0.2:7401"), b"k")
+            })
+            .dispatch(DispatchSpec::l2(
+                Ipv4Addr::new(198, 18, 0, 11),
+                vec![v4("198.18.0.2:4341"), v4("198.18.0.3:4341")],
+                100,
+            ));
+        let t = spec.toml();
+        assert!(
+            t.contains("[cluster]\nmode = \"pair\"\nlisten = \"127.0.0.1:7401\"\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("[cluster.pair]\npeer = \"127.0.0.2:7401\"\nvrid = 1\npriority = 200\n"),
+            "{t}"
+        );
+        assert!(t.contains("key_hex = \"6b\""), "{t}");
+        assert!(
+            t.contains(
+                "[dispatch]\nadvertise_to = [\"198.18.0.2:4341\", \"198.18.0.3:4341\"]\nsource = \"198.18.0.11\"\ninterval_ms = 100\n"
+            ),
+            "{t}"
+        );
+        assert!(t.contains("mode = \"l2\"\n"), "{t}");
     }
 
     #[test]

@@ -16,24 +16,20 @@
 //! Master_Down_Interval and registrations continue. The failover times are
 //! printed.
 //!
-//! Node health adverts: until `ha-node` runs `advertise::run` itself (the
-//! lead wires `[dispatch]`), a sidecar thread in each node's namespace sends
-//! exactly the adverts it would, from the node's address, and is stopped the
-//! moment the node is killed.
+//! Node health adverts: each `ha-node` runs its own advertiser (`[dispatch]`,
+//! every 100 ms from its rack address to both dispatchers), so a SIGKILLed
+//! node falls silent for real.
 
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use haven_cluster_tests::fleet::{NodeSpec, RealmSpec, start_node};
+use haven_cluster_tests::fleet::{DispatchSpec, NodeSpec, RealmSpec, start_node};
 use haven_cluster_tests::mnsim::{self, HomeMode, Report, SimConfig};
 use haven_cluster_tests::supervisor::{
     Process, Spec, await_metric, metric, scrape, workspace_binary,
 };
 use haven_cluster_tests::topo::{self, Lab, Topology, in_netns, leftovers};
-use haven_proto::vrrp::VrrpRepr;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const DISP: [Ipv4Addr; 2] = [Ipv4Addr::new(198, 18, 0, 2), Ipv4Addr::new(198, 18, 0, 3)];
@@ -121,31 +117,6 @@ fn dispatcher_config(lab: &Lab, me: usize) -> String {
     t
 }
 
-/// What `ha-node/src/advertise.rs` sends, from the node's namespace.
-fn sidecar(ns: String, me: Ipv4Addr, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let _ = in_netns(&ns, move || {
-            let Ok(s) = UdpSocket::bind((me, 0)) else {
-                return;
-            };
-            let a = VrrpRepr {
-                vrid: 1,
-                priority: 100,
-                max_advert_int_cs: 10,
-                addresses: vec![],
-            };
-            while !stop.load(Ordering::Relaxed) {
-                for d in DISP {
-                    if let Ok(b) = a.to_bytes(me, d) {
-                        let _ = s.send_to(&b, (d, 4341));
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        });
-    })
-}
-
 fn sim(lab: &Lab, pcap: &Path, seed: u64) -> Report {
     let mut sim = SimConfig::new(SocketAddrV4::new(VIP, 434), KEY.to_vec());
     sim.count = MNS;
@@ -211,7 +182,6 @@ fn dispatcher_pair_spreads_fails_over_nodes_and_itself() {
     let bin = workspace_binary("haven-dispatcher", "dispatcher").expect("build dispatcher");
 
     let mut nodes = Vec::new();
-    let mut sidecars = Vec::new();
     for i in 1..=3u8 {
         let ns = lab.ns_name(&format!("node-{i}")).unwrap().to_owned();
         let spec = NodeSpec::new(
@@ -222,12 +192,15 @@ fn dispatcher_pair_spreads_fails_over_nodes_and_itself() {
         .realm(
             RealmSpec::new("outer", VIP, "198.51.100.0/24")
                 .with_home_address_sas(HOME_BASE, MNS, 1000, KEY),
-        );
+        )
+        .dispatch(DispatchSpec::l2(
+            node_addr(i),
+            DISP.iter().map(|d| SocketAddrV4::new(*d, 4341)).collect(),
+            100,
+        ));
         let ndir = dir.path().join(format!("n{i}"));
         std::fs::create_dir_all(&ndir).unwrap();
         nodes.push(start_node(&spec, &ndir, Some(&ns)).expect("start ha-node"));
-        let stop = Arc::new(AtomicBool::new(false));
-        sidecars.push((Arc::clone(&stop), sidecar(ns, node_addr(i), stop)));
     }
     let mut disps = Vec::new();
     for (k, host) in ["disp-a", "disp-b"].into_iter().enumerate() {
@@ -292,7 +265,6 @@ fn dispatcher_pair_spreads_fails_over_nodes_and_itself() {
     // A node dies: the dispatcher steers around it.
     let t_kill = Instant::now();
     nodes[2].sigkill().expect("kill node-3");
-    sidecars[2].0.store(true, Ordering::Relaxed);
     await_metric(
         METRICS,
         Some(&ns_a),
@@ -342,10 +314,6 @@ fn dispatcher_pair_spreads_fails_over_nodes_and_itself() {
         "node failover: dispatcher steered around node-3 after {node_gap:?}; dispatcher failover: {vrrp_gap:?}"
     );
 
-    for (s, h) in sidecars {
-        s.store(true, Ordering::Relaxed);
-        let _ = h.join();
-    }
     drop(disps);
     drop(nodes);
     drop(lab);

@@ -54,6 +54,9 @@ pub struct Config {
     pub realm: Vec<RealmConfig>,
     /// `[cluster]`: replication (default: local, no replication).
     pub cluster: ClusterConfig,
+    /// `[dispatch]`: health advertisements to the dispatchers and the
+    /// encap-mode listener (DESIGN.md § 5); absent: no dispatcher.
+    pub dispatch: Option<crate::advertise::DispatchConfig>,
 }
 
 /// `[cluster] mode`: how bindings are replicated ([DESIGN.md § 4]).
@@ -65,6 +68,20 @@ pub enum ClusterMode {
     Local,
     /// A Raft group of 3 or more voters over a durable `raft-engine` log.
     Raft,
+    /// Two nodes, primary and secondary: data dump at boot, data forward
+    /// per registration, VRRP-style advertisements ([`crate::pair`]).
+    Pair,
+}
+
+impl ClusterMode {
+    /// The name used in the configuration file.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ClusterMode::Local => "local",
+            ClusterMode::Raft => "raft",
+            ClusterMode::Pair => "pair",
+        }
+    }
 }
 
 /// `[cluster]`: the Raft group this node belongs to. Every field but
@@ -102,6 +119,55 @@ pub struct ClusterConfig {
     /// `[[cluster.peer]]`: every voter of a new cluster, this node included
     /// (with `join`, the members to expect messages from).
     pub peer: Vec<PeerConfig>,
+    /// `[cluster.pair]`: pair mode's settings (`listen` above is this
+    /// node's unique sync address). Ignored in other modes.
+    pub pair: PairSection,
+}
+
+/// `[cluster.pair]`: the pair replicator's settings ([`crate::pair`]; its
+/// module docs describe the protocol). Defaults in parentheses.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PairSection {
+    /// The peer's unique sync address (`[cluster] listen` on the other
+    /// node). Required.
+    pub peer: Option<std::net::SocketAddrV4>,
+    /// Virtual router id of the virtual home agent (1).
+    pub vrid: u8,
+    /// VRRP priority 1..=254 (100); higher wins a dual-primary tie. No
+    /// preemption [RFC 5798 § 6.4].
+    pub priority: u8,
+    /// Advertisement interval, centiseconds 1..=4095 (100: RFC 5798's
+    /// default; Master_Down_Interval ≈ 3.6 s) [RFC 5798 § 5.2.7].
+    pub advert_interval_cs: u16,
+    /// HMAC-SHA256 key shared by both nodes, hex, at least 16 octets.
+    /// Required.
+    pub key_hex: Key,
+    /// Re-send unacknowledged forwards after this many ms (20).
+    pub forward_retransmit_ms: u32,
+    /// Go on alone (degraded) after a forward stayed unacknowledged this
+    /// long, ms; 0 = Master_Down_Interval (0).
+    pub forward_timeout_ms: u32,
+    /// Largest dump/forward message, octets (1400).
+    pub max_datagram: usize,
+    /// Entries kept for a lagging secondary (65536).
+    pub max_log: usize,
+}
+
+impl Default for PairSection {
+    fn default() -> Self {
+        Self {
+            peer: None,
+            vrid: 1,
+            priority: 100,
+            advert_interval_cs: 100,
+            key_hex: Key::default(),
+            forward_retransmit_ms: 20,
+            forward_timeout_ms: 0,
+            max_datagram: 1400,
+            max_log: 65536,
+        }
+    }
 }
 
 impl Default for ClusterConfig {
@@ -117,6 +183,7 @@ impl Default for ClusterConfig {
             snapshot_every: 10_000,
             join: false,
             peer: Vec::new(),
+            pair: PairSection::default(),
         }
     }
 }
@@ -689,6 +756,15 @@ pub enum ConfigError {
     /// A founding node missing from its own voter list.
     #[error("[[cluster.peer]] must list this node ([node] id = {0}) unless [cluster] join = true")]
     SelfNotPeer(u64),
+    /// A setting pair mode cannot do without.
+    #[error("[cluster] mode = \"pair\" needs {0}")]
+    PairMissing(&'static str),
+    /// A pair setting the replicator refuses.
+    #[error("[cluster.pair]: {0}")]
+    Pair(#[from] crate::pair::PairConfigError),
+    /// A `[dispatch]` setting out of range.
+    #[error(transparent)]
+    Dispatch(#[from] crate::advertise::DispatchConfigError),
 }
 
 impl Config {
@@ -774,10 +850,66 @@ impl Config {
             }
             r.validate()?;
         }
-        if self.cluster.mode == ClusterMode::Raft {
-            self.validate_cluster()?;
+        match self.cluster.mode {
+            ClusterMode::Raft => self.validate_cluster()?,
+            ClusterMode::Pair => {
+                self.pair_config(0)?;
+            }
+            ClusterMode::Local => {}
+        }
+        if let Some(d) = &self.dispatch {
+            d.validate()?;
         }
         Ok(())
+    }
+
+    /// The pair replicator's configuration (`[cluster] listen` and
+    /// `[cluster.pair]`, the realms' VIPs), validated; `initial_sequence`
+    /// as [`crate::pair::PairConfig::initial_sequence`] wants it.
+    pub fn pair_config(
+        &self,
+        initial_sequence: u64,
+    ) -> Result<crate::pair::PairConfig, ConfigError> {
+        let c = &self.cluster;
+        let p = &c.pair;
+        let local = match c.listen {
+            Some(SocketAddr::V4(a)) if a.port() != 0 && !a.ip().is_unspecified() => a,
+            Some(_) => {
+                return Err(ConfigError::PairMissing(
+                    "a listen address that is a unicast IPv4 address with a port",
+                ));
+            }
+            None => return Err(ConfigError::PairMissing("a listen address")),
+        };
+        if SocketAddr::V4(local) == self.admin.listen
+            || SocketAddr::V4(local) == self.metrics.listen
+        {
+            return Err(ConfigError::ClusterListenConflict(SocketAddr::V4(local)));
+        }
+        let peer = p
+            .peer
+            .filter(|a| a.port() != 0 && !a.ip().is_unspecified())
+            .ok_or(ConfigError::PairMissing("[cluster.pair] peer (ip:port)"))?;
+        if p.forward_retransmit_ms == 0 {
+            return Err(ConfigError::Pair(crate::pair::PairConfigError::Retransmit));
+        }
+        let cfg = crate::pair::PairConfig {
+            local,
+            peer,
+            vrid: p.vrid,
+            priority: p.priority,
+            advert_interval_cs: p.advert_interval_cs,
+            key: p.key_hex.as_bytes().to_vec(),
+            vips: self.realm.iter().map(|r| r.vip).collect(),
+            retransmit: std::time::Duration::from_millis(u64::from(p.forward_retransmit_ms)),
+            forward_timeout: (p.forward_timeout_ms != 0)
+                .then(|| std::time::Duration::from_millis(u64::from(p.forward_timeout_ms))),
+            max_datagram: p.max_datagram,
+            max_log: p.max_log,
+            initial_sequence,
+        };
+        cfg.validate()?;
+        Ok(cfg)
     }
 
     fn validate_cluster(&self) -> Result<(), ConfigError> {
@@ -1416,6 +1548,112 @@ mod tests {
         c.validate()
             .expect("the documented raft settings are valid");
         assert_eq!(c.cluster.peer.len(), 3);
+    }
+
+    #[test]
+    fn example_pair_section_validates_in_pair_mode() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/ha-node.example.toml");
+        let mut c = Config::load(&path).expect("example config is valid");
+        c.cluster.mode = ClusterMode::Pair;
+        c.cluster.listen = Some("198.18.0.11:4342".parse().unwrap());
+        c.validate()
+            .expect("the documented pair settings are valid");
+        let p = c.pair_config(1).expect("pair config");
+        assert_eq!(p.peer, "198.18.0.12:4342".parse().unwrap());
+        assert_eq!(p.vips.len(), 2);
+    }
+
+    #[test]
+    fn pair_section_parses_validates_and_refuses() {
+        use ConfigError as E;
+        let mut c = base();
+        let extra = Config::from_toml_str(
+            r#"
+            [cluster]
+            mode = "pair"
+            listen = "198.18.0.11:4342"
+            [cluster.pair]
+            peer = "198.18.0.12:4342"
+            priority = 200
+            advert_interval_cs = 10
+            key_hex = "000102030405060708090a0b0c0d0e0f"
+            forward_timeout_ms = 500
+            [dispatch]
+            advertise_to = ["198.18.0.2:4341"]
+            source = "198.18.0.11"
+            "#,
+        )
+        .expect("pair parses");
+        c.cluster = extra.cluster;
+        c.dispatch = extra.dispatch;
+        c.validate().expect("valid pair config");
+        let p = c.pair_config(7).expect("pair config");
+        assert_eq!(p.local, "198.18.0.11:4342".parse().unwrap());
+        assert_eq!(p.peer, "198.18.0.12:4342".parse().unwrap());
+        assert_eq!((p.vrid, p.priority, p.advert_interval_cs), (1, 200, 10));
+        assert_eq!(p.vips, vec![Ipv4Addr::new(192, 0, 2, 1)]);
+        assert_eq!(p.retransmit, std::time::Duration::from_millis(20));
+        assert_eq!(
+            p.forward_timeout,
+            Some(std::time::Duration::from_millis(500))
+        );
+        assert_eq!(
+            (p.max_datagram, p.max_log, p.initial_sequence),
+            (1400, 65536, 7)
+        );
+        let err = |f: &dyn Fn(&mut Config)| {
+            let mut b = c.clone();
+            f(&mut b);
+            b.validate().expect_err("must be invalid")
+        };
+        assert!(matches!(
+            err(&|c| c.cluster.listen = None),
+            E::PairMissing("a listen address")
+        ));
+        assert!(matches!(
+            err(&|c| c.cluster.listen = Some("[::1]:4342".parse().unwrap())),
+            E::PairMissing(_)
+        ));
+        assert!(matches!(
+            err(&|c| c.cluster.pair.peer = None),
+            E::PairMissing(_)
+        ));
+        assert!(matches!(
+            err(&|c| c.cluster.pair.key_hex = Key::new(vec![1; 15])),
+            E::Pair(crate::pair::PairConfigError::Key(15))
+        ));
+        assert!(matches!(
+            err(&|c| c.cluster.pair.priority = 255),
+            E::Pair(crate::pair::PairConfigError::Priority(255))
+        ));
+        assert!(matches!(
+            err(&|c| c.cluster.pair.advert_interval_cs = 0),
+            E::Pair(crate::pair::PairConfigError::Interval(0))
+        ));
+        assert!(matches!(
+            err(&|c| c.cluster.pair.forward_retransmit_ms = 0),
+            E::Pair(crate::pair::PairConfigError::Retransmit)
+        ));
+        assert!(matches!(
+            err(&|c| c.cluster.pair.peer = Some("198.18.0.11:4343".parse().unwrap())),
+            E::Pair(crate::pair::PairConfigError::SamePeer)
+        ));
+        assert!(matches!(
+            err(&|c| c.cluster.listen = Some(c.admin.listen)),
+            E::PairMissing(_) | E::ClusterListenConflict(_)
+        ));
+        assert!(matches!(
+            err(&|c| if let Some(d) = c.dispatch.as_mut() {
+                d.interval_ms = 5;
+            }),
+            E::Dispatch(crate::advertise::DispatchConfigError::Interval(5))
+        ));
+        // Local mode ignores [cluster.pair].
+        let mut l = c.clone();
+        l.cluster.mode = ClusterMode::Local;
+        l.cluster.pair.peer = None;
+        l.validate().expect("local ignores the pair settings");
+        assert_eq!(ClusterMode::Pair.as_str(), "pair");
     }
 
     #[test]

@@ -11,19 +11,25 @@
 //! * [`replicate`] — the replication seam (local; Raft and pair later);
 //! * [`raft`] — the Raft replicator, its durable log and its transport;
 //! * [`pair`] — pair mode: seed 002 fig. 13 data dump / data forward;
+//! * [`pairmode`] — pair mode in the daemon: sync socket, pump, metrics;
+//! * [`advertise`] — health advertisements to the dispatchers (`[dispatch]`);
+//! * [`ingress`] — the dispatcher's encap mode, node side;
 //! * [`cluster`] — raft mode in the daemon: the pump the driver calls;
 //! * [`subscriber`] — security association look-up;
 //! * [`net`] — the UDP socket layer (batched, per-datagram destination);
 //! * [`server`] — the daemon: driver task, admin gRPC, shutdown;
 //! * [`telemetry`] — metric names and the Prometheus endpoint.
 
+pub mod advertise;
 pub mod binding;
 pub mod cluster;
 pub mod command;
 pub mod config;
 pub mod engine;
+pub mod ingress;
 pub mod net;
 pub mod pair;
+pub mod pairmode;
 pub mod pool;
 pub mod raft;
 pub mod replicate;

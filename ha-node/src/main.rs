@@ -47,6 +47,18 @@ fn main() -> ExitCode {
         }
     };
     if cli.check_config {
+        let dispatch = match &config.dispatch {
+            Some(d) => format!(
+                ", dispatch {:?} to {}",
+                d.mode,
+                d.advertise_to
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+            None => String::new(),
+        };
         println!(
             "{}: ok (node {}, {} realm(s): {})",
             cli.config.display(),
@@ -59,6 +71,8 @@ fn main() -> ExitCode {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+        // A second line, so the first stays what scripts already match.
+        println!("replication: {}{dispatch}", config.cluster.mode.as_str());
         return ExitCode::SUCCESS;
     }
 

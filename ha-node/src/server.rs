@@ -12,8 +12,18 @@
 //!   it ticks it, steps the transport's messages into it, persists and
 //!   applies after every pump (a storage failure stops the daemon with an
 //!   error), and serves the Raft transport's gRPC on `[cluster] listen`;
+//! * in pair mode ([`crate::pairmode`]) the driver owns the pair
+//!   replicator: sync datagrams and its timer step it, and after every pump
+//!   its messages go out and role changes reach the engine;
+//! * with `[dispatch]` the node advertises its health to the dispatchers
+//!   ([`crate::advertise`]): priority 0 while draining (admin `Drain`) or
+//!   while it cannot serve (raft: not a member or no known leader; pair:
+//!   secondary). In encap mode the dispatcher's frames arrive on the
+//!   [`crate::ingress`] listener and join the VIP receivers' batches, and
+//!   every reply goes back through the dispatcher;
 //! * shutdown: SIGTERM/SIGINT stop the receive tasks and the admin server,
-//!   then the driver finishes what is queued and exits.
+//!   then the driver finishes what is queued and exits (a pair primary
+//!   first sends its priority-0 advertisement [RFC 5798 § 6.4.3]).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
@@ -26,12 +36,15 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tonic::{Request, Response, Status};
 use tracing::{debug, info, warn};
 
+use crate::advertise::{self, DispatchMode};
 use crate::binding::{BindingEntry, BindingTable, Encap};
 use crate::cluster::{self, AdminError, RaftInput, RaftNode};
 use crate::command::StateMachine;
 use crate::config::{ClusterMode, Config, RealmId};
 use crate::engine::{Engine, EngineConfig, Event};
+use crate::ingress::{Egress, Ingress};
 use crate::net::{Endpoint, RecvBuffers};
+use crate::pairmode::{self, PairInput, PairNode};
 use crate::replicate::{LocalReplicator, Replicator};
 use crate::subscriber::StaticSubscribers;
 use crate::telemetry;
@@ -79,12 +92,23 @@ struct Published {
     pool_free: Vec<u64>,
     /// Raft mode: term, leader, indexes, members, role.
     raft: Option<cluster::Published>,
+    /// Pair mode: the role and applied log index.
+    pair: Option<PairPublished>,
+}
+
+/// The pair part of the admin Status reply.
+#[derive(Debug, Clone, Default)]
+struct PairPublished {
+    role: &'static str,
+    applied_index: u64,
+    synced: bool,
 }
 
 /// The replication mode the driver runs.
 enum Repl {
     Local(LocalReplicator),
     Raft(Box<RaftNode>),
+    Pair(Box<PairNode>),
 }
 
 impl Repl {
@@ -92,6 +116,7 @@ impl Repl {
         match self {
             Repl::Local(l) => l,
             Repl::Raft(r) => r.replicator(),
+            Repl::Pair(p) => p.replicator(),
         }
     }
 
@@ -99,16 +124,34 @@ impl Repl {
         match self {
             Repl::Local(l) => l.state(),
             Repl::Raft(r) => r.replica().state(),
+            Repl::Pair(p) => p.replica().state(),
         }
     }
 
     /// Whether datagrams go to the engine (a Raft node outside the group
-    /// answers nothing).
+    /// answers nothing; a pair secondary leaves them to the primary).
     fn serving(&self) -> bool {
         match self {
             Repl::Local(_) => true,
             Repl::Raft(r) => r.serving(),
+            Repl::Pair(p) => p.serving(),
         }
+    }
+
+    /// The drop reason when [`Self::serving`] is false.
+    fn not_serving_reason(&self) -> &'static str {
+        match self {
+            Repl::Pair(_) => "not_primary",
+            _ => "not_member",
+        }
+    }
+}
+
+/// Awaits the pair's sync datagrams, forever pending in other modes.
+async fn pair_input(input: &mut Option<PairInput>) -> pairmode::Datagram {
+    match input {
+        Some(i) => i.next().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -129,17 +172,27 @@ pub async fn run(
 
     let state = StateMachine::from_config(&config);
     let table = state.reader();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // Whether this node can serve registrations (dispatcher health): the
+    // driver updates it after every pump.
+    let (serve_tx, serve_rx) = watch::channel(true);
     // Raft: the store is opened and the state machine restored from its
     // snapshot before the engine mirrors the table's expiries.
-    let (replicator, raft_in, raft_service) = match config.cluster.mode {
-        ClusterMode::Local => (Repl::Local(LocalReplicator::new(state)), None, None),
+    let (replicator, raft_in, raft_service, pair_in) = match config.cluster.mode {
+        ClusterMode::Local => (Repl::Local(LocalReplicator::new(state)), None, None, None),
         ClusterMode::Raft => {
             let started = cluster::start(&config, state).await?;
             (
                 Repl::Raft(Box::new(started.node)),
                 Some(started.input),
                 Some(started.service),
+                None,
             )
+        }
+        ClusterMode::Pair => {
+            let (node, input) =
+                pairmode::start(&config, state, serve_tx.clone(), stop_rx.clone()).await?;
+            (Repl::Pair(Box::new(node)), None, None, Some(input))
         }
     };
     let subscribers = Arc::new(StaticSubscribers::from_config(&config));
@@ -149,9 +202,12 @@ pub async fn run(
         subscribers,
         table.clone(),
     );
-    if let Repl::Raft(r) = &replicator {
+    match &replicator {
         // Only the leader proposes expiries; the pump follows changes.
-        engine.set_propose_expiries(r.replica().is_leader());
+        Repl::Raft(r) => engine.set_propose_expiries(r.replica().is_leader()),
+        // A pair node boots as secondary; `PairNode::flush` follows.
+        Repl::Pair(p) => engine.set_propose_expiries(p.serving()),
+        Repl::Local(_) => {}
     }
 
     // Bind every realm before announcing readiness: a bad VIP fails start-up.
@@ -166,8 +222,51 @@ pub async fn run(
 
     let (batch_tx, batch_rx) = mpsc::channel::<Batch>(1024);
     let (admin_tx, admin_rx) = mpsc::channel::<AdminOp>(64);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (pub_tx, pub_rx) = watch::channel(Published::default());
+    // Status tells the mode from the first call on; the driver fills in
+    // the rest after its first pump.
+    let (pub_tx, pub_rx) = watch::channel(Published {
+        pair: (config.cluster.mode == ClusterMode::Pair).then_some(PairPublished {
+            role: "secondary",
+            applied_index: 0,
+            synced: false,
+        }),
+        ..Published::default()
+    });
+    let (drain_tx, drain_rx) = watch::channel(false);
+
+    // The dispatcher side: encap listener (its frames join the batches)
+    // and the health advertiser.
+    let mut egress = None;
+    let mut side_tasks = Vec::new();
+    if let Some(d) = &config.dispatch {
+        if d.mode == DispatchMode::Encap {
+            let listen = d.encap_listen();
+            let (ingress, eg) = Ingress::bind(listen)
+                .await
+                .with_context(|| format!("[dispatch] encap_listen on {listen}"))?;
+            info!(addr = %listen, "dispatcher encap listener");
+            egress = Some(eg);
+            side_tasks.push(tokio::spawn(receive_encap(
+                ingress,
+                batch_tx.clone(),
+                stop_rx.clone(),
+            )));
+        }
+        let (adv_tx, adv_rx) = watch::channel(true);
+        side_tasks.push(tokio::spawn(advert_priority(
+            drain_rx.clone(),
+            serve_rx,
+            adv_tx,
+            stop_rx.clone(),
+        )));
+        let (d, stop) = (d.clone(), stop_rx.clone());
+        info!(to = ?d.advertise_to, source = %d.source, "advertising health to the dispatchers");
+        side_tasks.push(tokio::spawn(async move {
+            if let Err(e) = advertise::run(d, adv_rx, stop).await {
+                warn!(error = %e, "health advertiser stopped");
+            }
+        }));
+    }
 
     let mut receivers = Vec::new();
     for ep in endpoints.values() {
@@ -185,6 +284,7 @@ pub async fn run(
         ops: admin_tx,
         published: pub_rx,
         started,
+        drain: drain_tx,
     };
     let admin_listen = config.admin.listen;
     let admin_listener = tokio::net::TcpListener::bind(admin_listen)
@@ -241,10 +341,13 @@ pub async fn run(
             table,
             names,
             published: pub_tx,
+            serve: serve_tx,
+            egress,
         },
         batch_rx,
         admin_rx,
         raft_in,
+        pair_in,
     ));
 
     let early = tokio::select! {
@@ -262,6 +365,11 @@ pub async fn run(
     let _ = stop_tx.send(true);
     for r in receivers {
         let _ = r.await;
+    }
+    // The encap receiver holds a batch sender too; the advertiser sends
+    // its last priority-0 advert on the stop signal.
+    for t in side_tasks {
+        let _ = t.await;
     }
     // The receive tasks held the batch senders: the driver drains what is
     // queued, then sees the channel close and returns.
@@ -307,6 +415,55 @@ async fn receive(ep: Arc<Endpoint>, tx: mpsc::Sender<Batch>, mut stop: watch::Re
     }
 }
 
+/// Receives the dispatcher's encap frames (DESIGN.md § 5) and hands them to
+/// the driver as if the VIP socket had received them.
+async fn receive_encap(
+    mut ingress: Ingress,
+    tx: mpsc::Sender<Batch>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
+            res = ingress.recv() => match res {
+                Ok(d) => {
+                    let datagrams = vec![(d.src, d.dst, d.payload)];
+                    if tx.send(Batch { datagrams }).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    debug!(error = %e, "encap receive error");
+                    metrics::counter!(telemetry::REGISTRATION_DROPS, "reason" => "socket_error")
+                        .increment(1);
+                }
+            }
+        }
+    }
+}
+
+/// The advertiser's "priority 0" flag: draining (admin `Drain`) or unable
+/// to serve (raft: outside the group or no leader; pair: secondary), so
+/// the dispatchers steer new mobile nodes elsewhere (DESIGN.md § 5).
+async fn advert_priority(
+    mut drain: watch::Receiver<bool>,
+    mut serve: watch::Receiver<bool>,
+    out: watch::Sender<bool>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let zero = *drain.borrow_and_update() || !*serve.borrow_and_update();
+        out.send_if_modified(|v| std::mem::replace(v, zero) != zero);
+        // The senders live as long as the driver and the admin server,
+        // which shut down after this task is awaited: stop on the signal.
+        tokio::select! {
+            r = drain.changed() => if r.is_err() { return },
+            r = serve.changed() => if r.is_err() { return },
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
 struct Driver {
     engine: Engine,
     replicator: Repl,
@@ -314,6 +471,10 @@ struct Driver {
     table: Arc<BindingTable>,
     names: HashMap<RealmId, String>,
     published: watch::Sender<Published>,
+    /// Whether this node can serve (dispatcher health priority).
+    serve: watch::Sender<bool>,
+    /// Encap mode: every reply goes back through the dispatcher.
+    egress: Option<Egress>,
 }
 
 /// Pending admin removals, answered when their proposal is applied.
@@ -324,6 +485,7 @@ async fn drive(
     mut batches: mpsc::Receiver<Batch>,
     mut admin: mpsc::Receiver<AdminOp>,
     mut raft_in: Option<RaftInput>,
+    mut pair_in: Option<PairInput>,
 ) -> anyhow::Result<()> {
     let mut removals: PendingRemovals = HashMap::new();
     let mut gauges = tokio::time::interval(Duration::from_secs(1));
@@ -333,6 +495,13 @@ async fn drive(
             let wait = at.saturating_sub(wall_now());
             tokio::time::Instant::now() + wait
         });
+        let pair_timer = match &d.replicator {
+            Repl::Pair(p) => p.poll_timeout().map(|at| {
+                let wait = at.saturating_sub(wall_now());
+                tokio::time::Instant::now() + wait
+            }),
+            _ => None,
+        };
         tokio::select! {
             batch = batches.recv() => {
                 let Some(batch) = batch else { break };
@@ -347,6 +516,25 @@ async fn drive(
             input = raft_input(&mut raft_in) => {
                 if let Repl::Raft(r) = &mut d.replicator {
                     r.input(input);
+                }
+            }
+            datagram = pair_input(&mut pair_in) => {
+                if let Repl::Pair(p) = &mut d.replicator {
+                    p.input(datagram);
+                    // Take what else is queued before one pump.
+                    while let Some(Ok(more)) = pair_in.as_mut().map(PairInput::try_next) {
+                        p.input(more);
+                    }
+                }
+            }
+            _ = async {
+                match pair_timer {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Repl::Pair(p) = &mut d.replicator {
+                    p.handle_timeout();
                 }
             }
             op = admin.recv(), if !admin.is_closed() => {
@@ -364,8 +552,10 @@ async fn drive(
             }
             _ = gauges.tick() => {
                 d.update_gauges();
-                if let Repl::Raft(r) = &mut d.replicator {
-                    r.publish_metrics();
+                match &mut d.replicator {
+                    Repl::Raft(r) => r.publish_metrics(),
+                    Repl::Pair(p) => p.publish_metrics(),
+                    Repl::Local(_) => {}
                 }
                 continue;
             }
@@ -373,7 +563,12 @@ async fn drive(
         d.pump(&mut removals).await?;
     }
     // Finish what the last batches produced.
-    d.pump(&mut removals).await
+    d.pump(&mut removals).await?;
+    if let Repl::Pair(p) = &mut d.replicator {
+        p.shutdown().await;
+        p.publish_metrics();
+    }
+    Ok(())
 }
 
 impl Driver {
@@ -382,8 +577,9 @@ impl Driver {
     /// `RemoveMember`): it must not answer what it cannot commit.
     fn handle_batch(&mut self, now: Duration, batch: &Batch) {
         if !self.replicator.serving() {
-            metrics::counter!(telemetry::REGISTRATION_DROPS, "realm" => "", "reason" => "not_member")
-                .increment(batch.datagrams.len() as u64);
+            metrics::counter!(telemetry::REGISTRATION_DROPS, "realm" => "",
+                "reason" => self.replicator.not_serving_reason())
+            .increment(batch.datagrams.len() as u64);
             return;
         }
         for (src, dst, bytes) in &batch.datagrams {
@@ -395,7 +591,7 @@ impl Driver {
     fn admin(&mut self, op: AdminOp, removals: &mut PendingRemovals) {
         let raft = match &mut self.replicator {
             Repl::Raft(r) => Some(r),
-            Repl::Local(_) => None,
+            Repl::Local(_) | Repl::Pair(_) => None,
         };
         match (op, raft) {
             (
@@ -430,6 +626,10 @@ impl Driver {
     /// every round persists and applies what raft has ready; an error there
     /// is fatal (returned).
     async fn pump(&mut self, removals: &mut PendingRemovals) -> anyhow::Result<()> {
+        if let Repl::Pair(p) = &mut self.replicator {
+            // `propose` stamps entries with the pair's last `now`.
+            p.handle_timeout();
+        }
         loop {
             let mut progressed = false;
             while let Some((id, cmd)) = self.engine.poll_proposal() {
@@ -468,10 +668,22 @@ impl Driver {
                 break;
             }
         }
-        if let Repl::Raft(r) = &mut self.replicator {
-            r.flush(&mut self.engine);
+        match &mut self.replicator {
+            Repl::Raft(r) => r.flush(&mut self.engine),
+            Repl::Pair(p) => p.flush(&mut self.engine).await,
+            Repl::Local(_) => {}
         }
         while let Some(t) = self.engine.poll_transmit() {
+            if let Some(eg) = &self.egress {
+                // Encap mode: the VIP is the dispatcher's; it sends the
+                // payload from VIP:434 to the mobile node.
+                if let Err(e) = eg.send(t.src, t.dst, &t.payload).await {
+                    debug!(error = %e, dst = %t.dst, "encap send failed");
+                    metrics::counter!(telemetry::REGISTRATION_DROPS, "reason" => "send_error")
+                        .increment(1);
+                }
+                continue;
+            }
             let Some(ep) = self.endpoints.get(&t.src) else {
                 warn!(src = %t.src, "reply from an address no endpoint holds");
                 continue;
@@ -488,8 +700,26 @@ impl Driver {
         let state = self.replicator.state();
         let raft = match &self.replicator {
             Repl::Raft(r) => Some(r.published()),
-            Repl::Local(_) => None,
+            Repl::Local(_) | Repl::Pair(_) => None,
         };
+        let pair = match &self.replicator {
+            Repl::Pair(p) => {
+                let s = p.replica().stats();
+                Some(PairPublished {
+                    role: p.role(),
+                    applied_index: s.applied_index,
+                    synced: s.synced,
+                })
+            }
+            _ => None,
+        };
+        // Dispatcher health: a node that cannot acknowledge advertises 0.
+        let can_serve = match (&self.replicator, &raft) {
+            (Repl::Raft(r), Some(p)) => r.serving() && p.leader != 0,
+            (r, _) => r.serving(),
+        };
+        self.serve
+            .send_if_modified(|v| std::mem::replace(v, can_serve) != can_serve);
         self.published.send_modify(|p| {
             p.applied = state.applied_count();
             p.pool_free = (0..self.names.len())
@@ -500,6 +730,7 @@ impl Driver {
                 })
                 .collect();
             p.raft = raft;
+            p.pair = pair;
         });
         Ok(())
     }
@@ -561,6 +792,8 @@ struct AdminService {
     ops: mpsc::Sender<AdminOp>,
     published: watch::Receiver<Published>,
     started: Instant,
+    /// Set by `Drain`: the health adverts go to priority 0.
+    drain: watch::Sender<bool>,
 }
 
 impl AdminService {
@@ -642,7 +875,7 @@ impl grpc::admin_server::Admin for AdminService {
             node_id: self.config.node.id,
             version: env!("CARGO_PKG_VERSION").into(),
             mode: grpc::ReplicationMode::Local as i32,
-            draining: false,
+            draining: *self.drain.borrow(),
             uptime_seconds: self.started.elapsed().as_secs(),
             realms,
             applied_index: published.applied,
@@ -660,6 +893,22 @@ impl grpc::admin_server::Admin for AdminService {
                 applied_index: r.applied,
                 members: r.members,
                 role: r.role,
+                ..reply
+            },
+            None => reply,
+        };
+        let reply = match published.pair {
+            Some(p) => grpc::StatusReply {
+                mode: grpc::ReplicationMode::Pair as i32,
+                applied_index: p.applied_index,
+                commit_index: p.applied_index,
+                // "primary", "secondary" (with a complete copy) or
+                // "secondary-syncing" (waiting for its dump).
+                role: if p.role == "secondary" && !p.synced {
+                    "secondary-syncing".into()
+                } else {
+                    p.role.into()
+                },
                 ..reply
             },
             None => reply,
@@ -744,10 +993,14 @@ impl grpc::admin_server::Admin for AdminService {
         Ok(Response::new(grpc::RemoveBindingReply { removed }))
     }
 
-    async fn drain(&self, _: Request<grpc::DrainRequest>) -> Reply<grpc::DrainReply> {
-        Err(Status::unimplemented(
-            "drain needs the dispatcher's health advertisements (issue: Dispatcher)",
-        ))
+    /// Priority-0 health adverts (DESIGN.md § 5): the dispatchers assign
+    /// no new mobile nodes here; `drain = false` undoes it. Without
+    /// `[dispatch]` only the flag in Status changes.
+    async fn drain(&self, req: Request<grpc::DrainRequest>) -> Reply<grpc::DrainReply> {
+        let on = req.into_inner().drain;
+        self.drain.send_replace(on);
+        info!(draining = on, "drain requested");
+        Ok(Response::new(grpc::DrainReply { draining: on }))
     }
 
     async fn transfer_leadership(
