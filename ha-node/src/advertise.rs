@@ -99,7 +99,7 @@ impl DispatchConfig {
         if self.advertise_to.is_empty() {
             return Err(DispatchConfigError::NoTargets);
         }
-        if !(10..=40950).contains(&self.interval_ms) || !self.interval_ms.is_multiple_of(10) {
+        if !(10..=40950).contains(&self.interval_ms) || self.interval_ms % 10 != 0 {
             return Err(DispatchConfigError::Interval(self.interval_ms));
         }
         if self.priority == 0 {
