@@ -13,7 +13,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n==> %s\n' "$*"; }
+t0=$SECONDS
+step() { printf '\n==> [%4ss] %s\n' "$((SECONDS - t0))" "$*"; }
 
 need_apt=()
 command -v tshark >/dev/null || need_apt+=(tshark)
@@ -43,8 +44,13 @@ cargo fmt --all -- --check
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "cargo test"
-cargo test --workspace --locked
+step "cargo test (build)"
+# Build every test and binary first, with the suite's feature set; the
+# tests that start daemons then use those binaries as they are
+# (cluster-tests' workspace_binary) instead of rebuilding them mid-test.
+cargo test --workspace --locked --no-run
+step "cargo test (run)"
+HAVEN_PREBUILT_BINS=1 cargo test --workspace --locked
 
 if [ "$FUZZ_SECONDS" != 0 ]; then
     step "fuzz smoke run (${FUZZ_SECONDS}s per target)"

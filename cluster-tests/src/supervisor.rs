@@ -275,6 +275,12 @@ pub fn free_port() -> u16 {
 /// compile time for integration tests of the binary's own package; callers
 /// can forward it). Otherwise `cargo build -p package --bin bin` runs once per
 /// (package, bin) and the binary is taken from `<target>/debug/`.
+///
+/// With `HAVEN_PREBUILT_BINS=1` (set by `scripts/test.sh` after
+/// `cargo test --no-run` built every binary with the suite's own feature
+/// set) an existing binary is used as it is: a `cargo build -p` from inside
+/// a test would resolve features differently and rebuild half the workspace
+/// while a lab's watchdog is running.
 pub fn workspace_binary(package: &str, bin: &str) -> Result<PathBuf, SupError> {
     if let Some(p) = std::env::var_os(format!("CARGO_BIN_EXE_{bin}")) {
         return Ok(PathBuf::from(p));
@@ -289,6 +295,9 @@ pub fn workspace_binary(package: &str, bin: &str) -> Result<PathBuf, SupError> {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| workspace.join("target"), PathBuf::from);
     let path = target.join("debug").join(bin);
+    if std::env::var_os("HAVEN_PREBUILT_BINS").is_some_and(|v| v == "1") && path.exists() {
+        return Ok(path);
+    }
     let key = (package.to_owned(), bin.to_owned());
     if !done.contains(&key) {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
