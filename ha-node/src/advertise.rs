@@ -20,11 +20,14 @@
 //! The `[dispatch]` section of the node configuration ([`DispatchConfig`])
 //! holds these settings and the encap-mode listener ([`crate::ingress`]).
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+#[cfg(feature = "daemon")]
+use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
 use haven_proto::vrrp::VrrpRepr;
 use serde::Deserialize;
+#[cfg(feature = "daemon")]
 use tokio::sync::watch;
 
 /// How the dispatchers reach this node.
@@ -137,6 +140,7 @@ impl DispatchConfig {
 
 /// Sends one advert to every dispatcher; failures are logged and counted
 /// (a dispatcher that is down must not stop the others hearing us).
+#[cfg(feature = "daemon")]
 async fn send_all(sock: &tokio::net::UdpSocket, config: &DispatchConfig, draining: bool) {
     let advert = config.advert(draining);
     for dst in &config.advertise_to {
@@ -161,6 +165,7 @@ async fn send_all(sock: &tokio::net::UdpSocket, config: &DispatchConfig, drainin
 ///
 /// # Errors
 /// Only binding the socket to `config.source` can fail.
+#[cfg(feature = "daemon")]
 pub async fn run(
     config: DispatchConfig,
     mut draining: watch::Receiver<bool>,
@@ -199,7 +204,7 @@ pub async fn run(
     Ok(())
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "daemon"))]
 mod tests {
     use super::*;
     use haven_proto::vrrp::VrrpPacket;

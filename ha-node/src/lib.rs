@@ -22,17 +22,24 @@
 
 pub mod advertise;
 pub mod binding;
+#[cfg(feature = "daemon")]
 pub mod cluster;
 pub mod command;
 pub mod config;
 pub mod engine;
+#[cfg(feature = "daemon")]
 pub mod ingress;
+#[cfg(feature = "daemon")]
 pub mod net;
 pub mod pair;
+#[cfg(feature = "daemon")]
 pub mod pairmode;
 pub mod pool;
+#[cfg(feature = "daemon")]
 pub mod raft;
 pub mod replicate;
+#[cfg(feature = "daemon")]
 pub mod server;
 pub mod subscriber;
+#[cfg(feature = "daemon")]
 pub mod telemetry;
