@@ -169,6 +169,10 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
+    // The recorder (and its listener) first, so that nothing recorded during
+    // start-up is lost; readiness is `haven_build_info`, set last below.
+    telemetry::install(config.metrics.listen)
+        .with_context(|| format!("metrics listener on {}", config.metrics.listen))?;
 
     let state = StateMachine::from_config(&config);
     let table = state.reader();
@@ -219,6 +223,22 @@ pub async fn run(
         info!(realm = %realm.name, %addr, "listening for registrations");
         endpoints.insert(addr, Arc::new(ep));
     }
+
+    // The data plane [DESIGN.md § 6]: TUN devices for the home prefixes,
+    // the raw IP-in-IP socket and their tasks (`[dataplane] enabled`).
+    let dataplane = if config.dataplane.enabled {
+        let dp = crate::dataplane::run::start(
+            &config.dataplane,
+            &config.realm,
+            table.clone(),
+            &endpoints,
+            stop_rx.clone(),
+        )
+        .context("data plane (needs CAP_NET_ADMIN and CAP_NET_RAW)")?;
+        Some(dp)
+    } else {
+        None
+    };
 
     let (batch_tx, batch_rx) = mpsc::channel::<Batch>(1024);
     let (admin_tx, admin_rx) = mpsc::channel::<AdminOp>(64);
@@ -322,10 +342,9 @@ pub async fn run(
         _ => None,
     };
 
-    // Metrics last: `haven_build_info` answering means the log is open and
-    // every listener is bound (supervisors and tests wait on it).
-    telemetry::install(config.metrics.listen)
-        .with_context(|| format!("metrics listener on {}", config.metrics.listen))?;
+    // `haven_build_info` last: its presence means the log is open and every
+    // listener is bound (supervisors and tests wait on it).
+    telemetry::mark_ready();
 
     let names: HashMap<RealmId, String> = config
         .realm
@@ -343,6 +362,7 @@ pub async fn run(
             published: pub_tx,
             serve: serve_tx,
             egress,
+            dataplane: dataplane.as_ref().map(|d| d.udp.clone()),
         },
         batch_rx,
         admin_rx,
@@ -365,6 +385,9 @@ pub async fn run(
     let _ = stop_tx.send(true);
     for r in receivers {
         let _ = r.await;
+    }
+    for t in dataplane.into_iter().flat_map(|d| d.tasks) {
+        let _ = t.await;
     }
     // The encap receiver holds a batch sender too; the advertiser sends
     // its last priority-0 advert on the stop signal.
@@ -475,6 +498,8 @@ struct Driver {
     serve: watch::Sender<bool>,
     /// Encap mode: every reply goes back through the dispatcher.
     egress: Option<Egress>,
+    /// RFC 3519 tunnel data goes to the data plane, when it runs.
+    dataplane: Option<crate::dataplane::run::UdpIngress>,
 }
 
 /// Pending admin removals, answered when their proposal is applied.
@@ -583,6 +608,13 @@ impl Driver {
             return;
         }
         for (src, dst, bytes) in &batch.datagrams {
+            // Tunnel data (type 4) shares VIP:434 with registrations
+            // [RFC 3519 § 3.3]; it is the data plane's, not the engine's.
+            if let Some(dp) = &self.dataplane
+                && dp.offer(*src, *dst, bytes)
+            {
+                continue;
+            }
             self.engine.handle(now, *src, *dst, bytes);
         }
     }

@@ -54,9 +54,16 @@ pub const RAFT_SNAPSHOTS_RECEIVED: &str = "haven_raft_snapshots_received_total";
 pub const RAFT_SNAPSHOTS_TAKEN: &str = "haven_raft_snapshots_taken_total";
 /// Raft: messages the transport could not deliver, by peer.
 pub const RAFT_UNREACHABLE: &str = "haven_raft_unreachable_total";
+/// 1 while the outbound Raft stream to a peer is connected.
+pub const RAFT_PEER_CONNECTED: &str = "haven_raft_peer_connected";
+/// Time to persist and restore a received snapshot.
+pub const RAFT_SNAPSHOT_INSTALL: &str = "haven_raft_snapshot_install_seconds";
+/// Size of received snapshots.
+pub const RAFT_SNAPSHOT_BYTES: &str = "haven_raft_snapshot_bytes";
 
 /// Starts the Prometheus endpoint on `listen` (`GET /metrics`) and
 /// describes every metric the node emits. Must run inside a tokio runtime.
+/// Readiness is signalled separately by [`mark_ready`].
 pub fn install(listen: SocketAddr) -> Result<(), BuildError> {
     PrometheusBuilder::new()
         .with_http_listener(listen)
@@ -70,8 +77,13 @@ pub fn install(listen: SocketAddr) -> Result<(), BuildError> {
         )?
         .install()?;
     describe();
-    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     Ok(())
+}
+
+/// Publishes `haven_build_info`: the node's readiness signal. Call it once
+/// every socket is bound and the log is open.
+pub fn mark_ready() {
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
 fn describe() {
@@ -96,6 +108,20 @@ fn describe() {
     describe_gauge!(POOL_FREE, Unit::Count, "Free addresses in the dynamic pool");
     describe_gauge!(BUILD_INFO, "haven build information");
     describe_gauge!(RAFT_TERM, Unit::Count, "Raft term");
+    describe_gauge!(
+        RAFT_PEER_CONNECTED,
+        "1 while the outbound Raft stream to the peer is connected"
+    );
+    describe_histogram!(
+        RAFT_SNAPSHOT_INSTALL,
+        Unit::Seconds,
+        "Time to persist and restore a received Raft snapshot"
+    );
+    describe_histogram!(
+        RAFT_SNAPSHOT_BYTES,
+        Unit::Bytes,
+        "Size of received Raft snapshots"
+    );
     describe_gauge!(RAFT_LEADER_ID, "Raft leader known to this node (0 = none)");
     describe_gauge!(RAFT_IS_LEADER, "1 when this node is the Raft leader");
     describe_gauge!(RAFT_MEMBER, "1 when this node is a voter of the Raft group");

@@ -627,6 +627,26 @@ fn sigkill_follower_then_leader_loses_no_acknowledged_binding() {
         BOUND,
     )
     .expect("the restarted follower caught up from a snapshot");
+    // The install was timed, and the follower's streams to its peers are up.
+    await_metric(
+        &f,
+        None,
+        "haven_raft_snapshot_install_seconds_count",
+        &[],
+        |v| v >= 1.0,
+        BOUND,
+    )
+    .expect("the snapshot install is timed");
+    let peer = leader.to_string();
+    await_metric(
+        &f,
+        None,
+        "haven_raft_peer_connected",
+        &[("peer", peer.as_str())],
+        |v| v == 1.0,
+        BOUND,
+    )
+    .expect("the restarted follower is connected to the leader");
     load.set_targets(c.targets(&all));
     load.await_more(50, "acknowledgements with the follower back");
 

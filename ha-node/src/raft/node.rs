@@ -345,6 +345,9 @@ impl RaftReplicator {
         }
         self.outbox.extend(rd.take_messages());
         let snapshot = (!rd.snapshot().is_empty()).then(|| rd.snapshot().clone());
+        // Installing a snapshot (persist + restore) is the "data dump" of a
+        // joining or lagging node: its duration is worth watching.
+        let install_started = snapshot.as_ref().map(|_| std::time::Instant::now());
         self.raw
             .mut_store()
             .persist(snapshot.as_ref(), rd.entries(), rd.hs())?;
@@ -355,6 +358,12 @@ impl RaftReplicator {
             self.last_applied = s.get_metadata().index;
             self.since_snapshot = 0;
             self.stats.snapshots_received += 1;
+            if let Some(t) = install_started {
+                metrics::histogram!(crate::telemetry::RAFT_SNAPSHOT_INSTALL)
+                    .record(t.elapsed().as_secs_f64());
+                metrics::histogram!(crate::telemetry::RAFT_SNAPSHOT_BYTES)
+                    .record(s.data.len() as f64);
+            }
         }
         self.outbox.extend(rd.take_persisted_messages());
         let committed = rd.take_committed_entries();

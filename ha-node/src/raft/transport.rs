@@ -213,11 +213,17 @@ impl PeerClient {
             match self.connect().await {
                 Ok(client) => {
                     backoff = Duration::from_millis(50);
-                    if self.stream(client, &mut rx).await.is_none() {
+                    self.set_connected(true);
+                    let open = self.stream(client, &mut rx).await.is_some();
+                    self.set_connected(false);
+                    if !open {
                         return;
                     }
                 }
-                Err(e) => tracing::debug!(peer = self.to, error = %e, "raft peer connect failed"),
+                Err(e) => {
+                    self.set_connected(false);
+                    tracing::debug!(peer = self.to, error = %e, "raft peer connect failed");
+                }
             }
             // Down: drop what is queued rather than deliver it stale.
             let deadline = tokio::time::sleep(backoff);
@@ -233,6 +239,14 @@ impl PeerClient {
             }
             backoff = (backoff * 2).min(Duration::from_secs(2));
         }
+    }
+
+    /// Looked up at each change, not cached: the daemon installs its
+    /// metrics recorder after the transport starts, and a handle taken before
+    /// that would stay a no-op.
+    fn set_connected(&self, up: bool) {
+        metrics::gauge!(crate::telemetry::RAFT_PEER_CONNECTED, "peer" => self.to.to_string())
+            .set(if up { 1.0 } else { 0.0 });
     }
 
     async fn connect(
