@@ -54,6 +54,9 @@ pub struct Config {
     pub realm: Vec<RealmConfig>,
     /// `[cluster]`: replication (default: local, no replication).
     pub cluster: ClusterConfig,
+    /// `[dataplane]`: the user-space data plane (default off;
+    /// [`crate::dataplane::DataplaneConfig`]).
+    pub dataplane: crate::dataplane::DataplaneConfig,
     /// `[dispatch]`: health advertisements to the dispatchers and the
     /// encap-mode listener (DESIGN.md § 5); absent: no dispatcher.
     pub dispatch: Option<crate::advertise::DispatchConfig>,

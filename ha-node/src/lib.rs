@@ -4,6 +4,7 @@
 //! daemon (`main.rs`) wires sockets, timers and the admin API around them.
 //!
 //! * [`config`] — the TOML configuration and its validation;
+//! * [`dataplane`] — forwarding to care-of addresses and reverse tunnelling (TUN, IP in IP, RFC 3519);
 //! * [`engine`] — the sans-IO registration engine (checks, replies, proposals);
 //! * [`binding`] — the shared binding table and the expiry schedule;
 //! * [`pool`] — deterministic dynamic home address pools;
@@ -26,6 +27,7 @@ pub mod binding;
 pub mod cluster;
 pub mod command;
 pub mod config;
+pub mod dataplane;
 pub mod engine;
 #[cfg(feature = "daemon")]
 pub mod ingress;

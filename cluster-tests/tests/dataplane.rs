@@ -1,0 +1,668 @@
+//! The home agent's data plane end to end (issue "Data plane", item 3;
+//! DESIGN.md § 6): one real `ha-node` with `[dataplane] enabled = true`, its
+//! home prefix 198.51.100.0/24 routed on `rtr` to node-1 (a plain route: a
+//! single node), a correspondent `cn`, a mobile node behind the real NAT
+//! (UDP tunnelling, RFC 3519) and one on a plain link (`mn2`, IP in IP,
+//! RFC 2003). Needs root.
+//!
+//! * `udp_tunnel_both_ways_spoofing_and_a_move`: cn → HoA arrives at the
+//!   MN's registration socket as tunnel data; MN → cn reverse-tunnelled
+//!   arrives at cn's [`DataSink`] with the home address as source; a spoofed
+//!   inner source is dropped and counted; the MN moves to a new NAT mapping
+//!   and the stream follows (the gap is printed and bounded).
+//! * `ip_in_ip_and_simultaneous_bindings`: the same through IP in IP to a
+//!   raw socket on `mn2`, and two simultaneous bindings (two care-of
+//!   addresses) each receive a copy.
+//!
+//! The mobile nodes are the sans-IO [`MobileNode`] over sockets made inside
+//! the namespaces; everything waits on conditions with bounds.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use haven_cluster_tests::fleet::{NodeSpec, RealmSpec};
+use haven_cluster_tests::mn::{Event, MnConfig, MobileNode};
+use haven_cluster_tests::mnsim::{DATA_SRC_PORT, DataSink, data_payload, unix_now};
+use haven_cluster_tests::supervisor::{
+    Process, Spec, await_metric, metric, scrape, wait_for, workspace_binary,
+};
+use haven_cluster_tests::topo::{self, Lab, in_netns, leftovers, racks};
+use haven_proto::ip::{self, Ipv4Packet, UdpPacket};
+use haven_proto::udptun::{self, Kind, TunnelDataPacket, TunnelDataRepr};
+
+const KEY: &[u8] = b"dataplane-test-key";
+const SPI: u32 = 1000;
+const HOME_BASE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+/// The UDP mobile node (behind the NAT).
+const HOA_UDP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+/// The IP-in-IP mobile node on `mn2`.
+const HOA_IPIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 11);
+/// The mobile node with two simultaneous bindings on `mn2`.
+const HOA_TWO: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 12);
+/// A home address nobody uses: the spoofer's pick.
+const HOA_SPOOF: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 13);
+const MN2: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 2);
+const MN2_B: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 3);
+const SINK_PORT: u16 = 9000;
+/// Where the cn's stream goes on the home address.
+const MN_PORT: u16 = 7000;
+const BOUND: Duration = Duration::from_secs(10);
+/// The home agent: VIP:434.
+const HA: SocketAddrV4 = SocketAddrV4::new(racks::plan::VIP, 434);
+
+struct Rig {
+    node: Process,
+    lab: Lab,
+    url: String,
+    node_ns: String,
+    _dir: tempfile::TempDir,
+}
+
+/// The lab (nat_scenario(1) plus `mn2` on `inet` and the home prefix
+/// routed to node-1) and the node with the data plane on.
+fn rig() -> Rig {
+    let lab = racks::nat_scenario(1)
+        .host("mn2")
+        .link(("inet", "198.18.2.1/24"), ("mn2", "198.18.2.2/24"))
+        .route("mn2", "default", "198.18.2.1")
+        .route("rtr", "198.51.100.0/24", &racks::node_addr(1).to_string())
+        // The node forwards between its rack interface and its TUN device.
+        .router("node-1")
+        .expire_after(Duration::from_secs(180))
+        .build()
+        .expect("build the lab");
+    let node_ns = lab.ns_name("node-1").expect("node-1").to_owned();
+    let mn2_if = lab.iface("mn2", "inet").expect("mn2 iface").to_owned();
+    lab.exec(
+        "mn2",
+        ["ip", "addr", "add", "198.18.2.3/24", "dev", &mn2_if],
+    )
+    .expect("second care-of address");
+    let spec = NodeSpec::new(
+        1,
+        "127.0.0.1:4340".parse().unwrap(),
+        "127.0.0.1:9434".parse().unwrap(),
+    )
+    .realm(
+        RealmSpec {
+            simultaneous_bindings: 2,
+            ..RealmSpec::new("home", racks::plan::VIP, "198.51.100.0/24")
+        }
+        .with_home_address_sas(HOME_BASE, 8, SPI, KEY),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node-1.toml");
+    let toml = format!("{}\n[dataplane]\nenabled = true\n", spec.toml());
+    std::fs::write(&config, toml).unwrap();
+    let bin = workspace_binary("haven-ha-node", "ha-node").expect("ha-node binary");
+    let node = Process::spawn(
+        "ha-node-1",
+        Spec::new(bin)
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info"),
+        Some(&node_ns),
+    )
+    .expect("start ha-node");
+    let url = spec.metrics_url();
+    await_metric(
+        &url,
+        Some(&node_ns),
+        "haven_build_info",
+        &[],
+        |v| v == 1.0,
+        Duration::from_secs(20),
+    )
+    .expect("ha-node up");
+    Rig {
+        node,
+        lab,
+        url,
+        node_ns,
+        _dir: dir,
+    }
+}
+
+impl Rig {
+    fn ns(&self, host: &str) -> String {
+        self.lab.ns_name(host).expect("host").to_owned()
+    }
+
+    fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        scrape(&self.url, Some(&self.node_ns))
+            .ok()
+            .and_then(|t| metric(&t, name, labels))
+            .unwrap_or(0.0)
+    }
+
+    fn finish(self) {
+        let prefix = self.lab.prefix().to_owned();
+        drop(self.node);
+        drop(self.lab);
+        assert!(
+            leftovers(&prefix).is_empty(),
+            "namespaces left: {:?}",
+            leftovers(&prefix)
+        );
+    }
+}
+
+fn udp_in(ns: &str, bind: SocketAddrV4) -> UdpSocket {
+    let s = in_netns(ns, || UdpSocket::bind(bind))
+        .expect("enter namespace")
+        .expect("bind");
+    s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    s
+}
+
+/// The inner UDP payload and source of a tunnelled IPv4/UDP packet.
+fn inner_udp(inner: &[u8]) -> Option<(SocketAddrV4, Vec<u8>)> {
+    let p = Ipv4Packet::new_checked(inner).ok()?;
+    if !p.verify_checksum() || p.protocol() != ip::protocol::UDP {
+        return None;
+    }
+    let u = UdpPacket::new_checked(p.payload()).ok()?;
+    if !u.verify_checksum(p.src_addr(), p.dst_addr()) {
+        return None;
+    }
+    Some((
+        SocketAddrV4::new(p.src_addr(), u.src_port()),
+        u.payload().to_vec(),
+    ))
+}
+
+/// Registers `core` over `sock` (registration replies to the core; tunnel
+/// data seen meanwhile to `sink`). Returns the accepted home address.
+fn register(
+    core: &mut MobileNode,
+    sock: &UdpSocket,
+    sink: &Mutex<DataSink>,
+) -> Result<Ipv4Addr, String> {
+    let start = Instant::now();
+    core.register(unix_now());
+    let mut buf = vec![0u8; 65_536];
+    while start.elapsed() < BOUND {
+        while let Some((dst, bytes)) = core.poll_transmit() {
+            sock.send_to(&bytes, dst).map_err(|e| e.to_string())?;
+        }
+        while let Some(ev) = core.poll_event() {
+            match ev {
+                Event::Accepted { home_address, .. } => return Ok(home_address),
+                Event::Denied { code } => return Err(format!("denied: {code:?}")),
+                Event::GaveUp => return Err("gave up".into()),
+                _ => {}
+            }
+        }
+        match sock.recv_from(&mut buf) {
+            Ok((n, SocketAddr::V4(from))) => {
+                let d = &buf[..n];
+                match udptun::classify(d) {
+                    Kind::RegistrationReply => {
+                        let _ = core.handle(unix_now(), from, d);
+                    }
+                    Kind::TunnelData => record_tunnel_data(sink, d),
+                    _ => {}
+                }
+            }
+            Ok(_) => {}
+            Err(_) => core.handle_timeout(unix_now()),
+        }
+    }
+    Err("no reply within the bound".into())
+}
+
+fn record_tunnel_data(sink: &Mutex<DataSink>, d: &[u8]) {
+    let Ok(p) = TunnelDataPacket::new_checked(d) else {
+        return;
+    };
+    let Ok(t) = TunnelDataRepr::parse(&p) else {
+        return;
+    };
+    if let Some((src, payload)) = inner_udp(t.payload) {
+        sink.lock().unwrap().record(unix_now(), src, &payload);
+    }
+}
+
+/// Reads tunnel data from `sock` into `sink` until `stop`.
+fn reader(
+    sock: UdpSocket,
+    sink: Arc<Mutex<DataSink>>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65_536];
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok((n, _)) = sock.recv_from(&mut buf)
+                && udptun::classify(&buf[..n]) == Kind::TunnelData
+            {
+                record_tunnel_data(&sink, &buf[..n]);
+            }
+        }
+    })
+}
+
+/// Sends `data_payload(flow, seq..)` to `dst` from `sock` at `pps` until
+/// `stop`.
+fn stream(
+    sock: UdpSocket,
+    dst: SocketAddrV4,
+    flow: u32,
+    pps: u32,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let period = Duration::from_secs(1) / pps;
+        let mut seq = 0u64;
+        let mut next = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            let _ = sock.send_to(&data_payload(flow, seq, unix_now(), 64), dst);
+            seq += 1;
+            next += period;
+            if let Some(w) = next.checked_duration_since(Instant::now()) {
+                std::thread::sleep(w);
+            }
+        }
+        seq
+    })
+}
+
+/// An RFC 3519 tunnel data message holding IPv4/UDP from `src` to `dst`.
+fn tunnel_data(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
+    let mut msg = vec![0u8; udptun::HEADER_LEN + ip::ipv4_udp_len(payload.len())];
+    msg[..4].copy_from_slice(&[udptun::TYPE_TUNNEL_DATA, ip::protocol::IPIP, 0, 0]);
+    ip::write_ipv4_udp(&mut msg[4..], src, dst, payload);
+    msg
+}
+
+fn flow(sink: &Mutex<DataSink>, id: u32) -> Option<haven_cluster_tests::mnsim::FlowStats> {
+    sink.lock()
+        .unwrap()
+        .flows()
+        .into_iter()
+        .find(|f| f.mn == id)
+}
+
+#[test]
+fn udp_tunnel_both_ways_spoofing_and_a_move() {
+    if topo::skip_without_root() {
+        return;
+    }
+    let rig = rig();
+    let (mn_ns, cn_ns) = (rig.ns("mn"), rig.ns("cn"));
+    let cn = SocketAddrV4::new(racks::plan::CN, SINK_PORT);
+    let cn_sink = in_netns(&cn_ns, || DataSink::spawn(cn))
+        .expect("cn namespace")
+        .expect("cn sink");
+    let at_mn = Arc::new(Mutex::new(DataSink::new()));
+
+    // (a) Register behind the NAT with UDP tunnelling and reverse tunnelling.
+    let sock = udp_in(&mn_ns, SocketAddrV4::new(racks::plan::MN, 0));
+    let mut cfg = MnConfig::new(HOA_UDP, racks::plan::VIP, racks::plan::MN, SPI, KEY);
+    cfg.udp_tunnel = true;
+    cfg.reverse_tunnel = true;
+    let mut core = MobileNode::new(cfg);
+    assert_eq!(register(&mut core, &sock, &at_mn), Ok(HOA_UDP));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let read1 = reader(sock.try_clone().unwrap(), at_mn.clone(), stop.clone());
+    // cn → HoA, 200 packets per second.
+    let cn_sock = udp_in(&cn_ns, SocketAddrV4::new(racks::plan::CN, 0));
+    let fwd = stream(
+        cn_sock,
+        SocketAddrV4::new(HOA_UDP, MN_PORT),
+        1,
+        200,
+        stop.clone(),
+    );
+    wait_for("cn → MN through the UDP tunnel", BOUND, || {
+        flow(&at_mn, 1).is_some_and(|f| f.received >= 50)
+    })
+    .expect("forward stream arrives at the MN");
+    let f = flow(&at_mn, 1).unwrap();
+    assert_eq!(f.source, Some(racks::plan::CN), "inner source kept");
+
+    // MN → cn, reverse-tunnelled: 100 packets.
+    let from = SocketAddrV4::new(HOA_UDP, DATA_SRC_PORT);
+    for seq in 0..100u64 {
+        let m = tunnel_data(from, cn, &data_payload(2, seq, unix_now(), 64));
+        sock.send_to(&m, HA).unwrap();
+    }
+
+    // (c) The same MN claims another home address as inner source.
+    let spoofed = SocketAddrV4::new(HOA_SPOOF, DATA_SRC_PORT);
+    for seq in 0..20u64 {
+        let m = tunnel_data(spoofed, cn, &data_payload(3, seq, unix_now(), 64));
+        sock.send_to(&m, HA).unwrap();
+    }
+    await_metric(
+        &rig.url,
+        Some(&rig.node_ns),
+        "haven_dataplane_drops_total",
+        &[("reason", "spoofed")],
+        |v| v >= 20.0,
+        BOUND,
+    )
+    .expect("spoofed packets counted");
+    wait_for("reverse stream at cn", BOUND, || {
+        rig.metric(
+            "haven_dataplane_packets_total",
+            &[("direction", "reverse"), ("encap", "udp")],
+        ) >= 100.0
+    })
+    .expect("reverse packets counted");
+
+    // (e) The MN moves: a new socket, so a new NAT mapping; the same CoA.
+    let sock2 = udp_in(&mn_ns, SocketAddrV4::new(racks::plan::MN, 0));
+    assert_eq!(register(&mut core, &sock2, &at_mn), Ok(HOA_UDP));
+    let read2 = reader(sock2.try_clone().unwrap(), at_mn.clone(), stop.clone());
+    let before = flow(&at_mn, 1).unwrap().received;
+    wait_for("the stream follows the move", BOUND, || {
+        flow(&at_mn, 1).is_some_and(|f| f.received >= before + 100)
+    })
+    .expect("forward stream after the move");
+    // After the move the old mapping is no longer bound: reverse traffic
+    // from it is spoofed; from the new one it passes.
+    let spoofed_before = rig.metric("haven_dataplane_drops_total", &[("reason", "spoofed")]);
+    for seq in 0..10u64 {
+        let m = tunnel_data(from, cn, &data_payload(4, seq, unix_now(), 64));
+        sock.send_to(&m, HA).unwrap();
+        let m = tunnel_data(from, cn, &data_payload(5, seq, unix_now(), 64));
+        sock2.send_to(&m, HA).unwrap();
+    }
+    wait_for("post-move reverse packets at cn", BOUND, || {
+        rig.metric("haven_dataplane_drops_total", &[("reason", "spoofed")]) >= spoofed_before + 10.0
+            && rig.metric(
+                "haven_dataplane_packets_total",
+                &[("direction", "reverse"), ("encap", "udp")],
+            ) >= 110.0
+    })
+    .expect("old mapping refused, new mapping accepted");
+
+    stop.store(true, Ordering::Relaxed);
+    let sent = fwd.join().unwrap();
+    read1.join().unwrap();
+    read2.join().unwrap();
+    let sink = cn_sink.stop();
+    let f = flow(&at_mn, 1).unwrap();
+    let gap = f.max_gap;
+    eprintln!(
+        "dataplane: forward sent {sent}, MN received {} (lost {}), max gap {gap:?} (the move)",
+        f.received, f.lost
+    );
+    // 200 pps: the move costs one registration round trip; allow 1 s.
+    assert!(gap < Duration::from_secs(1), "gap {gap:?} after the move");
+    let flows = sink.flows();
+    let rev = flows
+        .iter()
+        .find(|f| f.mn == 2)
+        .expect("reverse flow at cn");
+    assert_eq!(rev.received, 100, "every reverse packet arrives");
+    assert_eq!(rev.source, Some(HOA_UDP), "from the home address");
+    assert!(
+        flows.iter().all(|f| f.mn != 3 && f.mn != 4),
+        "spoofed or stale-mapping packets reached cn: {flows:?}"
+    );
+    let after = flows.iter().find(|f| f.mn == 5).expect("post-move flow");
+    assert_eq!(after.received, 10);
+    rig.finish();
+}
+
+/// A raw IPv4 socket for protocol 4 (IP in IP) in the calling thread's
+/// namespace, with a 20 ms receive timeout.
+fn raw_ipip() -> io::Result<OwnedFd> {
+    // SAFETY: socket(2) with constant arguments; the result is checked.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            i32::from(ip::protocol::IPIP),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor socket(2) just returned, owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 20_000,
+    };
+    // SAFETY: SO_RCVTIMEO reads one timeval; `tv` is one and outlives the
+    // call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+fn raw_recv(fd: &OwnedFd, buf: &mut [u8]) -> Option<usize> {
+    // SAFETY: `buf` is a live, exclusively borrowed buffer of `buf.len()`
+    // writable bytes.
+    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    usize::try_from(n).ok()
+}
+
+/// Sends `payload` (the inner IPv4 packet) to `dst` as protocol 4: the
+/// kernel writes the outer header.
+fn raw_send(fd: &OwnedFd, dst: Ipv4Addr, payload: &[u8]) -> io::Result<()> {
+    let sa = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(dst).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: `payload` is readable for its length; `sa` is a sockaddr_in
+    // of the stated size and outlives the call.
+    let n = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            payload.as_ptr().cast(),
+            payload.len(),
+            0,
+            (&sa as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Per (outer destination, flow): packets received on `mn2`'s raw socket.
+type Copies = Arc<Mutex<std::collections::HashMap<(Ipv4Addr, u32), DataSink>>>;
+
+fn ipip_reader(fd: OwnedFd, copies: Copies, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65_536];
+        while !stop.load(Ordering::Relaxed) {
+            let Some(n) = raw_recv(&fd, &mut buf) else {
+                continue;
+            };
+            let Ok(outer) = Ipv4Packet::new_checked(&buf[..n]) else {
+                continue;
+            };
+            if outer.protocol() != ip::protocol::IPIP || !outer.verify_checksum() {
+                continue;
+            }
+            let Some((src, payload)) = inner_udp(outer.payload()) else {
+                continue;
+            };
+            let Some((flow, _, _)) = haven_cluster_tests::mnsim::parse_data_payload(&payload)
+            else {
+                continue;
+            };
+            copies
+                .lock()
+                .unwrap()
+                .entry((outer.dst_addr(), flow))
+                .or_default()
+                .record(unix_now(), src, &payload);
+        }
+    })
+}
+
+fn copies_of(c: &Copies, coa: Ipv4Addr, flow: u32) -> u64 {
+    c.lock()
+        .unwrap()
+        .get(&(coa, flow))
+        .and_then(|s| s.flows().first().map(|f| f.received))
+        .unwrap_or(0)
+}
+
+#[test]
+fn ip_in_ip_and_simultaneous_bindings() {
+    if topo::skip_without_root() {
+        return;
+    }
+    let rig = rig();
+    let (mn2_ns, cn_ns) = (rig.ns("mn2"), rig.ns("cn"));
+    let cn = SocketAddrV4::new(racks::plan::CN, SINK_PORT);
+    let cn_sink = in_netns(&cn_ns, || DataSink::spawn(cn))
+        .expect("cn namespace")
+        .expect("cn sink");
+    let unused = Mutex::new(DataSink::new());
+
+    // (b) A mobile node on a plain link: its source is its care-of address,
+    // so the binding is IP in IP.
+    let sock = udp_in(&mn2_ns, SocketAddrV4::new(MN2, 0));
+    let mut cfg = MnConfig::new(HOA_IPIP, racks::plan::VIP, MN2, SPI, KEY);
+    cfg.reverse_tunnel = true;
+    let mut core = MobileNode::new(cfg);
+    assert_eq!(register(&mut core, &sock, &unused), Ok(HOA_IPIP));
+
+    // (d) Another with two simultaneous care-of addresses (S bit).
+    let sock_a = udp_in(&mn2_ns, SocketAddrV4::new(MN2, 0));
+    let sock_b = udp_in(&mn2_ns, SocketAddrV4::new(MN2_B, 0));
+    let two = |coa| {
+        let mut c = MnConfig::new(HOA_TWO, racks::plan::VIP, coa, SPI, KEY);
+        c.simultaneous = true;
+        MobileNode::new(c)
+    };
+    let (mut core_a, mut core_b) = (two(MN2), two(MN2_B));
+    assert_eq!(register(&mut core_a, &sock_a, &unused), Ok(HOA_TWO));
+    assert_eq!(register(&mut core_b, &sock_b, &unused), Ok(HOA_TWO));
+
+    let raw = in_netns(&mn2_ns, raw_ipip)
+        .expect("mn2 namespace")
+        .expect("raw socket");
+    let raw_tx = raw.try_clone().unwrap();
+    let copies: Copies = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = ipip_reader(raw, copies.clone(), stop.clone());
+    let s1 = stream(
+        udp_in(&cn_ns, SocketAddrV4::new(racks::plan::CN, 0)),
+        SocketAddrV4::new(HOA_IPIP, MN_PORT),
+        10,
+        200,
+        stop.clone(),
+    );
+    let s2 = stream(
+        udp_in(&cn_ns, SocketAddrV4::new(racks::plan::CN, 0)),
+        SocketAddrV4::new(HOA_TWO, MN_PORT),
+        11,
+        200,
+        stop.clone(),
+    );
+    wait_for("IP-in-IP forward and both copies", BOUND, || {
+        copies_of(&copies, MN2, 10) >= 50
+            && copies_of(&copies, MN2, 11) >= 50
+            && copies_of(&copies, MN2_B, 11) >= 50
+    })
+    .expect("forward streams arrive");
+    assert_eq!(copies_of(&copies, MN2_B, 10), 0, "one binding, one copy");
+
+    // Reverse: IP in IP from the care-of address to the VIP; and a spoof
+    // (another home address inside, same care-of address).
+    let mut inner = vec![0u8; ip::ipv4_udp_len(64)];
+    for seq in 0..100u64 {
+        let p = data_payload(12, seq, unix_now(), 64);
+        ip::write_ipv4_udp(
+            &mut inner,
+            SocketAddrV4::new(HOA_IPIP, DATA_SRC_PORT),
+            cn,
+            &p,
+        );
+        raw_send(&raw_tx, racks::plan::VIP, &inner).unwrap();
+        let p = data_payload(13, seq, unix_now(), 64);
+        ip::write_ipv4_udp(
+            &mut inner,
+            SocketAddrV4::new(HOA_SPOOF, DATA_SRC_PORT),
+            cn,
+            &p,
+        );
+        raw_send(&raw_tx, racks::plan::VIP, &inner).unwrap();
+    }
+    wait_for("reverse IP in IP counted", BOUND, || {
+        rig.metric(
+            "haven_dataplane_packets_total",
+            &[("direction", "reverse"), ("encap", "ipip")],
+        ) >= 100.0
+            && rig.metric("haven_dataplane_drops_total", &[("reason", "spoofed")]) >= 100.0
+    })
+    .expect("reverse and spoofed counted");
+
+    // No binding: the correspondent hears ICMP Host Unreachable from the
+    // VIP, which its connected socket reports as EHOSTUNREACH.
+    let probe = udp_in(&cn_ns, SocketAddrV4::new(racks::plan::CN, 0));
+    probe
+        .connect(SocketAddrV4::new(HOA_SPOOF, MN_PORT))
+        .unwrap();
+    // Host Unreachable is a soft error: Linux reports it on the socket only
+    // with IP_RECVERR.
+    let one: libc::c_int = 1;
+    // SAFETY: IP_RECVERR takes an int; pointer and length describe `one`.
+    let rc = unsafe {
+        libc::setsockopt(
+            probe.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_RECVERR,
+            (&raw const one).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+    wait_for("ICMP host unreachable for an unbound home address", BOUND, || {
+        let _ = probe.send(b"anyone?");
+        matches!(probe.recv(&mut [0u8; 16]), Err(e) if e.raw_os_error() == Some(libc::EHOSTUNREACH))
+    })
+    .expect("host unreachable");
+    wait_for("no_binding and ICMP counted", BOUND, || {
+        rig.metric("haven_dataplane_drops_total", &[("reason", "no_binding")]) >= 1.0
+            && rig.metric("haven_dataplane_icmp_errors_total", &[]) >= 1.0
+    })
+    .expect("counted");
+
+    stop.store(true, Ordering::Relaxed);
+    let (n1, n2) = (s1.join().unwrap(), s2.join().unwrap());
+    reader.join().unwrap();
+    let sink = cn_sink.stop();
+    let flows = sink.flows();
+    let rev = flows.iter().find(|f| f.mn == 12).expect("reverse flow");
+    assert_eq!(rev.received, 100);
+    assert_eq!(rev.source, Some(HOA_IPIP));
+    assert!(flows.iter().all(|f| f.mn != 13), "spoof reached cn");
+    let (a, b) = (copies_of(&copies, MN2, 11), copies_of(&copies, MN2_B, 11));
+    eprintln!(
+        "dataplane: ipip sent {n1} got {}; simultaneous sent {n2} got {a} + {b}",
+        copies_of(&copies, MN2, 10)
+    );
+    // Both copies of nearly every packet (the last ones may be in flight).
+    assert!(a + 5 >= n2 && b + 5 >= n2, "sent {n2}, copies {a} and {b}");
+    rig.finish();
+}
