@@ -32,9 +32,10 @@
 //! version or kind and non-zero reserved bits (never guesses). No checksum:
 //! the outer UDP datagram carries one.
 
-use core::net::{Ipv4Addr, SocketAddrV4};
+use core::net::SocketAddrV4;
 
-use crate::{Error, Field, Rest, Result};
+use crate::ip::{addr, be16, put};
+use crate::{Error, Rest, Result};
 
 /// The header version this module reads and writes.
 pub const VERSION: u8 = 1;
@@ -80,28 +81,6 @@ impl From<Kind> for u8 {
             Kind::ToNode => 1,
             Kind::ToClient => 2,
             Kind::Unknown(o) => o,
-        }
-    }
-}
-
-fn be16(b: &[u8], f: Field) -> u16 {
-    match b.get(f) {
-        Some(&[h, l]) => u16::from_be_bytes([h, l]),
-        _ => 0,
-    }
-}
-
-fn addr(b: &[u8], f: Field) -> Ipv4Addr {
-    match b.get(f) {
-        Some(&[a, b, c, d]) => Ipv4Addr::new(a, b, c, d),
-        _ => Ipv4Addr::UNSPECIFIED,
-    }
-}
-
-fn put(b: &mut [u8], f: Field, v: &[u8]) {
-    if let Some(dst) = b.get_mut(f) {
-        if dst.len() == v.len() {
-            dst.copy_from_slice(v);
         }
     }
 }
@@ -295,6 +274,7 @@ impl DispatchRepr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use core::net::Ipv4Addr;
     use hex_literal::hex;
     use proptest::prelude::*;
 

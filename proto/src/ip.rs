@@ -105,21 +105,24 @@ const FLAG_DF: u16 = 0x4000;
 const FLAG_MF: u16 = 0x2000;
 const OFFSET_MASK: u16 = 0x1fff;
 
-fn be16(b: &[u8], f: Field) -> u16 {
+/// Big-endian u16 at `f`; 0 when out of range (callers checked lengths).
+pub(crate) fn be16(b: &[u8], f: Field) -> u16 {
     match b.get(f) {
         Some(&[h, l]) => u16::from_be_bytes([h, l]),
         _ => 0,
     }
 }
 
-fn addr(b: &[u8], f: Field) -> Ipv4Addr {
+/// IPv4 address at `f`; unspecified when out of range.
+pub(crate) fn addr(b: &[u8], f: Field) -> Ipv4Addr {
     match b.get(f) {
         Some(&[a, b, c, d]) => Ipv4Addr::new(a, b, c, d),
         _ => Ipv4Addr::UNSPECIFIED,
     }
 }
 
-fn put(b: &mut [u8], f: Field, v: &[u8]) {
+/// Writes `v` at `f` when it fits exactly; never panics.
+pub(crate) fn put(b: &mut [u8], f: Field, v: &[u8]) {
     if let Some(dst) = b.get_mut(f) {
         if dst.len() == v.len() {
             dst.copy_from_slice(v);
