@@ -10,6 +10,8 @@ secs=${1:-10}
 shift || true
 sanitizer=${SANITIZER:-none}
 export RUSTC_BOOTSTRAP=1
+# One target directory for both fuzz crates: they share most dependencies.
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target/fuzz}
 for dir in proto/fuzz ha-node/fuzz; do
     [ -d "$dir" ] || continue
     targets=("$@")

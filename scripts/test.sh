@@ -7,7 +7,7 @@
 # test of the workspace, and a bounded fuzz run of every target.
 #
 # Environment:
-#   FUZZ_SECONDS   seconds per fuzz target (default 10; 0 skips fuzzing)
+#   FUZZ_SECONDS   seconds per fuzz target (default 5; 0 skips fuzzing)
 #   HAVEN_SKIP_ROOT_TESTS=1   let namespace tests skip instead of failing
 #                             when not run as root
 set -euo pipefail
@@ -32,7 +32,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
-FUZZ_SECONDS=${FUZZ_SECONDS:-10}
+FUZZ_SECONDS=${FUZZ_SECONDS:-5}
 if [ "$FUZZ_SECONDS" != 0 ] && ! cargo fuzz --version >/dev/null 2>&1; then
     step "installing cargo-fuzz"
     cargo install --locked cargo-fuzz
