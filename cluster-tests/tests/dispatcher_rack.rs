@@ -13,8 +13,8 @@
 //! 192.0.2.1:434 (mnsim's pcap); after a node is SIGKILLed the dispatcher
 //! steers around it within its down interval and a new round registers;
 //! after the Master dispatcher is SIGKILLed the Backup takes the VIP within
-//! Master_Down_Interval and registrations continue. The failover times are
-//! printed.
+//! Master_Down_Interval, repeats its gratuitous ARP (3 by default) and
+//! registrations continue. The failover times are printed.
 //!
 //! Node health adverts: each `ha-node` runs its own advertiser (`[dispatch]`,
 //! every 100 ms from its rack address to both dispatchers), so a SIGKILLed
@@ -300,6 +300,17 @@ fn dispatcher_pair_spreads_fails_over_nodes_and_itself() {
     )
     .expect("disp-b takes over");
     let vrrp_gap = t_kill.elapsed();
+    // [RFC 5798 § 6.4.2] gratuitous ARP on takeover, repeated (default 3
+    // at 100 ms) from the control loop's timers.
+    await_metric(
+        METRICS,
+        Some(&ns_b),
+        "haven_dispatcher_gratuitous_arps_total",
+        &[],
+        |v| v >= 3.0,
+        Duration::from_secs(3),
+    )
+    .expect("disp-b repeats its gratuitous ARP");
     // Master_Down_Interval for priority 100 at 100 ms: 300 + 60.9 ms; allow
     // the 1 s metrics export and scrape latency on top.
     assert!(

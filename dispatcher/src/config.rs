@@ -136,7 +136,87 @@ pub struct DispatcherSection {
     /// pair must agree.
     #[serde(default = "default_table_size")]
     pub table_size: u32,
+    /// The realms' home prefixes this dispatcher pair is the rack's gateway
+    /// for (DESIGN.md §6; default empty = off): correspondent traffic to a
+    /// home address arrives here (the router's route for the prefix points
+    /// at the VIP) and goes to the node chosen by the destination address.
+    /// l2 mode only.
+    #[serde(default)]
+    pub home_prefixes: Vec<Prefix>,
+    /// Gratuitous ARPs sent on takeover (default 3, at least 1)
+    /// [RFC 5798 § 6.4.1]: repeats cover a lost first one.
+    #[serde(default = "default_garp_count")]
+    pub garp_count: u32,
+    /// Time between them in milliseconds (default 100).
+    #[serde(default = "default_garp_interval_ms")]
+    pub garp_interval_ms: u32,
 }
+
+/// An IPv4 prefix written `a.b.c.d/len`, host bits zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Prefix {
+    /// The network address (host bits zero).
+    pub addr: Ipv4Addr,
+    /// The prefix length, 1–32.
+    pub len: u8,
+}
+
+impl Prefix {
+    /// The netmask as a host-order `u32`.
+    pub fn mask(self) -> u32 {
+        match self.len {
+            0 => 0,
+            l => u32::MAX << (32 - u32::from(l.min(32))),
+        }
+    }
+
+    /// The network address as a host-order `u32`.
+    pub fn net(self) -> u32 {
+        u32::from(self.addr) & self.mask()
+    }
+
+    /// Whether `ip` is inside.
+    pub fn contains(self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & self.mask() == self.net()
+    }
+}
+
+impl std::str::FromStr for Prefix {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || ConfigError::Prefix(s.to_owned());
+        let (a, l) = s.split_once('/').ok_or_else(bad)?;
+        let addr: Ipv4Addr = a.parse().map_err(|_| bad())?;
+        let len: u8 = l.parse().map_err(|_| bad())?;
+        // /0 would capture every packet the router sends us, registrations
+        // included.
+        if !(1..=32).contains(&len) {
+            return Err(bad());
+        }
+        let p = Prefix { addr, len };
+        if p.net() != u32::from(addr) {
+            return Err(bad());
+        }
+        Ok(p)
+    }
+}
+
+impl std::fmt::Display for Prefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+impl<'de> Deserialize<'de> for Prefix {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// At most this many home prefixes: the receive filter is one classic BPF
+/// program of 3 instructions per prefix, and its jumps are 8-bit.
+pub const MAX_HOME_PREFIXES: usize = 32;
 
 /// `[[node]]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -238,6 +318,12 @@ fn one_u8() -> u8 {
 fn default_encap_port() -> u16 {
     4342
 }
+fn default_garp_count() -> u32 {
+    3
+}
+fn default_garp_interval_ms() -> u32 {
+    100
+}
 fn default_table_size() -> u32 {
     DEFAULT_TABLE_SIZE
 }
@@ -295,6 +381,29 @@ pub enum ConfigError {
     /// The VRRP section fails RFC 5798's ranges.
     #[error("[vrrp]: {0}")]
     Vrrp(#[from] VrrpConfigError),
+    /// Not `a.b.c.d/len` with len 1-32 and host bits zero.
+    #[error("bad home prefix {0:?}: want a.b.c.d/len, len 1-32, host bits zero")]
+    Prefix(String),
+    /// Too many home prefixes for the receive filter.
+    #[error("at most {MAX_HOME_PREFIXES} home_prefixes")]
+    TooManyPrefixes,
+    /// An address the dispatcher must receive itself lies in a home prefix.
+    #[error("{what} {addr} lies inside home prefix {prefix}")]
+    AddressInPrefix {
+        /// Which address.
+        what: &'static str,
+        /// The address.
+        addr: Ipv4Addr,
+        /// The prefix.
+        prefix: Prefix,
+    },
+    /// Home-prefix forwarding carries whole IP packets by MAC; encap has no
+    /// frame kind for them (yet).
+    #[error("home_prefixes need mode = \"l2\" (encap carries only VIP:434 datagrams)")]
+    PrefixesNeedL2,
+    /// `garp_count` 0 or absurd, `garp_interval_ms` 0.
+    #[error("garp_count must be 1-10 and garp_interval_ms 1-10000")]
+    Garp,
     /// VRRP priority 255 is for the address owner; a dispatcher pair has none.
     #[error("[vrrp] priority 255 is reserved for the address owner; use 1-254")]
     OwnerPriority,
@@ -359,6 +468,23 @@ impl Config {
         }
         if d.mode == Mode::Encap && d.encap_port == 0 {
             return Err(ConfigError::ZeroPort("[dispatcher] encap_port"));
+        }
+        if d.home_prefixes.len() > MAX_HOME_PREFIXES {
+            return Err(ConfigError::TooManyPrefixes);
+        }
+        if !d.home_prefixes.is_empty() && d.mode != Mode::L2 {
+            return Err(ConfigError::PrefixesNeedL2);
+        }
+        let own = [("vip", d.vip), ("address", d.address)]
+            .into_iter()
+            .chain(self.nodes.iter().map(|n| ("[[node]] address", n.address)));
+        for (what, addr) in own {
+            if let Some(&prefix) = d.home_prefixes.iter().find(|p| p.contains(addr)) {
+                return Err(ConfigError::AddressInPrefix { what, addr, prefix });
+            }
+        }
+        if !(1..=10).contains(&d.garp_count) || !(1..=10_000).contains(&d.garp_interval_ms) {
+            return Err(ConfigError::Garp);
         }
         if self.health.listen_port == 0 {
             return Err(ConfigError::ZeroPort("[health] listen_port"));
@@ -517,6 +643,80 @@ mod tests {
         let c = Config::parse(t).expect("valid");
         assert!(c.vrrp.is_none());
         assert_eq!(c.nodes[0].encap_port, 4342);
+    }
+
+    #[test]
+    fn home_prefixes() {
+        let c = Config::parse(GOOD).expect("valid");
+        assert!(c.dispatcher.home_prefixes.is_empty(), "off by default");
+        assert_eq!(
+            (c.dispatcher.garp_count, c.dispatcher.garp_interval_ms),
+            (3, 100)
+        );
+        let with = |p: &str| {
+            GOOD.replace(
+                "mode = \"l2\"",
+                &format!("mode = \"l2\"\nhome_prefixes = [{p}]"),
+            )
+        };
+        let c = Config::parse(&with("\"198.51.100.0/24\", \"203.0.113.128/25\"")).expect("valid");
+        let p = &c.dispatcher.home_prefixes;
+        assert_eq!(p.len(), 2);
+        assert_eq!(p[1].to_string(), "203.0.113.128/25");
+        assert!(p[0].contains(Ipv4Addr::new(198, 51, 100, 77)));
+        assert!(!p[0].contains(Ipv4Addr::new(198, 51, 101, 1)));
+        assert!(p[1].contains(Ipv4Addr::new(203, 0, 113, 200)));
+        assert!(!p[1].contains(Ipv4Addr::new(203, 0, 113, 2)));
+        let host: Prefix = "198.51.100.9/32".parse().unwrap();
+        assert!(host.contains(Ipv4Addr::new(198, 51, 100, 9)));
+        assert!(!host.contains(Ipv4Addr::new(198, 51, 100, 8)));
+        for bad in [
+            "198.51.100.1/24",
+            "198.51.100.0/33",
+            "0.0.0.0/0",
+            "198.51.100.0",
+            "x/8",
+        ] {
+            assert!(
+                matches!(Config::parse(&with(&format!("\"{bad}\""))), Err(ConfigError::Parse(m)) if m.contains("home prefix")),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            Config::parse(&with("\"198.18.0.0/24\"")),
+            Err(ConfigError::AddressInPrefix {
+                what: "address",
+                ..
+            })
+        ));
+        assert!(matches!(
+            Config::parse(&with("\"192.0.2.0/24\"")),
+            Err(ConfigError::AddressInPrefix { what: "vip", .. })
+        ));
+        let encap = "[dispatcher]\nvip = \"127.0.0.1\"\nmode = \"encap\"\nmanage_vip = false\n\
+                     address = \"127.0.0.1\"\nhome_prefixes = [\"198.51.100.0/24\"]\n\
+                     [[node]]\nid = 1\naddress = \"127.0.0.2\"\n";
+        assert!(matches!(
+            Config::parse(encap),
+            Err(ConfigError::PrefixesNeedL2)
+        ));
+        assert!(matches!(
+            Config::parse(&GOOD.replace("mode = \"l2\"", "mode = \"l2\"\ngarp_count = 0")),
+            Err(ConfigError::Garp)
+        ));
+        let many: Vec<String> = (0..33).map(|i| format!("\"198.51.100.{i}/32\"")).collect();
+        assert!(matches!(
+            Config::parse(&with(&many.join(","))),
+            Err(ConfigError::TooManyPrefixes)
+        ));
+    }
+
+    #[test]
+    fn the_example_file_is_valid() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/dispatcher.example.toml");
+        let c = Config::load(&p).expect("ops/dispatcher.example.toml");
+        assert!(c.dispatcher.home_prefixes.is_empty());
+        assert_eq!(c.dispatcher.garp_count, 3);
     }
 
     #[test]

@@ -15,6 +15,18 @@
 //!   front of it (the mobile node's address and port as source, VIP:434 as
 //!   destination, the node's MAC) and the frame leaves through an AF_PACKET
 //!   socket on the rack interface. The node replies directly (DSR).
+//! * **IP-in-IP to the VIP** (l2 only): a raw `IPPROTO_IPIP` socket takes
+//!   whole packets to the VIP (only while the VIP is ours, reassembled, and
+//!   its presence stops the kernel answering protocol-unreachable); each is
+//!   received at [`frame::ETH_HEADER_LEN`], an Ethernet header to the node
+//!   chosen by its outer source address is written in front, and it leaves
+//!   unchanged through the AF_PACKET socket.
+//! * **home-prefix gateway** (l2 only, `home_prefixes`): an AF_PACKET socket
+//!   with a classic BPF filter takes the frames the router sends to our MAC
+//!   for a home address; the MACs are rewritten to the node chosen by the
+//!   destination address and the frame goes back out. Our own kernel must
+//!   not forward them as well: start-up refuses `forwarding=1` on the rack
+//!   interface.
 //! * **encap**: the datagram is received after a 16-octet
 //!   [`haven_proto::dispatch`] header and sent over UDP to the node's encap
 //!   listener; the node's `ToClient` frames come back to the encap socket
@@ -40,7 +52,7 @@ use haven_proto::ip::{Ipv4Packet, Ipv4Repr, protocol};
 use haven_proto::vrrp::{self as vrrp_wire, VrrpPacket, VrrpRepr};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use crate::config::{Config, Mac, Mode};
+use crate::config::{Config, Mac, Mode, Prefix};
 use crate::frame;
 use crate::maglev::MaglevTable;
 use crate::sys::{self, BATCH, RecvMeta, TxItem};
@@ -69,16 +81,20 @@ pub enum Drop {
     UnresolvedMac,
     /// encap: a reply frame from an address that is not a node's.
     UnknownSource,
+    /// IP-in-IP: a (reassembled) packet longer than the rack interface's
+    /// MTU; the dispatcher does not fragment.
+    TooBig,
 }
 
 impl Drop {
-    const ALL: [Drop; 6] = [
+    const ALL: [Drop; 7] = [
         Drop::NoHealthyNode,
         Drop::SendError,
         Drop::Malformed,
         Drop::NotActive,
         Drop::UnresolvedMac,
         Drop::UnknownSource,
+        Drop::TooBig,
     ];
     /// The metric label.
     pub const fn label(self) -> &'static str {
@@ -89,6 +105,31 @@ impl Drop {
             Drop::NotActive => "not_active",
             Drop::UnresolvedMac => "unresolved_mac",
             Drop::UnknownSource => "unknown_source",
+            Drop::TooBig => "too_big",
+        }
+    }
+}
+
+/// What a forwarded packet was, the `path` label of the per-node counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Path {
+    /// UDP to VIP:434 (registrations, RFC 3519 data), by (source, port).
+    Udp = 0,
+    /// IP-in-IP to the VIP [RFC 2003], by outer source address.
+    Ipip,
+    /// Correspondent traffic to a home address, by destination address.
+    Home,
+}
+
+impl Path {
+    const ALL: [Path; 3] = [Path::Udp, Path::Ipip, Path::Home];
+    /// The metric label.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Path::Udp => "udp",
+            Path::Ipip => "ipip",
+            Path::Home => "home",
         }
     }
 }
@@ -106,10 +147,30 @@ pub struct Target {
     pub mac: AtomicU64,
     /// Whether the MAC came from the configuration.
     pub static_mac: bool,
-    /// Datagrams forwarded to it.
-    pub packets: AtomicU64,
-    /// Octets (UDP payload) forwarded to it.
-    pub bytes: AtomicU64,
+    /// Packets forwarded to it, by [`Path`].
+    pub packets: [AtomicU64; 3],
+    /// Octets forwarded to it, by [`Path`]: the UDP payload on the UDP
+    /// path, the whole IP packet on the others.
+    pub bytes: [AtomicU64; 3],
+}
+
+impl Target {
+    /// Packets forwarded to it on `path`.
+    pub fn packets(&self, path: Path) -> u64 {
+        self.packets
+            .get(path as usize)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    fn count(&self, path: Path, bytes: usize) {
+        if let (Some(p), Some(b)) = (
+            self.packets.get(path as usize),
+            self.bytes.get(path as usize),
+        ) {
+            p.fetch_add(1, Ordering::Relaxed);
+            b.fetch_add(bytes as u64, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Everything workers and the control loop share.
@@ -122,7 +183,7 @@ pub struct Shared {
     table: RwLock<Arc<MaglevTable>>,
     /// Sorted by id.
     pub targets: Vec<Target>,
-    drops: [AtomicU64; 6],
+    drops: [AtomicU64; 7],
     /// encap: replies sent to mobile nodes.
     pub replies: AtomicU64,
 }
@@ -228,8 +289,8 @@ pub fn start(config: Config) -> Result<Running, StartError> {
             encap: SocketAddrV4::new(n.address, n.encap_port),
             mac: AtomicU64::new(n.mac.map_or(0, Mac::to_u64)),
             static_mac: n.mac.is_some(),
-            packets: AtomicU64::new(0),
-            bytes: AtomicU64::new(0),
+            packets: Default::default(),
+            bytes: Default::default(),
         })
         .collect();
     targets.sort_by_key(|t| t.id);
@@ -253,6 +314,9 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         Some(i) => Some(Rack::open(i)?),
         None => None,
     };
+    if let (false, Some(r)) = (d.home_prefixes.is_empty(), &rack) {
+        check_no_forwarding(&r.name)?;
+    }
     let mut threads = Vec::new();
     let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
         std::thread::Builder::new()
@@ -289,6 +353,34 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         };
         threads.push(spawn(format!("fwd-{w}"), f)?);
     }
+    if d.mode == Mode::Encap {
+        // docs/dispatcher.md: the whole-packet paths are l2-only for now.
+        tracing::info!("encap mode: IP-in-IP to the VIP is not forwarded");
+    }
+    if let (Mode::L2, Some(r)) = (d.mode, &rack) {
+        let raw = ipip_socket().map_err(io_err(
+            "opening the IP-in-IP raw socket (needs CAP_NET_RAW)",
+        ))?;
+        let out = sys::packet_socket(r.ifindex)
+            .map_err(io_err(format!("AF_PACKET socket on {}", r.name)))?;
+        let (sh, mac, mtu) = (Arc::clone(&shared), r.mac, r.mtu);
+        threads.push(spawn(
+            "fwd-ipip".into(),
+            Box::new(move || ipip_worker(&sh, &raw, &out, mac, mtu, vip)),
+        )?);
+        if !d.home_prefixes.is_empty() {
+            let filter = frame::home_prefix_filter(&d.home_prefixes);
+            let rx = sys::packet_rx_socket(r.ifindex, &filter, IDLE)
+                .map_err(io_err(format!("filtered AF_PACKET socket on {}", r.name)))?;
+            let out = sys::packet_socket(r.ifindex)
+                .map_err(io_err(format!("AF_PACKET socket on {}", r.name)))?;
+            let (sh, mac, prefixes) = (Arc::clone(&shared), r.mac, d.home_prefixes.clone());
+            threads.push(spawn(
+                "fwd-home".into(),
+                Box::new(move || home_worker(&sh, &rx, &out, mac, &prefixes)),
+            )?);
+        }
+    }
     if let (Some(e), Some(v)) = (&encap_sock, vip_sockets.first()) {
         let (sh, e, v) = (Arc::clone(&shared), Arc::clone(e), Arc::clone(v));
         threads.push(spawn(
@@ -307,6 +399,8 @@ struct Rack {
     name: String,
     ifindex: u32,
     mac: Mac,
+    /// Its MTU: the largest IP packet an AF_PACKET frame may carry.
+    mtu: usize,
 }
 
 impl Rack {
@@ -318,11 +412,180 @@ impl Rack {
             .trim()
             .parse()
             .map_err(|_| StartError::Core(format!("{name} has no Ethernet address")))?;
+        let mtu = std::fs::read_to_string(format!("/sys/class/net/{name}/mtu"))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(1500);
         Ok(Self {
             name: name.to_owned(),
             ifindex,
             mac,
+            mtu,
         })
+    }
+}
+
+/// The home-prefix gateway hands correspondent frames on at layer 2; if our
+/// own kernel forwarded them too (IP forwarding on the rack interface), each
+/// would reach the nodes twice, the second copy through our routing table.
+/// With `forwarding=0` the kernel drops a frame for a foreign address
+/// silently (no ICMP), while our AF_PACKET socket has its copy. Refuse to
+/// start rather than duplicate traffic.
+fn check_no_forwarding(dev: &str) -> Result<(), StartError> {
+    let path = format!("/proc/sys/net/ipv4/conf/{dev}/forwarding");
+    let v = std::fs::read_to_string(&path).map_err(io_err(format!("reading {path}")))?;
+    if v.trim() != "0" {
+        return Err(StartError::Core(format!(
+            "home_prefixes: IP forwarding is on for {dev} ({path} = {}); the kernel would \
+             forward correspondent traffic too. Set net.ipv4.conf.{dev}.forwarding=0 \
+             (or net.ipv4.ip_forward=0) in the dispatcher's namespace",
+            v.trim()
+        )));
+    }
+    Ok(())
+}
+
+/// The raw IP protocol 4 socket: every IP-in-IP packet to a local address
+/// (the VIP while we are Master), whole and reassembled; its existence also
+/// stops the kernel's ICMP protocol-unreachable for protocol 4.
+fn ipip_socket() -> io::Result<Socket> {
+    let s = Socket::new(
+        Domain::IPV4,
+        Type::RAW,
+        Some(Protocol::from(i32::from(protocol::IPIP))),
+    )?;
+    let _ = s.set_recv_buffer_size(8 << 20);
+    sys::set_recv_timeout(s.as_fd(), IDLE)?;
+    Ok(s)
+}
+
+/// IP-in-IP to the VIP: an Ethernet header to the node chosen by the outer
+/// source in front, the IP packet unchanged (module docs).
+fn ipip_worker(
+    sh: &Shared,
+    raw: &Socket,
+    out: &OwnedFd,
+    my_mac: Mac,
+    mtu: usize,
+    vip: SocketAddrV4,
+) {
+    let mut bufs = vec![vec![0u8; frame::ETH_HEADER_LEN + MAX_DATAGRAM]; BATCH];
+    let mut metas = [RecvMeta::default(); BATCH];
+    let mut tx = [TxItem::default(); BATCH];
+    while !sh.stop.load(Ordering::Relaxed) {
+        let n = match sys::recv_batch(raw.as_fd(), &mut bufs, frame::ETH_HEADER_LEN, &mut metas) {
+            Ok(n) => n,
+            Err(_) => continue,
+        };
+        if !sh.active.load(Ordering::Relaxed) {
+            sh.drop_n(Drop::NotActive, n as u64);
+            continue;
+        }
+        let table = sh.table();
+        let mut k = 0;
+        for (i, (m, b)) in metas.iter().zip(bufs.iter_mut()).take(n).enumerate() {
+            if m.truncated || m.len > mtu {
+                sh.drop_n(Drop::TooBig, 1);
+                continue;
+            }
+            let Some((src, len)) = b
+                .get(frame::ETH_HEADER_LEN..frame::ETH_HEADER_LEN + m.len)
+                .and_then(|p| frame::ipip_to_vip(p, *vip.ip()))
+            else {
+                sh.drop_n(Drop::Malformed, 1);
+                continue;
+            };
+            let Some(t) = table.lookup_addr(src).and_then(|id| sh.target(id)) else {
+                sh.drop_n(Drop::NoHealthyNode, 1);
+                continue;
+            };
+            let mac = t.mac.load(Ordering::Relaxed);
+            if mac == 0 {
+                sh.drop_n(Drop::UnresolvedMac, 1);
+                continue;
+            }
+            if frame::write_eth_header(b, Mac::from_u64(mac), my_mac).is_none() {
+                sh.drop_n(Drop::Malformed, 1);
+                continue;
+            }
+            if let Some(slot) = tx.get_mut(k) {
+                *slot = TxItem {
+                    buf: i,
+                    start: 0,
+                    len: frame::ETH_HEADER_LEN + len,
+                    dst: None,
+                };
+                k += 1;
+            }
+            t.count(Path::Ipip, len);
+        }
+        send(sh, out.as_fd(), &bufs, tx.get(..k).unwrap_or_default());
+    }
+}
+
+/// The home-prefix gateway: correspondent frames to a home address, MACs
+/// rewritten to the node chosen by the destination (module docs).
+fn home_worker(sh: &Shared, rx: &OwnedFd, out: &OwnedFd, my_mac: Mac, prefixes: &[Prefix]) {
+    let mut bufs = vec![vec![0u8; frame::ETH_HEADER_LEN + MAX_DATAGRAM]; BATCH];
+    let mut metas = [RecvMeta::default(); BATCH];
+    let mut tx = [TxItem::default(); BATCH];
+    while !sh.stop.load(Ordering::Relaxed) {
+        let n = match sys::recv_frames(rx.as_fd(), &mut bufs, &mut metas) {
+            Ok(n) => n,
+            Err(_) => continue,
+        };
+        // Only the Master forwards; a Backup sees these frames only while
+        // the router's ARP entry for the VIP is stale.
+        if !sh.active.load(Ordering::Relaxed) {
+            sh.drop_n(Drop::NotActive, n as u64);
+            continue;
+        }
+        let table = sh.table();
+        let mut k = 0;
+        for (i, (m, b)) in metas.iter().zip(bufs.iter_mut()).take(n).enumerate() {
+            if m.truncated {
+                sh.drop_n(Drop::TooBig, 1);
+                continue;
+            }
+            let Some((dst, len)) = b
+                .get(..m.len)
+                .and_then(|f| frame::home_destination(f, prefixes))
+            else {
+                sh.drop_n(Drop::Malformed, 1);
+                continue;
+            };
+            let Some(t) = table.lookup_addr(dst).and_then(|id| sh.target(id)) else {
+                sh.drop_n(Drop::NoHealthyNode, 1);
+                continue;
+            };
+            let mac = t.mac.load(Ordering::Relaxed);
+            if mac == 0 {
+                sh.drop_n(Drop::UnresolvedMac, 1);
+                continue;
+            }
+            // A local sender's checksum offload (veth) leaves the L4
+            // checksum for the egress device; our frame goes out as bytes.
+            if m.csum_not_ready
+                && let Some(pkt) = b.get_mut(frame::ETH_HEADER_LEN..len)
+            {
+                frame::complete_l4_checksum(pkt);
+            }
+            if frame::rewrite_macs(b, Mac::from_u64(mac), my_mac).is_none() {
+                sh.drop_n(Drop::Malformed, 1);
+                continue;
+            }
+            if let Some(slot) = tx.get_mut(k) {
+                *slot = TxItem {
+                    buf: i,
+                    start: 0,
+                    len,
+                    dst: None,
+                };
+                k += 1;
+            }
+            t.count(Path::Home, len - frame::ETH_HEADER_LEN);
+        }
+        send(sh, out.as_fd(), &bufs, tx.get(..k).unwrap_or_default());
     }
 }
 
@@ -378,8 +641,7 @@ fn l2_worker(sh: &Shared, sock: &UdpSocket, out: &OwnedFd, my_mac: Mac, vip: Soc
                 };
                 k += 1;
             }
-            t.packets.fetch_add(1, Ordering::Relaxed);
-            t.bytes.fetch_add(m.len as u64, Ordering::Relaxed);
+            t.count(Path::Udp, m.len);
         }
         send(sh, out.as_fd(), &bufs, tx.get(..k).unwrap_or_default());
     }
@@ -447,8 +709,7 @@ fn encap_worker(sh: &Shared, sock: &UdpSocket, encap: &UdpSocket, vip: SocketAdd
                 };
                 k += 1;
             }
-            t.packets.fetch_add(1, Ordering::Relaxed);
-            t.bytes.fetch_add(m.len as u64, Ordering::Relaxed);
+            t.count(Path::Udp, m.len);
         }
         send(sh, encap.as_fd(), &bufs, tx.get(..k).unwrap_or_default());
     }
@@ -515,6 +776,12 @@ struct Control {
     published_rebuilds: u64,
     metrics_at: Instant,
     arp_at: Instant,
+    /// Gratuitous ARPs per takeover and their spacing.
+    garp_count: u32,
+    garp_interval: Duration,
+    /// Repeats still to send after a takeover, and when the next is due.
+    garp_left: u32,
+    garp_at: Instant,
 }
 
 impl Control {
@@ -571,6 +838,10 @@ impl Control {
             published_rebuilds: u64::MAX,
             metrics_at: now,
             arp_at: now,
+            garp_count: d.garp_count,
+            garp_interval: Duration::from_millis(u64::from(d.garp_interval_ms)),
+            garp_left: 0,
+            garp_at: now,
         })
     }
 
@@ -590,6 +861,7 @@ impl Control {
                 self.vrrp.as_ref().and_then(Vrrp::poll_timeout),
                 Some(self.metrics_at),
                 self.l2.then_some(self.arp_at),
+                (self.garp_left > 0).then_some(self.garp_at),
             ]
             .into_iter()
             .flatten()
@@ -616,6 +888,11 @@ impl Control {
                 v.handle_timeout(now);
             }
             self.actions();
+            if self.garp_left > 0 && now >= self.garp_at {
+                self.garp_left -= 1;
+                self.garp_at = now + self.garp_interval;
+                self.send_garp();
+            }
             if self.l2 && now >= self.arp_at {
                 self.resolve_macs();
                 self.arp_at = now + Duration::from_secs(1);
@@ -767,6 +1044,19 @@ impl Control {
             && let Some(r) = &self.rack
         {
             ip_addr("add", self.vip, &r.name);
+            self.send_garp();
+            // [RFC 5798 § 6.4.2] asks for a gratuitous ARP on takeover; the
+            // repeats (timers of the control loop, never a sleep) cover a
+            // lost first one.
+            self.garp_left = self.garp_count.saturating_sub(1);
+            self.garp_at = Instant::now() + self.garp_interval;
+        }
+        self.shared.active.store(true, Ordering::SeqCst);
+    }
+
+    /// One gratuitous ARP for the VIP (sender = target = VIP, broadcast).
+    fn send_garp(&self) {
+        if let Some(r) = &self.rack {
             let mut f = [0u8; 64];
             if let (Some(n), Some(fd)) = (
                 frame::write_gratuitous_arp(&mut f, r.mac, self.vip),
@@ -782,14 +1072,16 @@ impl Control {
                 let (_, failed, e) = sys::send_batch(fd.as_fd(), &bufs, &items);
                 if failed > 0 {
                     tracing::warn!("gratuitous ARP: {e:?}");
+                } else {
+                    metrics::counter!("haven_dispatcher_gratuitous_arps_total").increment(1);
                 }
             }
         }
-        self.shared.active.store(true, Ordering::SeqCst);
     }
 
     fn become_inactive(&mut self) {
         self.shared.active.store(false, Ordering::SeqCst);
+        self.garp_left = 0;
         if self.manage_vip
             && let Some(r) = &self.rack
         {
@@ -838,10 +1130,14 @@ impl Control {
     fn export(&self) {
         for t in &self.shared.targets {
             let node = t.id.0.to_string();
-            metrics::counter!("haven_dispatcher_packets_total", "node" => node.clone())
-                .absolute(t.packets.load(Ordering::Relaxed));
-            metrics::counter!("haven_dispatcher_bytes_total", "node" => node.clone())
-                .absolute(t.bytes.load(Ordering::Relaxed));
+            for (p, (pk, by)) in Path::ALL.iter().zip(t.packets.iter().zip(&t.bytes)) {
+                metrics::counter!("haven_dispatcher_packets_total",
+                    "node" => node.clone(), "path" => p.label())
+                .absolute(pk.load(Ordering::Relaxed));
+                metrics::counter!("haven_dispatcher_bytes_total",
+                    "node" => node.clone(), "path" => p.label())
+                .absolute(by.load(Ordering::Relaxed));
+            }
             let state = match self.pool.health().state(t.id) {
                 Some(crate::NodeState::Up) => 1.0,
                 _ => 0.0,
@@ -911,12 +1207,17 @@ fn describe_metrics() {
     describe_counter!(
         "haven_dispatcher_packets_total",
         Unit::Count,
-        "Datagrams forwarded to each node"
+        "Packets forwarded to each node, by path (udp, ipip, home)"
     );
     describe_counter!(
         "haven_dispatcher_bytes_total",
         Unit::Bytes,
-        "UDP payload octets forwarded to each node"
+        "Octets forwarded to each node, by path (UDP payload; whole IP packet for ipip, home)"
+    );
+    describe_counter!(
+        "haven_dispatcher_gratuitous_arps_total",
+        Unit::Count,
+        "Gratuitous ARPs sent for the VIP"
     );
     describe_counter!(
         "haven_dispatcher_drops_total",

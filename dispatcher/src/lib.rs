@@ -24,11 +24,16 @@
 //! And the daemon (`src/main.rs`, binary `dispatcher`) around them:
 //!
 //! * [`config`] — the TOML configuration and its validation;
-//! * [`frame`] — the frames written by hand: l2 Ethernet/IPv4/UDP, gratuitous
+//! * [`frame`] — the frames written by hand: l2 Ethernet/IPv4/UDP, the
+//!   Ethernet header in front of IP-in-IP, the MAC rewrite and checksum
+//!   completion of home-prefix frames, their classic BPF filter, gratuitous
 //!   ARP, the neighbour-table lookup;
-//! * [`driver`] — forwarding workers (recvmmsg → Maglev → sendmmsg), the
-//!   control loop (adverts, VRRP, VIP ownership, metrics);
-//! * `sys` — the few raw system calls (AF_PACKET, recvmmsg/sendmmsg, poll).
+//! * [`driver`] — forwarding workers (recvmmsg → Maglev → sendmmsg) for UDP
+//!   to VIP:434, IP-in-IP to the VIP and the home-prefix gateway, the
+//!   control loop (adverts, VRRP, VIP ownership, gratuitous ARP repeats,
+//!   metrics);
+//! * `sys` — the few raw system calls (AF_PACKET with a BPF filter and
+//!   `PACKET_AUXDATA`, recvmmsg/sendmmsg, poll).
 //!
 //! ## Time
 //! Every core takes `now: std::time::Instant` from its caller and never reads

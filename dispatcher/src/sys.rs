@@ -27,6 +27,10 @@ pub struct RecvMeta {
     pub len: usize,
     /// The kernel cut it short (longer than the buffer).
     pub truncated: bool,
+    /// AF_PACKET with [`packet_rx_socket`]: the frame's layer-4 checksum
+    /// is not filled in yet (`TP_STATUS_CSUMNOTREADY`: a local sender's
+    /// checksum offload, as over veth); whoever sends it on must complete it.
+    pub csum_not_ready: bool,
 }
 
 impl Default for RecvMeta {
@@ -35,6 +39,7 @@ impl Default for RecvMeta {
             src: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
             len: 0,
             truncated: false,
+            csum_not_ready: false,
         }
     }
 }
@@ -118,17 +123,140 @@ pub fn packet_socket(ifindex: u32) -> io::Result<OwnedFd> {
     Ok(owned)
 }
 
+/// An AF_PACKET/SOCK_RAW socket that receives the IPv4 frames addressed to
+/// this host on interface `ifindex` which the classic BPF program `filter`
+/// accepts (`SO_ATTACH_FILTER`, socket(7)), with a receive timeout of `idle`.
+///
+/// The socket is made with protocol 0 (receives nothing), the filter is
+/// attached, and only then is it bound to `ETH_P_IP` on the interface, so
+/// no unfiltered frame is ever queued. `ETH_P_IP` rather than `ETH_P_ALL`:
+/// the kernel taps outgoing frames only for `ETH_P_ALL` sockets, so our own
+/// forwarded frames never come back.
+pub fn packet_rx_socket(
+    ifindex: u32,
+    filter: &[crate::frame::BpfInsn],
+    idle: Duration,
+) -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2) call; the result is checked before use.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nothing else owns.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut prog: Vec<libc::sock_filter> = filter
+        .iter()
+        .map(|i| libc::sock_filter {
+            code: i.code,
+            jt: i.jt,
+            jf: i.jf,
+            k: i.k,
+        })
+        .collect();
+    let fprog = libc::sock_fprog {
+        len: u16::try_from(prog.len()).map_err(|_| io::Error::other("BPF program too long"))?,
+        filter: prog.as_mut_ptr(),
+    };
+    // SAFETY: SO_ATTACH_FILTER takes a sock_fprog whose `filter` points at
+    // `len` instructions; `prog` outlives the call (the kernel copies it).
+    let r = unsafe {
+        libc::setsockopt(
+            owned.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&raw const fprog).cast(),
+            size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // PACKET_AUXDATA: each frame says whether its checksum is complete.
+    let one: libc::c_int = 1;
+    // SAFETY: PACKET_AUXDATA takes an int; pointer and length describe `one`.
+    let r = unsafe {
+        libc::setsockopt(
+            owned.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_AUXDATA,
+            (&raw const one).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let sz: libc::c_int = 8 << 20;
+    // SAFETY: SO_RCVBUF takes an int; pointer and length describe `sz`.
+    unsafe {
+        libc::setsockopt(
+            owned.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&raw const sz).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    set_recv_timeout(std::os::fd::AsFd::as_fd(&owned), idle)?;
+    // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = (libc::ETH_P_IP as u16).to_be();
+    sll.sll_ifindex = i32::try_from(ifindex).map_err(|_| io::Error::other("ifindex range"))?;
+    // SAFETY: `sll` is a valid sockaddr_ll and the length is its size.
+    let r = unsafe {
+        libc::bind(
+            owned.as_raw_fd(),
+            (&raw const sll).cast::<libc::sockaddr>(),
+            size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(owned)
+}
+
 /// Receives up to `min(bufs.len(), metas.len(), BATCH)` IPv4 UDP datagrams
 /// with one `recvmmsg(2)`, each into `bufs[i][offset..]`. Blocks until at
 /// least one arrives (or the socket's receive timeout passes:
 /// `WouldBlock`), then takes what else is queued (`MSG_WAITFORONE`).
+///
+/// Also used on raw IP and AF_PACKET sockets: the whole packet or frame
+/// lands at `offset`; `src` is then meaningless for AF_PACKET (its
+/// `sockaddr_ll` is cut to the `sockaddr_in` buffer by the kernel).
 pub fn recv_batch(
     fd: BorrowedFd<'_>,
     bufs: &mut [Vec<u8>],
     offset: usize,
     metas: &mut [RecvMeta],
 ) -> io::Result<usize> {
+    recv_batch_inner(fd, bufs, offset, metas, false)
+}
+
+/// [`recv_batch`] for a [`packet_rx_socket`]: whole frames at offset 0,
+/// with [`RecvMeta::csum_not_ready`] from each frame's `PACKET_AUXDATA`.
+pub fn recv_frames(
+    fd: BorrowedFd<'_>,
+    bufs: &mut [Vec<u8>],
+    metas: &mut [RecvMeta],
+) -> io::Result<usize> {
+    recv_batch_inner(fd, bufs, 0, metas, true)
+}
+
+/// Room for one `PACKET_AUXDATA` control message (cmsghdr 16 + auxdata 20,
+/// aligned), as `u64`s for alignment.
+const CMSG_WORDS: usize = 8;
+
+fn recv_batch_inner(
+    fd: BorrowedFd<'_>,
+    bufs: &mut [Vec<u8>],
+    offset: usize,
+    metas: &mut [RecvMeta],
+    aux: bool,
+) -> io::Result<usize> {
     let n = bufs.len().min(metas.len()).min(BATCH);
+    let mut ctl = [[0u64; CMSG_WORDS]; BATCH];
     // SAFETY: these C structs are plain old data; all-zero is valid.
     let mut iov: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
@@ -146,11 +274,16 @@ pub fn recv_batch(
             h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
             h.msg_hdr.msg_iov = v as *mut libc::iovec;
             h.msg_hdr.msg_iovlen = 1;
+            if aux && let Some(c) = ctl.get_mut(i) {
+                h.msg_hdr.msg_control = c.as_mut_ptr().cast();
+                h.msg_hdr.msg_controllen = size_of::<[u64; CMSG_WORDS]>() as _;
+            }
         }
     }
     // SAFETY: the first `n` headers point at live, exclusively borrowed
-    // buffers (`bufs`) and at `iov`/`addrs`, which outlive the call; the
-    // kernel writes at most iov_len/msg_namelen octets into them.
+    // buffers (`bufs`) and at `iov`/`addrs`/`ctl`, which outlive the call;
+    // the kernel writes at most iov_len/msg_namelen/msg_controllen octets
+    // into them.
     let got = unsafe {
         libc::recvmmsg(
             fd.as_raw_fd(),
@@ -175,9 +308,32 @@ pub fn recv_batch(
             ),
             len: h.msg_len as usize,
             truncated: h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+            csum_not_ready: aux && aux_status(&h.msg_hdr) & libc::TP_STATUS_CSUMNOTREADY != 0,
         };
     }
     Ok(got)
+}
+
+/// The `tp_status` of a received message's `PACKET_AUXDATA`, 0 if absent.
+fn aux_status(h: &libc::msghdr) -> u32 {
+    // SAFETY: `h` was filled by recvmmsg: msg_control/msg_controllen
+    // describe our control buffer (or are null/0), which the CMSG macros
+    // walk without reading past msg_controllen.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(h);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_PACKET
+                && (*c).cmsg_type == libc::PACKET_AUXDATA
+                && (*c).cmsg_len as usize
+                    >= libc::CMSG_LEN(size_of::<libc::tpacket_auxdata>() as u32) as usize
+            {
+                let d = libc::CMSG_DATA(c).cast::<libc::tpacket_auxdata>();
+                return std::ptr::read_unaligned(d).tp_status;
+            }
+            c = libc::CMSG_NXTHDR(h, c);
+        }
+    }
+    0
 }
 
 /// Sends `items` with as few `sendmmsg(2)` calls as the kernel allows.

@@ -224,7 +224,7 @@ fn encap_mode_spreads_answers_from_the_vip_and_fails_over() {
     }
     let text = scrape(metrics);
     assert!(
-        text.contains("haven_dispatcher_packets_total{node=\"1\"}"),
+        text.contains("haven_dispatcher_packets_total{node=\"1\",path=\"udp\"}"),
         "{text}"
     );
 }
