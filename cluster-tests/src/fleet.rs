@@ -100,6 +100,27 @@ impl RealmSpec {
     }
 }
 
+/// PEM files of one TLS endpoint (`[cluster.tls]`, `[admin.tls]`;
+/// docs/security.md).
+#[derive(Debug, Clone)]
+pub struct TlsSpec {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsSpec {
+    fn toml(&self, table: &str) -> String {
+        let path = |p: &Path| toml_string(&p.display().to_string());
+        format!(
+            "[{table}]\nca = {}\ncert = {}\nkey = {}\n\n",
+            path(&self.ca),
+            path(&self.cert),
+            path(&self.key)
+        )
+    }
+}
+
 /// The `[cluster]` section of a node in raft mode (DESIGN.md § 4).
 #[derive(Debug, Clone)]
 pub struct ClusterSpec {
@@ -116,6 +137,8 @@ pub struct ClusterSpec {
     pub join: bool,
     /// Every founding voter, this node included: (id, transport address).
     pub peers: Vec<(u64, SocketAddr)>,
+    /// `[cluster.tls]`: mutual TLS for the Raft transport.
+    pub tls: Option<TlsSpec>,
 }
 
 impl ClusterSpec {
@@ -136,6 +159,7 @@ impl ClusterSpec {
             snapshot_every: 10_000,
             join: false,
             peers,
+            tls: None,
         }
     }
 }
@@ -237,6 +261,11 @@ pub struct NodeSpec {
     pub pair: Option<PairSpec>,
     /// `[dispatch]`; `None`: no dispatcher adverts.
     pub dispatch: Option<DispatchSpec>,
+    /// `[admin.tls]`: client certificates for the admin API.
+    pub admin_tls: Option<TlsSpec>,
+    /// `[admin] token_file` (full access) and `read_token_file`.
+    pub admin_token_file: Option<PathBuf>,
+    pub admin_read_token_file: Option<PathBuf>,
 }
 
 impl NodeSpec {
@@ -253,6 +282,9 @@ impl NodeSpec {
             cluster: None,
             pair: None,
             dispatch: None,
+            admin_tls: None,
+            admin_token_file: None,
+            admin_read_token_file: None,
         }
     }
 
@@ -289,7 +321,19 @@ impl NodeSpec {
     pub fn toml(&self) -> String {
         let mut t = String::new();
         let _ = writeln!(t, "[node]\nid = {}\n", self.id);
-        let _ = writeln!(t, "[admin]\nlisten = \"{}\"\n", self.admin);
+        let _ = writeln!(t, "[admin]\nlisten = \"{}\"", self.admin);
+        for (k, f) in [
+            ("token_file", &self.admin_token_file),
+            ("read_token_file", &self.admin_read_token_file),
+        ] {
+            if let Some(f) = f {
+                let _ = writeln!(t, "{k} = {}", toml_string(&f.display().to_string()));
+            }
+        }
+        t.push('\n');
+        if let Some(tls) = &self.admin_tls {
+            t.push_str(&tls.toml("admin.tls"));
+        }
         let _ = writeln!(t, "[metrics]\nlisten = \"{}\"\n", self.metrics);
         let _ = writeln!(
             t,
@@ -320,6 +364,9 @@ impl NodeSpec {
             let _ = writeln!(t, "join = {}\n", c.join);
             for (id, addr) in &c.peers {
                 let _ = writeln!(t, "[[cluster.peer]]\nid = {id}\naddress = \"{addr}\"\n");
+            }
+            if let Some(tls) = &c.tls {
+                t.push_str(&tls.toml("cluster.tls"));
             }
         }
         if let Some(d) = &self.dispatch {

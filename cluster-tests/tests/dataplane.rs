@@ -13,6 +13,11 @@
 //! * `ip_in_ip_and_simultaneous_bindings`: the same through IP in IP to a
 //!   raw socket on `mn2`, and two simultaneous bindings (two care-of
 //!   addresses) each receive a copy.
+//! * `oversize_packets_fragmented_without_df_refused_with_df`: a 1600-octet
+//!   non-DF datagram from cn reaches both mobile nodes whole over 1500-octet
+//!   links (the node fragments the outer datagram, RFC 2003 § 5.1), and a
+//!   DF one too big for the tunnel gets ICMP Fragmentation Needed with the
+//!   tunnel's MTU (cn's path MTU drops to 1468 or 1480).
 //!
 //! The mobile nodes are the sans-IO [`MobileNode`] over sockets made inside
 //! the namespaces; everything waits on conditions with bounds.
@@ -664,5 +669,198 @@ fn ip_in_ip_and_simultaneous_bindings() {
     );
     // Both copies of nearly every packet (the last ones may be in flight).
     assert!(a + 5 >= n2 && b + 5 >= n2, "sent {n2}, copies {a} and {b}");
+    rig.finish();
+}
+
+fn set_int(fd: &impl AsRawFd, level: libc::c_int, opt: libc::c_int, v: libc::c_int) {
+    // SAFETY: an int option; pointer and length describe `v`, which
+    // outlives the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            opt,
+            (&raw const v).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "setsockopt {opt}: {}", io::Error::last_os_error());
+}
+
+/// The kernel's path MTU of a connected socket (`IP_MTU`).
+fn path_mtu(s: &UdpSocket) -> Option<i32> {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: IP_MTU writes one int; pointer and length describe `v`.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MTU,
+            (&raw mut v).cast(),
+            &raw mut len,
+        )
+    };
+    (rc == 0).then_some(v)
+}
+
+/// Inner IPv4 fragments by Identification: (offset in octets, MF,
+/// payload). Reassembles a datagram once its pieces are contiguous from 0
+/// to one without MF [RFC 791 § 3.2], returning its UDP payload.
+#[derive(Default)]
+struct Pieces(std::collections::HashMap<u16, Vec<(usize, bool, Vec<u8>)>>);
+
+impl Pieces {
+    fn add(&mut self, inner: &[u8]) -> Option<Vec<u8>> {
+        let p = Ipv4Packet::new_checked(inner).ok()?;
+        if !p.verify_checksum() || p.protocol() != ip::protocol::UDP {
+            return None;
+        }
+        let v = self.0.entry(p.ident()).or_default();
+        v.push((
+            usize::from(p.frag_offset()) * 8,
+            p.more_frags(),
+            p.payload().to_vec(),
+        ));
+        v.sort_by_key(|f| f.0);
+        let mut whole = Vec::new();
+        for (off, mf, data) in v.iter() {
+            if *off != whole.len() {
+                return None;
+            }
+            whole.extend_from_slice(data);
+            if !mf {
+                let u = UdpPacket::new_checked(&whole[..]).ok()?;
+                return u
+                    .verify_checksum(p.src_addr(), p.dst_addr())
+                    .then(|| u.payload().to_vec());
+            }
+        }
+        None
+    }
+}
+
+/// 1572 octets of UDP payload: a 1600-octet IPv4 datagram.
+fn big_payload(tag: u8) -> Vec<u8> {
+    (0..1572u32).map(|i| (i as u8) ^ tag).collect()
+}
+
+#[test]
+fn oversize_packets_fragmented_without_df_refused_with_df() {
+    // Reference: RFC 2003 § 3.1 and § 5.1 (DF copied; clear: the tunnel
+    // fragments; set: ICMP Fragmentation Needed with the tunnel's MTU,
+    // RFC 1191 § 4), RFC 3519 § 3.3. Every link is 1500 octets and
+    // `tunnel_mtu` is 1500: cn's own IP layer fragments a 1600-octet
+    // datagram into 1500 + 120; the 1500-octet piece no longer fits any
+    // tunnel, so the node fragments the outer datagram.
+    if topo::skip_without_root() {
+        return;
+    }
+    let rig = rig();
+    let (mn_ns, mn2_ns, cn_ns) = (rig.ns("mn"), rig.ns("mn2"), rig.ns("cn"));
+    let unused = Mutex::new(DataSink::new());
+
+    // The UDP-tunnelling MN behind the NAT and the IP-in-IP one on mn2.
+    let sock = udp_in(&mn_ns, SocketAddrV4::new(racks::plan::MN, 0));
+    let mut cfg = MnConfig::new(HOA_UDP, racks::plan::VIP, racks::plan::MN, SPI, KEY);
+    cfg.udp_tunnel = true;
+    let mut core = MobileNode::new(cfg);
+    assert_eq!(register(&mut core, &sock, &unused), Ok(HOA_UDP));
+    let sock2 = udp_in(&mn2_ns, SocketAddrV4::new(MN2, 0));
+    let mut core2 = MobileNode::new(MnConfig::new(HOA_IPIP, racks::plan::VIP, MN2, SPI, KEY));
+    assert_eq!(register(&mut core2, &sock2, &unused), Ok(HOA_IPIP));
+    let raw = in_netns(&mn2_ns, raw_ipip)
+        .expect("mn2 namespace")
+        .expect("raw socket");
+
+    // Without DF (IP_PMTUDISC_DONT): the whole datagram arrives.
+    let cn_sock = udp_in(&cn_ns, SocketAddrV4::new(racks::plan::CN, 0));
+    set_int(
+        &cn_sock,
+        libc::IPPROTO_IP,
+        libc::IP_MTU_DISCOVER,
+        libc::IP_PMTUDISC_DONT,
+    );
+    let mut buf = vec![0u8; 65_536];
+    let (mut at_udp, mut at_ipip) = (Pieces::default(), Pieces::default());
+    let (mut got_udp, mut got_ipip) = (false, false);
+    wait_for("1600-octet non-DF datagrams at both MNs", BOUND, || {
+        if !got_udp {
+            let _ = cn_sock.send_to(&big_payload(1), SocketAddrV4::new(HOA_UDP, MN_PORT));
+        }
+        if !got_ipip {
+            let _ = cn_sock.send_to(&big_payload(2), SocketAddrV4::new(HOA_IPIP, MN_PORT));
+        }
+        while let Ok((n, _)) = sock.recv_from(&mut buf) {
+            if let Ok(p) = TunnelDataPacket::new_checked(&buf[..n])
+                && let Ok(t) = TunnelDataRepr::parse(&p)
+                && at_udp.add(t.payload).is_some_and(|d| d == big_payload(1))
+            {
+                got_udp = true;
+            }
+        }
+        while let Some(n) = raw_recv(&raw, &mut buf) {
+            if let Ok(outer) = Ipv4Packet::new_checked(&buf[..n])
+                && outer.protocol() == ip::protocol::IPIP
+                && at_ipip
+                    .add(outer.payload())
+                    .is_some_and(|d| d == big_payload(2))
+            {
+                got_ipip = true;
+            }
+        }
+        got_udp && got_ipip
+    })
+    .expect("both arrive whole");
+    // The node, not a router after it, cut the outer datagrams: once per
+    // tunnel at least (the 1500-octet piece, twice if retried).
+    await_metric(
+        &rig.url,
+        Some(&rig.node_ns),
+        "haven_dataplane_fragmented_packets_total",
+        &[],
+        |v| v >= 2.0,
+        BOUND,
+    )
+    .expect("outer fragmentation counted");
+    assert_eq!(
+        rig.metric("haven_dataplane_drops_total", &[("reason", "mtu")]),
+        0.0
+    );
+
+    // With DF (IP_PMTUDISC_DO) a 1490-octet datagram fits cn's link but
+    // no tunnel: ICMP Fragmentation Needed from the VIP lowers cn's path
+    // MTU to what each tunnel leaves (1500 - 32 for UDP, - 20 for IP in IP).
+    for (hoa, mtu) in [(HOA_UDP, 1468), (HOA_IPIP, 1480)] {
+        let df = udp_in(&cn_ns, SocketAddrV4::new(racks::plan::CN, 0));
+        set_int(
+            &df,
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DO,
+        );
+        df.connect(SocketAddrV4::new(hoa, MN_PORT)).unwrap();
+        assert_eq!(path_mtu(&df), Some(1500));
+        wait_for(
+            "ICMP fragmentation needed lowers the path MTU",
+            BOUND,
+            || {
+                let _ = df.send(&[0u8; 1490 - 28]);
+                let _ = df.recv(&mut [0u8; 16]);
+                path_mtu(&df) == Some(mtu)
+            },
+        )
+        .unwrap_or_else(|e| panic!("{hoa}: {e}; path MTU {:?}", path_mtu(&df)));
+        // And now the kernel itself refuses the oversize send.
+        assert_eq!(
+            df.send(&[0u8; 1490 - 28]).map_err(|e| e.raw_os_error()),
+            Err(Some(libc::EMSGSIZE))
+        );
+    }
+    wait_for("mtu drops and ICMP counted", BOUND, || {
+        rig.metric("haven_dataplane_drops_total", &[("reason", "mtu")]) >= 2.0
+            && rig.metric("haven_dataplane_icmp_errors_total", &[]) >= 2.0
+    })
+    .expect("counted");
     rig.finish();
 }

@@ -79,6 +79,13 @@ impl RaftInput {
             },
         }
     }
+
+    /// An inbound message already queued, without waiting: the driver
+    /// steps all of them before one pump, so one synced log write covers
+    /// the whole burst instead of one fsync per message.
+    pub fn try_next(&mut self) -> Option<Input> {
+        self.inbound.try_recv().ok().map(Input::Inbound)
+    }
 }
 
 /// Why an admin membership or leadership call failed.
@@ -188,7 +195,25 @@ pub async fn start(config: &Config, state: StateMachine) -> anyhow::Result<Start
         join = c.join,
         "raft node started"
     );
-    let (transport, inbound) = Transport::new(id, &c.cluster_id, &c.peer_map());
+    let tls = match &c.tls {
+        Some(t) => {
+            let m = t
+                .material
+                .clone()
+                .context("[cluster.tls] files were not loaded")?;
+            crate::tls::check_client_material(&m).context("[cluster.tls]")?;
+            Some(m)
+        }
+        None => None,
+    };
+    if tls.is_none() {
+        // Anyone who reaches [cluster] listen can inject raft messages:
+        // acceptable only on a trusted backend network (docs/security.md).
+        warn!(
+            "[cluster.tls] is not set: the raft transport is plaintext and unauthenticated; use it on a trusted backend network only"
+        );
+    }
+    let (transport, inbound) = Transport::with_tls(id, &c.cluster_id, &c.peer_map(), tls);
     let service = transport.server();
     let mut ticker = tokio::time::interval(c.tick());
     // A stalled driver must not burst ticks afterwards (that would look
@@ -252,7 +277,11 @@ impl RaftNode {
     /// Persists and applies what raft has ready. An error means the log
     /// cannot be written: fatal.
     pub fn ready(&mut self) -> Result<(), RaftError> {
-        self.node.handle_ready()
+        // A leader's appends leave before its own fsync [Raft thesis
+        // § 10.2.1]; votes and acknowledgements only after it.
+        let transport = &self.transport;
+        self.node
+            .handle_ready_sending(&mut |to, m| transport.send(to, m))
     }
 
     /// Whether this node answers registrations: it is a voter.

@@ -125,6 +125,58 @@ pub struct ClusterConfig {
     /// `[cluster.pair]`: pair mode's settings (`listen` above is this
     /// node's unique sync address). Ignored in other modes.
     pub pair: PairSection,
+    /// `[cluster.tls]`: mutual TLS for the Raft transport (raft mode).
+    /// Absent: plaintext gRPC, for a trusted backend network only (the
+    /// node warns at start; docs/security.md).
+    pub tls: Option<TlsFiles>,
+}
+
+/// PEM files of one TLS endpoint: `ca` verifies the other side, `cert`
+/// (with its chain) and `key` identify this one. Relative paths are
+/// resolved against the config file's directory; `key` must not be
+/// readable by group or others. [`Config::load`] reads them into
+/// [`TlsFiles::material`].
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The CA certificate(s) the other side's certificate must chain to.
+    pub ca: PathBuf,
+    /// This node's certificate chain.
+    pub cert: PathBuf,
+    /// This node's private key (PKCS#8, PKCS#1 or SEC1 PEM).
+    pub key: PathBuf,
+    /// The files' contents, filled by [`Config::load`].
+    #[serde(skip)]
+    pub material: Option<TlsMaterial>,
+}
+
+/// The PEM contents of a [`TlsFiles`]. `Debug` hides the key.
+#[derive(Debug, Clone)]
+pub struct TlsMaterial {
+    /// CA certificate(s), PEM.
+    pub ca: Vec<u8>,
+    /// Certificate chain, PEM.
+    pub cert: Vec<u8>,
+    /// Private key, PEM.
+    pub key: Key,
+}
+
+impl TlsFiles {
+    fn resolve(&mut self, base: &Path) {
+        for p in [&mut self.ca, &mut self.cert, &mut self.key] {
+            *p = base.join(&*p);
+        }
+    }
+
+    fn load(&mut self) -> Result<(), ConfigError> {
+        check_private(&self.key)?;
+        self.material = Some(TlsMaterial {
+            ca: read_bytes(&self.ca)?,
+            cert: read_bytes(&self.cert)?,
+            key: Key::new(read_bytes(&self.key)?),
+        });
+        Ok(())
+    }
 }
 
 /// `[cluster.pair]`: the pair replicator's settings ([`crate::pair`]; its
@@ -187,6 +239,7 @@ impl Default for ClusterConfig {
             join: false,
             peer: Vec::new(),
             pair: PairSection::default(),
+            tls: None,
         }
     }
 }
@@ -230,19 +283,55 @@ impl Default for NodeConfig {
     }
 }
 
-/// `[admin]`: the admin gRPC listener.
+/// `[admin]`: the admin gRPC listener and who may use it
+/// (docs/security.md). On loopback nothing is required; any other listen
+/// address needs `tls` (a client certificate from `tls.ca`) or
+/// `token_file` (a bearer token), else the node refuses to start.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
     /// Default `127.0.0.1:4340`.
     pub listen: SocketAddr,
+    /// `[admin.tls]`: serve TLS with `cert`/`key` and require a client
+    /// certificate signed by `ca` (full access).
+    pub tls: Option<TlsFiles>,
+    /// A file holding the bearer token of full (read and write) access:
+    /// `authorization: Bearer <token>` metadata. Mode 0600 or stricter.
+    pub token_file: Option<PathBuf>,
+    /// A file holding a token that allows the read-only calls only
+    /// (Status, ListBindings, GetBinding). Mode 0600 or stricter.
+    pub read_token_file: Option<PathBuf>,
+    /// The tokens' contents, filled by [`Config::load`].
+    #[serde(skip)]
+    pub tokens: AdminTokens,
+}
+
+/// The admin bearer tokens read from `token_file` / `read_token_file`
+/// (surrounding whitespace trimmed). `Debug` hides them.
+#[derive(Debug, Clone, Default)]
+pub struct AdminTokens {
+    /// Full access.
+    pub write: Option<Key>,
+    /// Read-only access.
+    pub read: Option<Key>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 4340)),
+            tls: None,
+            token_file: None,
+            read_token_file: None,
+            tokens: AdminTokens::default(),
         }
+    }
+}
+
+impl AdminConfig {
+    /// Whether any authentication is configured.
+    pub fn authenticated(&self) -> bool {
+        self.tls.is_some() || self.token_file.is_some() || self.read_token_file.is_some()
     }
 }
 
@@ -286,6 +375,8 @@ pub struct RegistrationConfig {
     /// applied before the node gives up and sends no reply, milliseconds.
     /// Default 2000 (the MN retransmits after about a second, § 3.6.3).
     pub max_commit_ms: u32,
+    /// `[registration.limits]`: token buckets on failing requests.
+    pub limits: LimitsConfig,
 }
 
 impl Default for RegistrationConfig {
@@ -294,6 +385,45 @@ impl Default for RegistrationConfig {
             timestamp_tolerance_secs: 7,
             replay: ReplayMode::Timestamp,
             max_commit_ms: 2000,
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+/// `[registration.limits]`: flood resistance ([`crate::limiter`]). Every
+/// request that fails (garbage, poorly formed, bad authenticator, replay,
+/// any denial decided at reception) costs its source IP one token of its
+/// bucket and one of the global bucket; accepted registrations cost
+/// nothing. A source with an empty bucket is dropped before parsing;
+/// while the global bucket is empty, every source with failures still
+/// being paid off is dropped. Defaults in parentheses.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Whether the limiter runs (true).
+    pub enabled: bool,
+    /// Failures per second a source may keep up (5).
+    pub per_source_rate: f64,
+    /// Failures a source may make in a burst (20).
+    pub per_source_burst: f64,
+    /// Failures per second over all sources (1000).
+    pub global_rate: f64,
+    /// Global burst (2000).
+    pub global_burst: f64,
+    /// Sources tracked at once; the one that failed least recently is
+    /// forgotten first (65536: about 4 MiB).
+    pub max_sources: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            per_source_rate: 5.0,
+            per_source_burst: 20.0,
+            global_rate: 1000.0,
+            global_burst: 2000.0,
+            max_sources: 65536,
         }
     }
 }
@@ -305,7 +435,7 @@ pub enum ReverseTunnelPolicy {
     /// Granted when the MN sets the T bit (default).
     #[default]
     Optional,
-    /// Requests without the T bit are refused [RFC 3024 § 4.3, code 137].
+    /// Requests without the T bit are refused [RFC 3024 § 4.3, code 138].
     Required,
     /// Requests with the T bit are refused [RFC 3024 § 4.3, code 137].
     Forbidden,
@@ -402,14 +532,30 @@ pub struct SaConfig {
     pub key_hex: Key,
 }
 
-/// A secret key. `Debug` never shows the bytes.
-#[derive(Clone, Default, PartialEq, Eq)]
+/// A secret key. `Debug` never shows the bytes; equality is constant-time
+/// (docs/security.md).
+#[derive(Clone, Default)]
 pub struct Key(Box<[u8]>);
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        self.ct_eq(&other.0)
+    }
+}
+
+impl Eq for Key {}
 
 impl Key {
     /// Wraps key bytes.
     pub fn new(bytes: impl Into<Box<[u8]>>) -> Self {
         Self(bytes.into())
+    }
+
+    /// Whether `candidate` equals the key, in time that depends on the
+    /// lengths only (a bearer token offered by a client).
+    pub fn ct_eq(&self, candidate: &[u8]) -> bool {
+        use subtle::ConstantTimeEq as _;
+        bool::from(self.0.as_ref().ct_eq(candidate))
     }
     /// The key bytes (for the authenticator only).
     pub fn as_bytes(&self) -> &[u8] {
@@ -527,6 +673,9 @@ struct KeysFile {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
+    /// A `[dataplane]` setting the kernel or the tunnels would refuse.
+    #[error(transparent)]
+    Dataplane(#[from] crate::dataplane::DataplaneConfigError),
     /// The file could not be read.
     #[error("cannot read {path}: {source}")]
     Io {
@@ -543,9 +692,9 @@ pub enum ConfigError {
         /// toml's message.
         message: String,
     },
-    /// A keys file readable by group or others.
+    /// A keys, TLS key or token file readable by group or others.
     #[error(
-        "keys file {path} has mode {mode:04o}; it must not be accessible by group or others (chmod 0600)"
+        "secret file {path} has mode {mode:04o}; it must not be accessible by group or others (chmod 0600)"
     )]
     KeysFileMode {
         /// The file.
@@ -732,6 +881,25 @@ pub enum ConfigError {
     /// The cluster listener on the admin or metrics socket.
     #[error("[cluster] listen {0} is also the [admin] or [metrics] listener")]
     ClusterListenConflict(SocketAddr),
+    /// A non-loopback admin listener without authentication.
+    #[error(
+        "[admin] listen {0} is not a loopback address: set [admin.tls] (client certificates) or [admin] token_file"
+    )]
+    AdminUnprotected(SocketAddr),
+    /// A TLS file that does not hold what it should.
+    #[error("{what}: {message}")]
+    Tls {
+        /// Which setting.
+        what: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// An empty token file.
+    #[error("token file {0} is empty")]
+    EmptyToken(PathBuf),
+    /// A `[registration.limits]` value out of range.
+    #[error("[registration.limits] {0}")]
+    Limits(&'static str),
     /// `[[cluster.peer]] id = 0`.
     #[error("[[cluster.peer]] #{0}: id must be non-zero")]
     InvalidPeerId(usize),
@@ -789,6 +957,22 @@ impl Config {
             message: e.to_string(),
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
+        // Secrets first: a key file others can read is refused before
+        // anything else is looked at (docs/security.md).
+        if let Some(t) = &mut cfg.cluster.tls {
+            t.resolve(base);
+            t.load()?;
+        }
+        if let Some(t) = &mut cfg.admin.tls {
+            t.resolve(base);
+            t.load()?;
+        }
+        if let Some(f) = &cfg.admin.token_file {
+            cfg.admin.tokens.write = Some(read_token(&base.join(f))?);
+        }
+        if let Some(f) = &cfg.admin.read_token_file {
+            cfg.admin.tokens.read = Some(read_token(&base.join(f))?);
+        }
         for realm in &mut cfg.realm {
             if let Some(kf) = &realm.keys_file {
                 let kp = base.join(kf);
@@ -821,6 +1005,7 @@ impl Config {
         if self.node.id == 0 {
             return Err(ConfigError::InvalidNodeId);
         }
+        self.dataplane.validate(&self.realm)?;
         if self.admin.listen == self.metrics.listen {
             return Err(ConfigError::ListenConflict(self.admin.listen));
         }
@@ -829,6 +1014,23 @@ impl Config {
         }
         if self.registration.max_commit_ms == 0 {
             return Err(ConfigError::ZeroCommitTime);
+        }
+        if !self.admin.listen.ip().is_loopback() && !self.admin.authenticated() {
+            return Err(ConfigError::AdminUnprotected(self.admin.listen));
+        }
+        let l = &self.registration.limits;
+        if l.enabled {
+            let positive = |v: f64| v.is_finite() && v > 0.0;
+            if !positive(l.per_source_rate) || !positive(l.global_rate) {
+                return Err(ConfigError::Limits("rates must be positive"));
+            }
+            let at_least_one = |v: f64| v.is_finite() && v >= 1.0;
+            if !at_least_one(l.per_source_burst) || !at_least_one(l.global_burst) {
+                return Err(ConfigError::Limits("bursts must be at least 1"));
+            }
+            if l.max_sources == 0 {
+                return Err(ConfigError::Limits("max_sources must be at least 1"));
+            }
         }
         if self.realm.is_empty() {
             return Err(ConfigError::NoRealm);
@@ -1109,6 +1311,24 @@ fn read(path: &Path) -> Result<String, ConfigError> {
         path: path.to_owned(),
         source,
     })
+}
+
+fn read_bytes(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path).map_err(|source| ConfigError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Reads a bearer token file (private, non-empty, whitespace trimmed).
+fn read_token(path: &Path) -> Result<Key, ConfigError> {
+    check_private(path)?;
+    let bytes = read_bytes(path)?;
+    let token = bytes.trim_ascii();
+    if token.is_empty() {
+        return Err(ConfigError::EmptyToken(path.to_owned()));
+    }
+    Ok(Key::new(token.to_vec()))
 }
 
 /// Refuses a keys file that group or others may access.
@@ -1667,5 +1887,89 @@ mod tests {
         assert_eq!(p.last(), Ipv4Addr::new(198, 19, 255, 255));
         let all = Prefix::try_from("0.0.0.0/0".to_string()).expect("prefix");
         assert!(all.contains(Ipv4Addr::new(203, 0, 113, 9)));
+    }
+
+    #[test]
+    fn a_remote_admin_listener_needs_authentication() {
+        let mut c = base();
+        c.admin.listen = "192.0.2.9:4340".parse().expect("addr");
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::AdminUnprotected(_))
+        ));
+        c.admin.token_file = Some("admin.token".into());
+        c.validate().expect("a token file protects it");
+        c.admin.token_file = None;
+        c.admin.tls = Some(TlsFiles::default());
+        c.validate().expect("client certificates protect it");
+        // Loopback needs nothing.
+        base().validate().expect("loopback");
+    }
+
+    #[test]
+    fn limits_are_checked() {
+        let mut c = base();
+        assert_eq!(c.registration.limits, LimitsConfig::default());
+        c.registration.limits.per_source_rate = 0.0;
+        assert!(matches!(c.validate(), Err(ConfigError::Limits(_))));
+        c.registration.limits = LimitsConfig {
+            global_burst: 0.5,
+            ..LimitsConfig::default()
+        };
+        assert!(matches!(c.validate(), Err(ConfigError::Limits(_))));
+        c.registration.limits.enabled = false;
+        c.validate().expect("off: not checked");
+    }
+
+    #[test]
+    fn secrets_stay_hidden_and_compare_in_constant_time() {
+        let m = TlsMaterial {
+            ca: b"ca".to_vec(),
+            cert: b"cert".to_vec(),
+            key: Key::new(b"-----BEGIN PRIVATE KEY-----secret".to_vec()),
+        };
+        let shown = format!("{m:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+        let tokens = AdminTokens {
+            write: Some(Key::new(b"tok".to_vec())),
+            read: None,
+        };
+        assert!(!format!("{tokens:?}").contains("tok\""));
+        let k = Key::new(b"token".to_vec());
+        assert!(k.ct_eq(b"token"));
+        assert!(!k.ct_eq(b"token2"));
+        assert!(!k.ct_eq(b"tokeN"));
+        assert_eq!(k, Key::new(b"token".to_vec()));
+        assert_ne!(k, Key::new(b"other".to_vec()));
+    }
+
+    #[test]
+    fn secret_files_must_be_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token = dir.path().join("admin.token");
+        std::fs::write(&token, "  s3cret\n").expect("write");
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let cfg = dir.path().join("node.toml");
+        std::fs::write(
+            &cfg,
+            "[admin]\ntoken_file = \"admin.token\"\n[[realm]]\nname = \"a\"\nvip = \"192.0.2.1\"\nhome_prefix = \"198.51.100.0/24\"\n",
+        )
+        .expect("write");
+        let c = Config::load(&cfg).expect("loads");
+        assert!(
+            c.admin
+                .tokens
+                .write
+                .as_ref()
+                .is_some_and(|t| t.ct_eq(b"s3cret"))
+        );
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o604)).expect("chmod");
+        let e = Config::load(&cfg).expect_err("world-readable");
+        assert!(
+            matches!(e, ConfigError::KeysFileMode { mode: 0o604, .. }),
+            "{e}"
+        );
+        assert!(!e.to_string().contains("s3cret"));
     }
 }

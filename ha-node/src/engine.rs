@@ -1226,12 +1226,18 @@ impl Engine {
     pub fn poll_timeout(&self) -> Option<Duration> {
         let commit = self.deadlines.first().map(|(d, _)| *d);
         let retry = self.expiry_retries.first().map(|(d, _)| *d);
+        // Only the node that proposes expiries looks at the schedule; on
+        // every other node this is called per driver iteration and must not
+        // walk all bindings (it was 44 % of a follower's CPU under load).
         let expiry = self
-            .schedule
-            .iter()
-            .filter(|_| self.propose_expiries)
-            .find(|e| !self.expiring_set.contains(e))
-            .map(|e| e.expires_at);
+            .propose_expiries
+            .then(|| {
+                self.schedule
+                    .iter()
+                    .find(|e| !self.expiring_set.contains(e))
+                    .map(|e| e.expires_at)
+            })
+            .flatten();
         [commit, retry, expiry].into_iter().flatten().min()
     }
 

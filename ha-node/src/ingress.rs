@@ -18,6 +18,15 @@
 //! [`Ingress::recv`]'s `(src, dst, payload)` to the engine as if from the
 //! VIP endpoint, and send every transmit whose source is a VIP through
 //! [`Egress::send`] instead of the VIP socket.
+//!
+//! The data plane uses the same path for RFC 3519 tunnel data: in the
+//! reverse direction it arrives in `ToNode` frames like registrations and
+//! the daemon's driver hands it to the data plane; in the forward direction
+//! it must leave from VIP:434 as registration replies do, or the mobile
+//! node's NAT, which only has a mapping towards VIP:434, drops it
+//! [RFC 3519 § 3.3]. So the data plane sends it with
+//! [`Egress::send_reusing`], which builds the frame in the caller's buffer
+//! (no allocation per packet).
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -190,6 +199,36 @@ impl Egress {
         let frame = encapsulate_reply(from, to, payload).map_err(io::Error::other)?;
         self.sock.send_to(&frame, SocketAddr::V4(d)).await.map(drop)
     }
+
+    /// [`Egress::send`] with the frame built in `frame` (cleared first and
+    /// kept for the next call): the data plane's hot path.
+    ///
+    /// # Errors
+    /// As [`Egress::send`].
+    pub async fn send_reusing(
+        &self,
+        frame: &mut Vec<u8>,
+        from: SocketAddrV4,
+        to: SocketAddrV4,
+        payload: &[u8],
+    ) -> io::Result<()> {
+        let Some(d) = self.dispatcher() else {
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "no dispatcher has forwarded to this node yet",
+            ));
+        };
+        let repr = DispatchRepr {
+            kind: Kind::ToClient,
+            src: from,
+            dst: to,
+        };
+        frame.clear();
+        frame.resize(repr.buffer_len(payload.len()), 0);
+        repr.emit(&mut DispatchPacket::new_unchecked(&mut frame[..]), payload)
+            .map_err(io::Error::other)?;
+        self.sock.send_to(frame, SocketAddr::V4(d)).await.map(drop)
+    }
 }
 
 #[cfg(test)]
@@ -263,5 +302,19 @@ mod tests {
         let r = DispatchRepr::parse(&p).unwrap();
         assert_eq!((r.kind, r.src, r.dst), (Kind::ToClient, vip(), mn()));
         assert_eq!(p.payload(), b"reply");
+        // The reusing variant: the same frame, and a shorter second one
+        // from the same buffer carries nothing of the first.
+        let mut frame = Vec::new();
+        for payload in [&b"tunnel data, long"[..], b"td"] {
+            egress
+                .send_reusing(&mut frame, d.dst, d.src, payload)
+                .await
+                .unwrap();
+            let (n, _) = disp.recv_from(&mut buf).await.unwrap();
+            assert_eq!(
+                &buf[..n],
+                &encapsulate_reply(vip(), mn(), payload).unwrap()[..]
+            );
+        }
     }
 }

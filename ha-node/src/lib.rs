@@ -19,7 +19,9 @@
 //! * [`subscriber`] — security association look-up;
 //! * [`net`] — the UDP socket layer (batched, per-datagram destination);
 //! * [`server`] — the daemon: driver task, admin gRPC, shutdown;
-//! * [`telemetry`] — metric names and the Prometheus endpoint.
+//! * [`telemetry`] — metric names and the Prometheus endpoint;
+//! * [`tls`] — mutual TLS for the Raft transport and the admin API;
+//! * [`limiter`] — sans-IO token buckets against registration floods.
 
 pub mod advertise;
 pub mod binding;
@@ -31,6 +33,7 @@ pub mod dataplane;
 pub mod engine;
 #[cfg(feature = "daemon")]
 pub mod ingress;
+pub mod limiter;
 #[cfg(feature = "daemon")]
 pub mod net;
 pub mod pair;
@@ -45,3 +48,5 @@ pub mod server;
 pub mod subscriber;
 #[cfg(feature = "daemon")]
 pub mod telemetry;
+#[cfg(feature = "daemon")]
+pub mod tls;

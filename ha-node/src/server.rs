@@ -43,6 +43,35 @@ use crate::command::StateMachine;
 use crate::config::{ClusterMode, Config, RealmId};
 use crate::engine::{Engine, EngineConfig, Event};
 use crate::ingress::{Egress, Ingress};
+use crate::limiter::Limiter;
+
+/// The flood limiter, shared by the receive tasks (which drop limited
+/// sources before queueing) and the driver (which charges failures).
+/// Locked for a batch at a time, never across an await.
+type SharedLimiter = Arc<std::sync::Mutex<Limiter>>;
+
+fn lock(l: &SharedLimiter) -> std::sync::MutexGuard<'_, Limiter> {
+    l.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Whether a datagram from `src` may be queued for the driver: tunnel data
+/// (type 4, the data plane's [RFC 3519 § 3.3]) always; anything else unless
+/// the limiter drops its source (counted).
+fn admit(limiter: Option<&mut Limiter>, now: Duration, src: SocketAddrV4, bytes: &[u8]) -> bool {
+    let Some(l) = limiter else { return true };
+    if bytes.first() == Some(&haven_proto::udptun::TYPE_TUNNEL_DATA) {
+        return true;
+    }
+    match l.check(now, *src.ip()) {
+        Ok(()) => true,
+        Err(drop) => {
+            metrics::counter!(telemetry::REGISTRATION_DROPS, "realm" => "",
+                "reason" => drop.as_str())
+            .increment(1);
+            false
+        }
+    }
+}
 use crate::net::{Endpoint, RecvBuffers};
 use crate::pairmode::{self, PairInput, PairNode};
 use crate::replicate::{LocalReplicator, Replicator};
@@ -224,22 +253,6 @@ pub async fn run(
         endpoints.insert(addr, Arc::new(ep));
     }
 
-    // The data plane [DESIGN.md § 6]: TUN devices for the home prefixes,
-    // the raw IP-in-IP socket and their tasks (`[dataplane] enabled`).
-    let dataplane = if config.dataplane.enabled {
-        let dp = crate::dataplane::run::start(
-            &config.dataplane,
-            &config.realm,
-            table.clone(),
-            &endpoints,
-            stop_rx.clone(),
-        )
-        .context("data plane (needs CAP_NET_ADMIN and CAP_NET_RAW)")?;
-        Some(dp)
-    } else {
-        None
-    };
-
     let (batch_tx, batch_rx) = mpsc::channel::<Batch>(1024);
     let (admin_tx, admin_rx) = mpsc::channel::<AdminOp>(64);
     // Status tells the mode from the first call on; the driver fills in
@@ -256,6 +269,12 @@ pub async fn run(
 
     // The dispatcher side: encap listener (its frames join the batches)
     // and the health advertiser.
+    let limiter: Option<SharedLimiter> = config.registration.limits.enabled.then(|| {
+        Arc::new(std::sync::Mutex::new(Limiter::new(
+            config.registration.limits,
+            wall_now(),
+        )))
+    });
     let mut egress = None;
     let mut side_tasks = Vec::new();
     if let Some(d) = &config.dispatch {
@@ -270,6 +289,7 @@ pub async fn run(
                 ingress,
                 batch_tx.clone(),
                 stop_rx.clone(),
+                limiter.clone(),
             )));
         }
         let (adv_tx, adv_rx) = watch::channel(true);
@@ -288,17 +308,38 @@ pub async fn run(
         }));
     }
 
+    // The data plane [DESIGN.md § 6]: TUN devices for the home prefixes,
+    // the raw IP-in-IP socket and their tasks (`[dataplane] enabled`).
+    // After the encap listener: in encap mode UDP tunnel data leaves
+    // through the dispatcher, as replies do (`egress`).
+    let dataplane = if config.dataplane.enabled {
+        let dp = crate::dataplane::run::start(
+            &config.dataplane,
+            &config.realm,
+            table.clone(),
+            &endpoints,
+            egress.clone(),
+            stop_rx.clone(),
+        )
+        .context("data plane (needs CAP_NET_ADMIN and CAP_NET_RAW)")?;
+        Some(dp)
+    } else {
+        None
+    };
+
     let mut receivers = Vec::new();
     for ep in endpoints.values() {
         receivers.push(tokio::spawn(receive(
             ep.clone(),
             batch_tx.clone(),
             stop_rx.clone(),
+            limiter.clone(),
         )));
     }
     drop(batch_tx);
 
     let admin = AdminService {
+        auth: AdminAuth::from_config(&config.admin),
         config: Arc::new(config.clone()),
         table: table.clone(),
         ops: admin_tx,
@@ -310,34 +351,64 @@ pub async fn run(
     let admin_listener = tokio::net::TcpListener::bind(admin_listen)
         .await
         .with_context(|| format!("admin listener on {admin_listen}"))?;
-    info!(addr = %admin_listen, "admin API listening");
-    let mut admin_stop = stop_rx.clone();
-    let admin_task = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(grpc::admin_server::AdminServer::new(admin))
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(admin_listener),
-                async move {
-                    let _ = admin_stop.wait_for(|s| *s).await;
-                },
-            ),
+    info!(
+        addr = %admin_listen,
+        tls = config.admin.tls.is_some(),
+        tokens = config.admin.tokens.write.is_some() || config.admin.tokens.read.is_some(),
+        "admin API listening"
     );
+    let mut admin_stop = stop_rx.clone();
+    let admin_shutdown = async move {
+        let _ = admin_stop.wait_for(|s| *s).await;
+    };
+    let admin_router = tonic::transport::Server::builder()
+        .add_service(grpc::admin_server::AdminServer::new(admin));
+    let admin_task = match config.admin.tls.as_ref() {
+        Some(t) => {
+            let m = t
+                .material
+                .as_ref()
+                .context("[admin.tls] files were not loaded")?;
+            let tls = crate::tls::server_config(m).context("[admin.tls]")?;
+            tokio::spawn(admin_router.serve_with_incoming_shutdown(
+                crate::tls::incoming(admin_listener, tls, "admin"),
+                admin_shutdown,
+            ))
+        }
+        None => tokio::spawn(admin_router.serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(admin_listener),
+            admin_shutdown,
+        )),
+    };
 
     let raft_task = match (raft_service, config.cluster.listen) {
         (Some(service), Some(listen)) => {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("[cluster] listen on {listen}"))?;
-            info!(addr = %listen, "raft transport listening");
+            let tls = config.cluster.tls.as_ref();
+            info!(addr = %listen, tls = tls.is_some(), "raft transport listening");
+            let router = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(service);
             // No graceful shutdown: peers hold their streams open for as
             // long as they live, so the task is aborted once the driver is
             // done (a peer then sees a reset and reconnects elsewhere).
-            Some(tokio::spawn(
-                tonic::transport::Server::builder()
-                    .tcp_nodelay(true)
-                    .add_service(service)
-                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-            ))
+            match tls {
+                Some(t) => {
+                    let m = t
+                        .material
+                        .as_ref()
+                        .context("[cluster.tls] files were not loaded")?;
+                    let tls = crate::tls::server_config(m).context("[cluster.tls]")?;
+                    Some(tokio::spawn(router.serve_with_incoming(
+                        crate::tls::incoming(listener, tls, "cluster"),
+                    )))
+                }
+                None => Some(tokio::spawn(router.serve_with_incoming(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                ))),
+            }
         }
         _ => None,
     };
@@ -363,6 +434,7 @@ pub async fn run(
             serve: serve_tx,
             egress,
             dataplane: dataplane.as_ref().map(|d| d.udp.clone()),
+            limiter,
         },
         batch_rx,
         admin_rx,
@@ -411,17 +483,31 @@ pub async fn run(
 }
 
 /// Receives batches of datagrams from one endpoint until told to stop.
-async fn receive(ep: Arc<Endpoint>, tx: mpsc::Sender<Batch>, mut stop: watch::Receiver<bool>) {
+/// A limited source is dropped here, before its datagram is copied and
+/// queued, so a flood does not queue valid requests behind it.
+async fn receive(
+    ep: Arc<Endpoint>,
+    tx: mpsc::Sender<Batch>,
+    mut stop: watch::Receiver<bool>,
+    limiter: Option<SharedLimiter>,
+) {
     let mut bufs = RecvBuffers::default();
     loop {
         tokio::select! {
             _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
             res = ep.recv(&mut bufs) => match res {
                 Ok(_) => {
-                    let datagrams = bufs
-                        .datagrams()
-                        .map(|(r, bytes)| (r.src, r.dst, bytes.to_vec()))
-                        .collect();
+                    let datagrams: Vec<_> = {
+                        let mut l = limiter.as_ref().map(lock);
+                        let now = wall_now();
+                        bufs.datagrams()
+                            .filter(|(r, bytes)| admit(l.as_deref_mut(), now, r.src, bytes))
+                            .map(|(r, bytes)| (r.src, r.dst, bytes.to_vec()))
+                            .collect()
+                    };
+                    if datagrams.is_empty() {
+                        continue;
+                    }
                     if tx.send(Batch { datagrams }).await.is_err() {
                         return;
                     }
@@ -444,12 +530,22 @@ async fn receive_encap(
     mut ingress: Ingress,
     tx: mpsc::Sender<Batch>,
     mut stop: watch::Receiver<bool>,
+    limiter: Option<SharedLimiter>,
 ) {
     loop {
         tokio::select! {
             _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
             res = ingress.recv() => match res {
                 Ok(d) => {
+                    // The frame header carries the mobile node's address:
+                    // the limiter judges it, not the dispatcher's.
+                    let admitted = {
+                        let mut l = limiter.as_ref().map(lock);
+                        admit(l.as_deref_mut(), wall_now(), d.src, &d.payload)
+                    };
+                    if !admitted {
+                        continue;
+                    }
                     let datagrams = vec![(d.src, d.dst, d.payload)];
                     if tx.send(Batch { datagrams }).await.is_err() {
                         return;
@@ -500,6 +596,8 @@ struct Driver {
     egress: Option<Egress>,
     /// RFC 3519 tunnel data goes to the data plane, when it runs.
     dataplane: Option<crate::dataplane::run::UdpIngress>,
+    /// Flood resistance (`[registration.limits]`, [`crate::limiter`]).
+    limiter: Option<SharedLimiter>,
 }
 
 /// Pending admin removals, answered when their proposal is applied.
@@ -541,6 +639,14 @@ async fn drive(
             input = raft_input(&mut raft_in) => {
                 if let Repl::Raft(r) = &mut d.replicator {
                     r.input(input);
+                    // Step what else is queued (bounded) before one pump:
+                    // one Ready, one synced write for the whole burst.
+                    for _ in 0..crate::raft::transport::PEER_QUEUE {
+                        let Some(more) = raft_in.as_mut().and_then(RaftInput::try_next) else {
+                            break;
+                        };
+                        r.input(more);
+                    }
                 }
             }
             datagram = pair_input(&mut pair_in) => {
@@ -615,7 +721,32 @@ impl Driver {
             {
                 continue;
             }
+            // Locked per datagram, briefly: the receive tasks check too.
+            let Some(limiter) = &self.limiter else {
+                self.engine.handle(now, *src, *dst, bytes);
+                continue;
+            };
+            // A source (or, in a distributed flood, every source with
+            // failures on record) past its budget is dropped before any
+            // parsing or HMAC work. Checked again here: the receive task's
+            // check did not see the failures charged since.
+            let checked = lock(limiter).check(now, *src.ip());
+            if let Err(drop) = checked {
+                metrics::counter!(telemetry::REGISTRATION_DROPS, "realm" => "",
+                    "reason" => drop.as_str())
+                .increment(1);
+                continue;
+            }
+            let before = self.engine.stats();
             self.engine.handle(now, *src, *dst, bytes);
+            let after = self.engine.stats();
+            // Charged: whatever the engine refused at reception (dropped
+            // or denied). Not charged: a proposal (an authenticated,
+            // acceptable request) or `Busy` (a retransmission of one).
+            if after.proposals == before.proposals && after.busy == before.busy {
+                lock(limiter).charge(now, *src.ip());
+                metrics::counter!(telemetry::LIMITER_CHARGED).increment(1);
+            }
         }
     }
 
@@ -805,6 +936,10 @@ impl Driver {
 
     /// Per-realm gauges: a table scan, so once a second, off the packet path.
     fn update_gauges(&self) {
+        if let Some(l) = &self.limiter {
+            let sources = lock(l).sources();
+            metrics::gauge!(telemetry::LIMITER_SOURCES).set(sources as f64);
+        }
         for (id, name) in &self.names {
             metrics::gauge!(telemetry::BINDINGS, "realm" => name.clone())
                 .set(self.table.count(*id) as f64);
@@ -818,7 +953,83 @@ impl Driver {
 
 // ------------------------------------------------------------ admin API ----
 
+/// Who may call the admin API (docs/security.md): `[admin.tls]` client
+/// certificates (checked in the handshake) have full access; otherwise,
+/// when tokens are configured, `authorization: Bearer <token>` must match
+/// the write token (full access) or the read token (Status, ListBindings,
+/// GetBinding only). With neither (loopback only) every call is allowed.
+#[derive(Debug, Clone, Default)]
+struct AdminAuth {
+    tls: bool,
+    tokens: crate::config::AdminTokens,
+}
+
+impl AdminAuth {
+    fn from_config(c: &crate::config::AdminConfig) -> Self {
+        Self {
+            tls: c.tls.is_some(),
+            tokens: c.tokens.clone(),
+        }
+    }
+
+    /// Allows or refuses one call; `write` = a mutating call.
+    #[allow(clippy::result_large_err)]
+    fn check<T>(&self, req: &Request<T>, write: bool) -> Result<(), Status> {
+        if self.tls {
+            // The handshake required a certificate from [admin.tls] ca.
+            return if req.peer_certs().is_some_and(|c| !c.is_empty()) {
+                Ok(())
+            } else {
+                Err(admin_refusal(
+                    "unauthenticated",
+                    Status::unauthenticated("a client certificate is required"),
+                ))
+            };
+        }
+        let (write_token, read_token) = (&self.tokens.write, &self.tokens.read);
+        if write_token.is_none() && read_token.is_none() {
+            return Ok(());
+        }
+        let offered = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let Some(offered) = offered else {
+            return Err(admin_refusal(
+                "unauthenticated",
+                Status::unauthenticated("authorization: Bearer <token> is required"),
+            ));
+        };
+        // Both comparisons run, each in constant time.
+        let is_write = write_token
+            .as_ref()
+            .is_some_and(|t| t.ct_eq(offered.as_bytes()));
+        let is_read = read_token
+            .as_ref()
+            .is_some_and(|t| t.ct_eq(offered.as_bytes()));
+        match (is_write, is_read, write) {
+            (true, _, _) | (false, true, false) => Ok(()),
+            (false, true, true) => Err(admin_refusal(
+                "read_only",
+                Status::permission_denied("this token allows read-only calls"),
+            )),
+            (false, false, _) => Err(admin_refusal(
+                "unauthenticated",
+                Status::unauthenticated("unknown token"),
+            )),
+        }
+    }
+}
+
+fn admin_refusal(reason: &'static str, status: Status) -> Status {
+    metrics::counter!(telemetry::ADMIN_REFUSALS, "reason" => reason).increment(1);
+    status
+}
+
 struct AdminService {
+    auth: AdminAuth,
     config: Arc<Config>,
     table: Arc<BindingTable>,
     ops: mpsc::Sender<AdminOp>,
@@ -889,7 +1100,8 @@ type Reply<T> = Result<Response<T>, Status>;
 
 #[tonic::async_trait]
 impl grpc::admin_server::Admin for AdminService {
-    async fn status(&self, _: Request<grpc::StatusRequest>) -> Reply<grpc::StatusReply> {
+    async fn status(&self, req: Request<grpc::StatusRequest>) -> Reply<grpc::StatusReply> {
+        self.auth.check(&req, false)?;
         let published = self.published.borrow().clone();
         let realms = self
             .config
@@ -952,6 +1164,7 @@ impl grpc::admin_server::Admin for AdminService {
         &self,
         req: Request<grpc::ListBindingsRequest>,
     ) -> Reply<grpc::ListBindingsReply> {
+        self.auth.check(&req, false)?;
         let req = req.into_inner();
         let realm = if req.realm.is_empty() {
             None
@@ -992,6 +1205,7 @@ impl grpc::admin_server::Admin for AdminService {
     }
 
     async fn get_binding(&self, req: Request<grpc::GetBindingRequest>) -> Reply<grpc::Binding> {
+        self.auth.check(&req, false)?;
         let req = req.into_inner();
         let (realm, hoa) = self.key(&req.realm, &req.home_address)?;
         let entry = self
@@ -1005,6 +1219,7 @@ impl grpc::admin_server::Admin for AdminService {
         &self,
         req: Request<grpc::RemoveBindingRequest>,
     ) -> Reply<grpc::RemoveBindingReply> {
+        self.auth.check(&req, true)?;
         let req = req.into_inner();
         let (realm, home_address) = self.key(&req.realm, &req.home_address)?;
         let (done, wait) = oneshot::channel();
@@ -1029,6 +1244,7 @@ impl grpc::admin_server::Admin for AdminService {
     /// no new mobile nodes here; `drain = false` undoes it. Without
     /// `[dispatch]` only the flag in Status changes.
     async fn drain(&self, req: Request<grpc::DrainRequest>) -> Reply<grpc::DrainReply> {
+        self.auth.check(&req, true)?;
         let on = req.into_inner().drain;
         self.drain.send_replace(on);
         info!(draining = on, "drain requested");
@@ -1039,6 +1255,7 @@ impl grpc::admin_server::Admin for AdminService {
         &self,
         req: Request<grpc::TransferLeadershipRequest>,
     ) -> Reply<grpc::TransferLeadershipReply> {
+        self.auth.check(&req, true)?;
         self.require_raft()?;
         let to = req.into_inner().to;
         let leader_id = self
@@ -1048,6 +1265,7 @@ impl grpc::admin_server::Admin for AdminService {
     }
 
     async fn add_member(&self, req: Request<grpc::AddMemberRequest>) -> Reply<grpc::MemberReply> {
+        self.auth.check(&req, true)?;
         self.require_raft()?;
         let req = req.into_inner();
         if !valid_peer_address(&req.address) {
@@ -1070,6 +1288,7 @@ impl grpc::admin_server::Admin for AdminService {
         &self,
         req: Request<grpc::RemoveMemberRequest>,
     ) -> Reply<grpc::MemberReply> {
+        self.auth.check(&req, true)?;
         self.require_raft()?;
         let id = req.into_inner().node_id;
         let members = self.ask(|done| AdminOp::RemoveMember { id, done }).await?;

@@ -60,6 +60,20 @@ pub const RAFT_PEER_CONNECTED: &str = "haven_raft_peer_connected";
 pub const RAFT_SNAPSHOT_INSTALL: &str = "haven_raft_snapshot_install_seconds";
 /// Size of received snapshots.
 pub const RAFT_SNAPSHOT_BYTES: &str = "haven_raft_snapshot_bytes";
+/// Raft transport streams refused after the TLS handshake, by reason
+/// (`no_certificate`, `identity`, `not_member`, `cluster_id`,
+/// `addressing`).
+pub const RAFT_PEER_REFUSALS: &str = "haven_raft_peer_refusals_total";
+/// TLS handshakes refused, by listener (`cluster`, `admin`) and reason
+/// (`unknown_ca`, `bad_certificate`, `no_certificate`, `protocol`, `io`,
+/// `timeout`).
+pub const TLS_HANDSHAKE_FAILURES: &str = "haven_tls_handshake_failures_total";
+/// Admin calls refused, by reason (`unauthenticated`, `read_only`).
+pub const ADMIN_REFUSALS: &str = "haven_admin_refusals_total";
+/// Failing registration requests charged to the flood limiter.
+pub const LIMITER_CHARGED: &str = "haven_registration_limiter_charged_total";
+/// Sources the flood limiter tracks now.
+pub const LIMITER_SOURCES: &str = "haven_registration_limiter_sources";
 
 /// Starts the Prometheus endpoint on `listen` (`GET /metrics`) and
 /// describes every metric the node emits. Must run inside a tokio runtime.
@@ -148,6 +162,31 @@ fn describe() {
         RAFT_SNAPSHOTS_TAKEN,
         Unit::Count,
         "Binding-table snapshots taken (Raft log compactions)"
+    );
+    describe_counter!(
+        RAFT_PEER_REFUSALS,
+        Unit::Count,
+        "Raft transport streams refused after the TLS handshake, by reason"
+    );
+    describe_counter!(
+        TLS_HANDSHAKE_FAILURES,
+        Unit::Count,
+        "TLS handshakes refused, by listener and reason"
+    );
+    describe_counter!(
+        ADMIN_REFUSALS,
+        Unit::Count,
+        "Admin API calls refused, by reason"
+    );
+    describe_counter!(
+        LIMITER_CHARGED,
+        Unit::Count,
+        "Failing registration requests charged to the flood limiter"
+    );
+    describe_gauge!(
+        LIMITER_SOURCES,
+        Unit::Count,
+        "Sources tracked by the registration flood limiter"
     );
     describe_counter!(
         RAFT_UNREACHABLE,

@@ -1,9 +1,20 @@
 //! The dispatcher's encapsulating mode, node side, with the real daemon
-//! (DESIGN.md § 5, `ha-node/src/ingress.rs`): a fake dispatcher on loopback
-//! wraps a mobile node's Registration Request in a `ToNode` frame to the
-//! node's `[dispatch] encap_listen`; the node answers with a `ToClient`
-//! frame back to that dispatcher (not from its VIP socket), which the mobile
-//! node accepts. The node also advertises its health to the same socket.
+//! (DESIGN.md § 5, `ha-node/src/ingress.rs`):
+//!
+//! * `encap_frames_in_replies_back_through_the_dispatcher` (no root): a
+//!   fake dispatcher on loopback wraps a mobile node's Registration Request
+//!   in a `ToNode` frame to the node's `[dispatch] encap_listen`; the node
+//!   answers with a `ToClient` frame back to that dispatcher (not from its
+//!   VIP socket), which the mobile node accepts. The node also advertises
+//!   its health to the same socket.
+//! * `udp_tunnel_data_through_a_real_encap_dispatcher` (root: the data
+//!   plane's TUN device): the real `dispatcher` binary in encap mode and
+//!   the node with `[dataplane]` in network namespaces; the node may not
+//!   emit anything from VIP:434 itself (an nftables rule drops it, as a
+//!   provider's source filter would), so RFC 3519 tunnel data for the mobile
+//!   node reaches it from VIP:434 only through the dispatcher; and tunnel
+//!   data the mobile node sends to VIP:434 reaches the correspondent
+//!   through `ToNode` frames and the data plane.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::time::{Duration, Instant};
@@ -11,8 +22,13 @@ use std::time::{Duration, Instant};
 use haven_cluster_tests::fleet::{DispatchSpec, NodeSpec, RealmSpec};
 use haven_cluster_tests::mn::{Event, MnConfig, MobileNode};
 use haven_cluster_tests::mnsim::unix_now;
-use haven_cluster_tests::supervisor::{Process, Spec, await_metric, free_port};
+use haven_cluster_tests::supervisor::{
+    Process, Spec, await_metric, free_port, wait_for, workspace_binary,
+};
+use haven_cluster_tests::topo::{self, Topology, in_netns, leftovers};
 use haven_proto::dispatch::{DispatchPacket, DispatchRepr, Kind};
+use haven_proto::ip::{self, Ipv4Packet, UdpPacket};
+use haven_proto::udptun::{self, TunnelDataPacket, TunnelDataRepr};
 
 const KEY: &[u8] = b"dispatch-encap-key";
 const HOA: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
@@ -113,4 +129,257 @@ fn encap_frames_in_replies_back_through_the_dispatcher() {
         "the registration was accepted through the dispatcher"
     );
     assert!(adverts > 0, "the node advertised its health");
+}
+
+// --- the real dispatcher and the data plane (root) ---
+
+const LAB_VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+const LAB_HA: SocketAddrV4 = SocketAddrV4::new(LAB_VIP, 434);
+const DISP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+const NODE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 11);
+const MN: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 50);
+const CN: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 60);
+const DISP_HEALTH: u16 = 4341;
+const DISP_ENCAP: u16 = 4343;
+const NODE_ENCAP: u16 = 4342;
+const DISP_METRICS: &str = "http://127.0.0.1:9500/metrics";
+const CN_PORT: u16 = 9000;
+const MN_PORT: u16 = 7000;
+
+fn sock_in(ns: &str, bind: SocketAddrV4) -> UdpSocket {
+    let s = in_netns(ns, || UdpSocket::bind(bind))
+        .expect("enter namespace")
+        .expect("bind");
+    s.set_read_timeout(Some(Duration::from_millis(20)))
+        .expect("timeout");
+    s
+}
+
+/// The inner IPv4/UDP source, destination and payload of tunnel data.
+fn inner_of(d: &[u8]) -> Option<(SocketAddrV4, SocketAddrV4, Vec<u8>)> {
+    let t = TunnelDataRepr::parse(&TunnelDataPacket::new_checked(d).ok()?).ok()?;
+    let p = Ipv4Packet::new_checked(t.payload).ok()?;
+    let u = UdpPacket::new_checked(p.payload()).ok()?;
+    if !p.verify_checksum() || !u.verify_checksum(p.src_addr(), p.dst_addr()) {
+        return None;
+    }
+    Some((
+        SocketAddrV4::new(p.src_addr(), u.src_port()),
+        SocketAddrV4::new(p.dst_addr(), u.dst_port()),
+        u.payload().to_vec(),
+    ))
+}
+
+#[test]
+fn udp_tunnel_data_through_a_real_encap_dispatcher() {
+    if topo::skip_without_root() {
+        return;
+    }
+    let lab = Topology::builder()
+        .host("disp")
+        .host("node")
+        .host("mn")
+        .host("cn")
+        .switch(
+            "seg",
+            [
+                ("disp", "198.18.0.2/24"),
+                ("node", "198.18.0.11/24"),
+                ("mn", "198.18.0.50/24"),
+                ("cn", "198.18.0.60/24"),
+            ],
+        )
+        .loopback_addr("disp", "192.0.2.1/32")
+        .route("mn", "192.0.2.1/32", "198.18.0.2")
+        .route("cn", "198.51.100.0/24", "198.18.0.11")
+        // The node forwards between the segment and its TUN device.
+        .router("node")
+        .expire_after(Duration::from_secs(120))
+        .build()
+        .expect("build the lab");
+    let prefix = lab.prefix().to_owned();
+    let ns = |h: &str| lab.ns_name(h).expect("host").to_owned();
+    let (disp_ns, node_ns, mn_ns, cn_ns) = (ns("disp"), ns("node"), ns("mn"), ns("cn"));
+    // The node must not emit VIP:434 itself: in encap mode it is not on
+    // the mobile node's path and a provider's source filter would drop it.
+    for rule in [
+        "add table ip hvtest",
+        "add chain ip hvtest out { type filter hook output priority 0 ; }",
+        "add rule ip hvtest out ip saddr 192.0.2.1 udp sport 434 counter drop",
+    ] {
+        let out = lab.exec("node", ["nft", rule]).expect("nft");
+        assert!(out.status.success(), "nft {rule}: {out:?}");
+    }
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disp_cfg = dir.path().join("disp.toml");
+    std::fs::write(
+        &disp_cfg,
+        format!(
+            "[dispatcher]\nvip = \"{LAB_VIP}\"\nport = 434\nmode = \"encap\"\nmanage_vip = false\n\
+             address = \"{DISP}\"\nencap_port = {DISP_ENCAP}\n\n\
+             [health]\nlisten_port = {DISP_HEALTH}\nrise = 1\n\n\
+             [metrics]\nlisten = \"127.0.0.1:9500\"\n\n\
+             [[node]]\nid = 1\naddress = \"{NODE}\"\nencap_port = {NODE_ENCAP}\n"
+        ),
+    )
+    .expect("write");
+    let disp_bin = workspace_binary("haven-dispatcher", "dispatcher").expect("dispatcher binary");
+    let disp = Process::spawn(
+        "dispatcher-encap",
+        Spec::new(disp_bin)
+            .arg("--config")
+            .arg(&disp_cfg)
+            .env("RUST_LOG", "info"),
+        Some(&disp_ns),
+    )
+    .expect("spawn dispatcher");
+
+    let spec = NodeSpec::new(
+        1,
+        "127.0.0.1:4340".parse().expect("addr"),
+        "127.0.0.1:9434".parse().expect("addr"),
+    )
+    .realm(
+        RealmSpec::new("lab", LAB_VIP, "198.51.100.0/24").with_home_address_sas(HOA, 1, 256, KEY),
+    )
+    .dispatch(DispatchSpec {
+        mode: "encap",
+        encap_listen: Some(SocketAddrV4::new(NODE, NODE_ENCAP)),
+        ..DispatchSpec::l2(NODE, vec![SocketAddrV4::new(DISP, DISP_HEALTH)], 50)
+    });
+    let node_cfg = dir.path().join("node-1.toml");
+    std::fs::write(
+        &node_cfg,
+        format!("{}\n[dataplane]\nenabled = true\n", spec.toml()),
+    )
+    .expect("write");
+    let node = Process::spawn(
+        "ha-node-encap-dp",
+        Spec::new(env!("CARGO_BIN_EXE_ha-node"))
+            .arg("--config")
+            .arg(&node_cfg)
+            .env("RUST_LOG", "info"),
+        Some(&node_ns),
+    )
+    .expect("spawn ha-node");
+    let url = spec.metrics_url();
+    await_metric(
+        &url,
+        Some(&node_ns),
+        "haven_build_info",
+        &[],
+        |v| v == 1.0,
+        BOUND,
+    )
+    .expect("node starts");
+    await_metric(
+        DISP_METRICS,
+        Some(&disp_ns),
+        "haven_dispatcher_node_up",
+        &[("node", "1")],
+        |v| v == 1.0,
+        BOUND,
+    )
+    .expect("the dispatcher sees the node");
+
+    // Register through the dispatcher, UDP tunnelling forced (no NAT here:
+    // the F bit [RFC 3519 § 3.1]), reverse tunnelling on.
+    let mn_sock = sock_in(&mn_ns, SocketAddrV4::new(MN, 0));
+    let mut cfg = MnConfig::new(HOA, LAB_VIP, MN, 256, KEY);
+    cfg.udp_tunnel = true;
+    cfg.force_udp_tunnel = true;
+    cfg.reverse_tunnel = true;
+    let mut mn = MobileNode::new(cfg);
+    mn.register(unix_now());
+    let mut buf = vec![0u8; 65_536];
+    let deadline = Instant::now() + BOUND;
+    let mut accepted = false;
+    while !accepted && Instant::now() < deadline {
+        while let Some((dst, bytes)) = mn.poll_transmit() {
+            mn_sock.send_to(&bytes, dst).expect("send");
+        }
+        match mn_sock.recv_from(&mut buf) {
+            Ok((n, SocketAddr::V4(from))) => {
+                assert_eq!(from, LAB_HA, "the reply comes from VIP:434");
+                let _ = mn.handle(unix_now(), from, &buf[..n]);
+            }
+            Ok(_) => {}
+            Err(_) => mn.handle_timeout(unix_now()),
+        }
+        while let Some(ev) = mn.poll_event() {
+            match ev {
+                Event::Accepted { .. } => accepted = true,
+                Event::Denied { code } => panic!("denied: {code:?}"),
+                Event::GaveUp => panic!("gave up"),
+                _ => {}
+            }
+        }
+    }
+    assert!(accepted, "registered through the dispatcher");
+
+    // Forward: cn → HoA enters the node's TUN and must reach the MN as
+    // tunnel data from VIP:434, through the dispatcher.
+    let cn_sock = sock_in(&cn_ns, SocketAddrV4::new(CN, CN_PORT));
+    let to_mn = SocketAddrV4::new(HOA, MN_PORT);
+    let mut got = None;
+    wait_for("forward tunnel data at the MN", BOUND, || {
+        let _ = cn_sock.send_to(b"to the mobile node", to_mn);
+        while let Ok((n, from)) = mn_sock.recv_from(&mut buf) {
+            if udptun::classify(&buf[..n]) == udptun::Kind::TunnelData {
+                got = Some((from, inner_of(&buf[..n])));
+                return true;
+            }
+        }
+        false
+    })
+    .expect("forward tunnel data arrives");
+    let (from, inner) = got.expect("got");
+    assert_eq!(from, SocketAddr::V4(LAB_HA), "from VIP:434");
+    assert_eq!(
+        inner,
+        Some((
+            SocketAddrV4::new(CN, CN_PORT),
+            to_mn,
+            b"to the mobile node".to_vec()
+        ))
+    );
+    await_metric(
+        &url,
+        Some(&node_ns),
+        "haven_dataplane_packets_total",
+        &[("direction", "forward"), ("encap", "udp")],
+        |v| v >= 1.0,
+        BOUND,
+    )
+    .expect("counted as forward UDP tunnel data");
+
+    // Reverse: tunnel data MN → VIP:434 (inner HoA → cn) reaches the node
+    // in a ToNode frame, then the data plane and the TUN, then cn.
+    let mut msg = vec![0u8; udptun::HEADER_LEN + ip::ipv4_udp_len(4)];
+    msg[..4].copy_from_slice(&[udptun::TYPE_TUNNEL_DATA, ip::protocol::IPIP, 0, 0]);
+    ip::write_ipv4_udp(
+        &mut msg[4..],
+        SocketAddrV4::new(HOA, MN_PORT),
+        SocketAddrV4::new(CN, CN_PORT),
+        b"back",
+    );
+    let mut back = None;
+    wait_for("reverse tunnel data at cn", BOUND, || {
+        let _ = mn_sock.send_to(&msg, LAB_HA);
+        while let Ok((n, from)) = cn_sock.recv_from(&mut buf) {
+            if &buf[..n] == b"back" {
+                back = Some(from);
+                return true;
+            }
+        }
+        false
+    })
+    .expect("reverse tunnel data arrives");
+    assert_eq!(back, Some(SocketAddr::V4(SocketAddrV4::new(HOA, MN_PORT))));
+
+    drop(node);
+    drop(disp);
+    drop(lab);
+    assert!(leftovers(&prefix).is_empty(), "namespaces left behind");
 }

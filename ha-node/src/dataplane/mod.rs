@@ -19,7 +19,50 @@
 //! * no live binding → ICMP Host Unreachable (when enabled; rate-limited) and
 //!   a drop; DF set and the encapsulated packet larger than the tunnel MTU →
 //!   ICMP Fragmentation Needed with the MTU the tunnel leaves
-//!   [RFC 2003 § 5.1, RFC 1191].
+//!   [RFC 2003 § 5.1, RFC 1191];
+//! * DF clear and the encapsulated packet larger than the tunnel MTU → the
+//!   *outer* datagram is fragmented (see "Fragmentation" below).
+//!
+//! # Fragmentation
+//!
+//! [RFC 2003 § 3.1] copies DF from the inner header, so a packet whose
+//! source allowed fragmentation may be fragmented inside the tunnel, and
+//! [RFC 2003 § 5.1] lets the encapsulator fragment the encapsulated
+//! datagram; the decapsulator (the mobile node's IP layer) reassembles
+//! [RFC 4459 § 3.1]. RFC 3519 data is an ordinary UDP datagram, which IP
+//! fragments the same way. haven fragments here, in the sans-IO core, and
+//! not by asking the kernel to:
+//!
+//! * the raw socket writes the outer header itself (`IP_HDRINCL`, for the
+//!   VIP as source and the copied TOS and DF), and Linux refuses such a
+//!   packet above the device MTU with `EMSGSIZE` instead of fragmenting
+//!   it; letting the kernel write the header would need one socket per
+//!   (DF, TOS) and a bind to the VIP;
+//! * the realm's UDP socket (`net::Endpoint`, `quinn-udp`) runs with
+//!   `IP_PMTUDISC_PROBE`, DF on every datagram and never fragmented, which
+//!   registration replies want; changing that socket for tunnel data
+//!   would change it for them too;
+//! * here the rule is one function with byte-vector tests, the same on
+//!   every kernel, and the fragment size is the configured tunnel MTU.
+//!
+//! So an oversize non-DF packet leaves as outer IPv4 fragments (DF clear,
+//! MF on all but the last, offsets in 8-octet units [RFC 791 § 3.2]) from
+//! the VIP through the raw socket: IP in IP as protocol 4, UDP tunnelling as
+//! the complete UDP datagram VIP:434 → NAT mapping (checksum over the whole
+//! datagram), cut into fragments. Behind a dispatcher in encap mode
+//! ([`DataPlane::udp_via_dispatcher`]) UDP tunnel data must leave from the
+//! dispatcher's VIP socket, so the datagram goes whole in a `ToClient` frame
+//! and the dispatcher's IP layer fragments it. All fragments of one datagram
+//! share an Identification from the node's counter; the dispatcher's Maglev
+//! lookup on the destination home address sends one home address's traffic
+//! through one node, so the counters of different nodes do not mix in one
+//! reassembly.
+//!
+//! The TUN device's MTU is 65535 for this reason: the kernel must hand the
+//! core whole packets (an MTU below the tunnel's would make the kernel
+//! answer DF packets with its own, smaller, one-size MTU from the node's
+//! address, and fragment the others *inner*), and the core knows each
+//! binding's overhead (20 for IP in IP, 32 for UDP).
 //!
 //! The reverse direction ([`DataPlane::reverse_ipip`],
 //! [`DataPlane::reverse_udp`]) decapsulates what mobile nodes tunnel to the
@@ -73,11 +116,14 @@ pub struct DataplaneConfig {
     /// Run the data plane. Default false: registrations only.
     pub enabled: bool,
     /// TUN device name prefix; realm `i` gets `<tun_name><i>`. Default
-    /// `"havtun"`. At most 13 characters (IFNAMSIZ).
+    /// `"havtun"`. Every resulting name must fit IFNAMSIZ less its NUL (15
+    /// octets) and hold no '/', whitespace or control character
+    /// ([`DataplaneConfig::validate`]).
     pub tun_name: String,
     /// MTU of the path to care-of addresses (outer packets), octets.
-    /// Default 1500. The TUN device gets this minus the largest tunnel
-    /// overhead (32, UDP), so the kernel fragments or refuses before us.
+    /// Default 1500; at least [`MIN_TUNNEL_MTU`]. Encapsulated packets above
+    /// it are refused with ICMP Fragmentation Needed (DF set) or sent as
+    /// outer fragments (DF clear); see the module docs.
     pub tunnel_mtu: u16,
     /// Answer packets for home addresses without a binding with ICMP Host
     /// Unreachable. Default true.
@@ -96,6 +142,111 @@ impl Default for DataplaneConfig {
             icmp_unreachable: true,
             icmp_errors_per_sec: 100,
         }
+    }
+}
+
+/// Longest network device name: IFNAMSIZ (16 on Linux) less the NUL.
+pub const MAX_TUN_NAME_LEN: usize = 15;
+/// Smallest `tunnel_mtu`: every IPv4 link carries 576 octets [RFC 791 § 3.1,
+/// RFC 1122 § 3.3.3].
+pub const MIN_TUNNEL_MTU: u16 = 576;
+
+/// A `[dataplane]` setting the daemon cannot run with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DataplaneConfigError {
+    /// The device name is empty.
+    #[error("[dataplane] tun_name must not be empty")]
+    EmptyTunName,
+    /// The device name (prefix plus realm index) is too long.
+    #[error(
+        "[dataplane] tun_name: device name {name:?} is {len} octets; Linux allows at most {max} (IFNAMSIZ - 1)"
+    )]
+    TunNameTooLong {
+        /// The whole device name.
+        name: String,
+        /// Its length in octets.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A character a device name must not hold.
+    #[error(
+        "[dataplane] tun_name {name:?} contains {ch:?}; device names take no '/', ':', whitespace or control characters"
+    )]
+    TunNameChar {
+        /// The whole device name.
+        name: String,
+        /// The offending character.
+        ch: char,
+    },
+    /// `.` and `..` name directories under /sys/class/net.
+    #[error("[dataplane] tun_name {0:?} is not a usable device name")]
+    TunNameReserved(String),
+    /// `tunnel_mtu` below the IPv4 minimum.
+    #[error("[dataplane] tunnel_mtu {0} is below the IPv4 minimum of 576")]
+    TunnelMtuTooSmall(u16),
+}
+
+/// Checks one network device name as the kernel's `dev_valid_name` would:
+/// 1 to 15 octets, not `.` or `..`, no '/', ':' (alias syntax), whitespace
+/// or control character. TUNSETIFF fails late and obscurely (or, for a name
+/// over 15 octets, the name would be cut), so the daemon refuses it at
+/// configuration time.
+///
+/// # Errors
+/// The first rule the name breaks.
+pub fn validate_tun_name(name: &str) -> Result<(), DataplaneConfigError> {
+    if name.is_empty() {
+        return Err(DataplaneConfigError::EmptyTunName);
+    }
+    if name.len() > MAX_TUN_NAME_LEN {
+        return Err(DataplaneConfigError::TunNameTooLong {
+            name: name.to_owned(),
+            len: name.len(),
+            max: MAX_TUN_NAME_LEN,
+        });
+    }
+    if name == "." || name == ".." {
+        return Err(DataplaneConfigError::TunNameReserved(name.to_owned()));
+    }
+    if let Some(ch) = name
+        .chars()
+        .find(|c| *c == '/' || *c == ':' || c.is_whitespace() || c.is_control())
+    {
+        return Err(DataplaneConfigError::TunNameChar {
+            name: name.to_owned(),
+            ch,
+        });
+    }
+    Ok(())
+}
+
+impl DataplaneConfig {
+    /// The device name of realm `index`: `<tun_name><index>`.
+    pub fn tun_device(&self, index: u16) -> String {
+        format!("{}{}", self.tun_name, index)
+    }
+
+    /// Validates the section against the realms it will serve: every
+    /// realm with a home prefix gets a TUN device, whose name
+    /// ([`DataplaneConfig::tun_device`]) must be valid
+    /// ([`validate_tun_name`]); `tunnel_mtu` must be at least 576. Checked
+    /// even when `enabled` is false, so turning the data plane on later
+    /// does not uncover an old mistake.
+    ///
+    /// # Errors
+    /// The first problem found.
+    pub fn validate(&self, realms: &[RealmConfig]) -> Result<(), DataplaneConfigError> {
+        // The prefix alone first: its error names what the operator wrote.
+        validate_tun_name(&self.tun_name)?;
+        for plane in RealmPlane::from_config(realms) {
+            validate_tun_name(&self.tun_device(plane.id.0))?;
+        }
+        if self.tunnel_mtu < MIN_TUNNEL_MTU {
+            return Err(DataplaneConfigError::TunnelMtuTooSmall(self.tunnel_mtu));
+        }
+        Ok(())
     }
 }
 
@@ -165,6 +316,8 @@ pub enum Dest {
 pub struct Outputs {
     buf: Vec<u8>,
     items: Vec<(Dest, Range<usize>)>,
+    /// A whole outer payload before it is cut into fragments.
+    scratch: Vec<u8>,
 }
 
 impl Outputs {
@@ -196,9 +349,21 @@ impl Outputs {
             .filter_map(|(d, r)| Some((*d, self.buf.get(r.clone())?)))
     }
 
+    /// The packets for the raw socket ([`Dest::Raw`]), in order, with
+    /// their destinations.
+    pub fn raw_packets(&self) -> RawPackets<'_> {
+        RawPackets { out: self, next: 0 }
+    }
+
     /// Appends a packet of at most `len` octets written by `f`, which
-    /// returns the length written (`None`: nothing is queued).
-    fn push_with(&mut self, dest: Dest, len: usize, f: impl FnOnce(&mut [u8]) -> Option<usize>) {
+    /// returns the length written (`None`: nothing is queued). Returns
+    /// whether a packet was queued.
+    fn push_with(
+        &mut self,
+        dest: Dest,
+        len: usize,
+        f: impl FnOnce(&mut [u8]) -> Option<usize>,
+    ) -> bool {
         let start = self.buf.len();
         self.buf.resize(start + len, 0);
         let written = self.buf.get_mut(start..).and_then(f);
@@ -206,9 +371,48 @@ impl Outputs {
             Some(n) if n <= len => {
                 self.buf.truncate(start + n);
                 self.items.push((dest, start..start + n));
+                true
             }
-            _ => self.buf.truncate(start),
+            _ => {
+                self.buf.truncate(start);
+                false
+            }
         }
+    }
+
+    /// Where the arena ends now, for [`Outputs::rewind`].
+    fn mark(&self) -> (usize, usize) {
+        (self.buf.len(), self.items.len())
+    }
+
+    /// Forgets what was queued after `mark`.
+    fn rewind(&mut self, (buf, items): (usize, usize)) {
+        self.buf.truncate(buf);
+        self.items.truncate(items);
+    }
+}
+
+/// The iterator of [`Outputs::raw_packets`] (a named type, not a closure
+/// chain, so the sending task's future stays `Send` across `.await`).
+#[derive(Debug)]
+pub struct RawPackets<'a> {
+    out: &'a Outputs,
+    next: usize,
+}
+
+impl<'a> Iterator for RawPackets<'a> {
+    type Item = (Ipv4Addr, &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while let Some((dest, range)) = self.out.items.get(self.next) {
+            self.next += 1;
+            if let Dest::Raw(a) = dest
+                && let Some(b) = self.out.buf.get(range.clone())
+            {
+                return Some((*a, b));
+            }
+        }
+        None
     }
 }
 
@@ -223,7 +427,8 @@ pub enum DropReason {
     Spoofed,
     /// Not a well-formed IPv4 packet or tunnel message.
     Malformed,
-    /// Larger than the tunnel MTU (with DF: an ICMP error was sent).
+    /// Larger than the tunnel MTU with DF set (an ICMP error was sent),
+    /// or too large to fragment (over 65535 octets encapsulated).
     Mtu,
     /// The inner TTL ran out [RFC 2003 § 3.1].
     Ttl,
@@ -256,6 +461,7 @@ pub enum Reversed {
 pub struct Stats {
     forward_ipip: AtomicU64,
     forward_udp: AtomicU64,
+    forward_fragmented: AtomicU64,
     reverse_ipip: AtomicU64,
     reverse_udp: AtomicU64,
     keepalives: AtomicU64,
@@ -276,6 +482,9 @@ pub struct StatsSnapshot {
     pub forward_ipip: u64,
     /// Packets sent UDP-tunnelled to NAT mappings (copies).
     pub forward_udp: u64,
+    /// Of the copies above, those sent as outer fragments (DF clear,
+    /// larger than the tunnel MTU [RFC 2003 § 5.1]).
+    pub forward_fragmented: u64,
     /// IP-in-IP packets decapsulated to the home network.
     pub reverse_ipip: u64,
     /// UDP tunnel data decapsulated to the home network.
@@ -322,6 +531,7 @@ impl Stats {
         StatsSnapshot {
             forward_ipip: g(&self.forward_ipip),
             forward_udp: g(&self.forward_udp),
+            forward_fragmented: g(&self.forward_fragmented),
             reverse_ipip: g(&self.reverse_ipip),
             reverse_udp: g(&self.reverse_udp),
             keepalives: g(&self.keepalives),
@@ -354,6 +564,11 @@ struct Bucket {
     last: Duration,
 }
 
+/// The IPv4 flags and fragment offset field [RFC 791 § 3.1].
+const FLAGS_OFFSET: Range<usize> = 6..8;
+/// More Fragments, in that field.
+const FLAG_MF: u16 = 0x2000;
+
 const ICMP_UNREACHABLE: u8 = 3;
 const ICMP_CODE_HOST_UNREACHABLE: u8 = 1;
 const ICMP_CODE_FRAG_NEEDED: u8 = 4;
@@ -372,12 +587,15 @@ pub struct DataPlane {
     stats: Stats,
     ident: AtomicU32,
     bucket: Mutex<Bucket>,
+    /// Encap mode: UDP tunnel data leaves through the dispatcher, whole.
+    udp_via_dispatcher: bool,
 }
 
 /// A decision for one care-of address of a binding.
 enum Plan {
     IpIp(Ipv4Addr),
     Udp(SocketAddrV4),
+    /// DF set and too big: the MTU the tunnel leaves.
     TooBig(usize),
 }
 
@@ -395,7 +613,19 @@ impl DataPlane {
                 tokens: burst,
                 last: Duration::ZERO,
             }),
+            udp_via_dispatcher: false,
         }
+    }
+
+    /// Behind a dispatcher in encap mode (DESIGN.md § 5) UDP tunnel data
+    /// leaves in `ToClient` frames, so the dispatcher re-emits it from
+    /// VIP:434: an oversize non-DF packet then goes whole and the
+    /// dispatcher's IP layer fragments the datagram, instead of the core
+    /// fragmenting it for the raw socket (the fragments would leave from
+    /// this node, where the mobile node's NAT has no mapping for them).
+    pub fn udp_via_dispatcher(mut self, yes: bool) -> Self {
+        self.udp_via_dispatcher = yes;
+        self
     }
 
     /// The realms served.
@@ -466,7 +696,9 @@ impl DataPlane {
                     Encap::IpInIp => (IPIP_OVERHEAD, Plan::IpIp(c.coa)),
                     Encap::Udp { nat } => (UDP_OVERHEAD, Plan::Udp(nat)),
                 };
-                let copy = if pkt.len() + overhead > mtu {
+                // [RFC 2003 § 5.1]: only DF stops an oversize packet; without
+                // it the outer datagram is fragmented below.
+                let copy = if df && pkt.len() + overhead > mtu {
                     Plan::TooBig(mtu.saturating_sub(overhead))
                 } else {
                     copy
@@ -496,66 +728,113 @@ impl DataPlane {
         for copy in copies.iter().flatten() {
             match *copy {
                 Plan::IpIp(coa) => {
-                    let ident = self.next_ident();
-                    out.push_with(Dest::Raw(coa), IPIP_OVERHEAD + pkt.len(), |b| {
-                        let (outer, inner) = b.split_at_mut_checked(IPV4_HEADER_LEN)?;
-                        Ipv4Repr {
-                            src: realm.vip,
-                            dst: coa,
-                            protocol: protocol::IPIP,
-                            ttl: OUTER_TTL,
-                            tos: p.tos(),
-                            df,
-                            ident,
-                            payload_len: pkt.len(),
+                    let outer = Ipv4Repr {
+                        src: realm.vip,
+                        dst: coa,
+                        protocol: protocol::IPIP,
+                        ttl: OUTER_TTL,
+                        tos: p.tos(),
+                        df,
+                        ident: self.next_ident(),
+                        payload_len: pkt.len(),
+                    };
+                    let fits = IPIP_OVERHEAD + pkt.len() <= mtu;
+                    let queued = if fits {
+                        out.push_with(Dest::Raw(coa), IPIP_OVERHEAD + pkt.len(), |b| {
+                            let (h, inner) = b.split_at_mut_checked(IPV4_HEADER_LEN)?;
+                            outer.emit(&mut Ipv4Packet::new_unchecked(h)).ok()?;
+                            copy_decremented(inner, pkt)?;
+                            Some(b.len())
+                        })
+                    } else {
+                        self.push_fragments(out, outer, mtu, |b| copy_decremented(b, pkt))
+                    };
+                    if queued {
+                        inc(&st.forward_ipip);
+                        if !fits {
+                            inc(&st.forward_fragmented);
                         }
-                        .emit(&mut Ipv4Packet::new_unchecked(outer))
-                        .ok()?;
-                        copy_decremented(inner, pkt)?;
-                        Some(b.len())
-                    });
-                    inc(&st.forward_ipip);
-                    sent += 1;
+                        sent += 1;
+                    } else {
+                        st.drop(DropReason::Mtu);
+                    }
                 }
                 Plan::Udp(nat) => {
-                    let dest = Dest::Udp {
-                        realm: realm.id,
-                        src: SocketAddrV4::new(realm.vip, realm.port),
-                        dst: nat,
+                    let fits = UDP_OVERHEAD + pkt.len() <= mtu;
+                    let queued = if fits || self.udp_via_dispatcher {
+                        let dest = Dest::Udp {
+                            realm: realm.id,
+                            src: SocketAddrV4::new(realm.vip, realm.port),
+                            dst: nat,
+                        };
+                        out.push_with(dest, udptun::HEADER_LEN + pkt.len(), |b| {
+                            let (h, inner) = b.split_at_mut_checked(udptun::HEADER_LEN)?;
+                            TunnelDataPacket::new_unchecked(h).set_header(NextHeader::IpIp);
+                            copy_decremented(inner, pkt)?;
+                            Some(b.len())
+                        })
+                    } else {
+                        // The UDP datagram VIP:434 → mapping, cut into IP
+                        // fragments (module docs, "Fragmentation").
+                        let udp_len = UDP_HEADER_LEN + udptun::HEADER_LEN + pkt.len();
+                        let outer = Ipv4Repr {
+                            src: realm.vip,
+                            dst: *nat.ip(),
+                            protocol: protocol::UDP,
+                            ttl: OUTER_TTL,
+                            tos: p.tos(),
+                            df: false,
+                            ident: self.next_ident(),
+                            payload_len: udp_len,
+                        };
+                        self.push_fragments(out, outer, mtu, |b| {
+                            let len = u16::try_from(udp_len).ok()?;
+                            let mut u = ip::UdpPacket::new_unchecked(&mut *b);
+                            u.set_src_port(realm.port);
+                            u.set_dst_port(nat.port());
+                            u.set_len(len);
+                            let (h, inner) =
+                                u.payload_mut().split_at_mut_checked(udptun::HEADER_LEN)?;
+                            TunnelDataPacket::new_unchecked(h).set_header(NextHeader::IpIp);
+                            copy_decremented(inner, pkt)?;
+                            ip::UdpPacket::new_unchecked(b).fill_checksum(realm.vip, *nat.ip());
+                            Some(())
+                        })
                     };
-                    out.push_with(dest, udptun::HEADER_LEN + pkt.len(), |b| {
-                        let (h, inner) = b.split_at_mut_checked(udptun::HEADER_LEN)?;
-                        TunnelDataPacket::new_unchecked(h).set_header(NextHeader::IpIp);
-                        copy_decremented(inner, pkt)?;
-                        Some(b.len())
-                    });
-                    inc(&st.forward_udp);
-                    sent += 1;
+                    if queued {
+                        inc(&st.forward_udp);
+                        // Behind a dispatcher its IP layer fragments.
+                        if !fits {
+                            inc(&st.forward_fragmented);
+                        }
+                        sent += 1;
+                    } else {
+                        st.drop(DropReason::Mtu);
+                    }
                 }
                 Plan::TooBig(left) => too_big = Some(too_big.map_or(left, |m: usize| m.min(left))),
             }
         }
         if let Some(left) = too_big {
-            // [RFC 2003 § 5.1]: with DF, tell the source the MTU the tunnel
-            // leaves; without it, the packet cannot be sent whole (the raw
-            // socket does not fragment) and the TUN MTU should have stopped
-            // it earlier.
-            if df {
-                let mtu = u16::try_from(left).unwrap_or(u16::MAX);
-                self.icmp_error(
-                    now,
-                    realm.vip,
-                    ICMP_UNREACHABLE,
-                    ICMP_CODE_FRAG_NEEDED,
-                    mtu,
-                    pkt,
-                    out,
-                );
-            }
+            // [RFC 2003 § 5.1, RFC 1191 § 4]: DF set (only DF makes a
+            // `TooBig`): tell the source the MTU the tunnel leaves.
+            let mtu = u16::try_from(left).unwrap_or(u16::MAX);
+            self.icmp_error(
+                now,
+                realm.vip,
+                ICMP_UNREACHABLE,
+                ICMP_CODE_FRAG_NEEDED,
+                mtu,
+                pkt,
+                out,
+            );
             st.drop(DropReason::Mtu);
             if sent == 0 {
                 return Err(DropReason::Mtu);
             }
+        }
+        if sent == 0 {
+            return Err(DropReason::Mtu);
         }
         Ok(sent)
     }
@@ -678,6 +957,67 @@ impl DataPlane {
             .find(|r| r.vip == vip && r.prefix.contains(src))
             .ok_or_else(|| st.drop(DropReason::Spoofed))?;
         Ok((realm.id, Ipv4Packet::new_unchecked(trimmed)))
+    }
+
+    /// Queues the datagram `outer` (its header fields; `payload_len` octets
+    /// of payload written by `fill`) as IPv4 fragments of at most `mtu`
+    /// octets to the raw socket [RFC 791 § 2.3, § 3.2]: each carries a
+    /// copy of the header with DF clear, MF on all but the last, and a
+    /// multiple of 8 payload octets but the last. All or nothing: returns
+    /// false (and queues none) when the datagram cannot be fragmented (over
+    /// 65535 octets, an MTU below 28).
+    fn push_fragments(
+        &self,
+        out: &mut Outputs,
+        outer: Ipv4Repr,
+        mtu: usize,
+        fill: impl FnOnce(&mut [u8]) -> Option<()>,
+    ) -> bool {
+        let per = mtu.saturating_sub(IPV4_HEADER_LEN) & !7;
+        if per == 0 || IPV4_HEADER_LEN + outer.payload_len > usize::from(u16::MAX) {
+            return false;
+        }
+        // The whole payload is written once into the arena's scratch
+        // buffer (kept between packets), then copied piece by piece.
+        let mut whole = std::mem::take(&mut out.scratch);
+        whole.clear();
+        whole.resize(outer.payload_len, 0);
+        let mark = out.mark();
+        let mut ok = fill(&mut whole).is_some();
+        let last = whole.len().div_ceil(per).saturating_sub(1);
+        for (i, piece) in whole.chunks(per).enumerate() {
+            if !ok {
+                break;
+            }
+            // i * per < 65535, so the offset fits its 13 bits.
+            let Ok(units) = u16::try_from(i * per / 8) else {
+                ok = false;
+                break;
+            };
+            let flags = if i < last { FLAG_MF | units } else { units };
+            ok = out.push_with(Dest::Raw(outer.dst), IPV4_HEADER_LEN + piece.len(), |b| {
+                let (h, data) = b.split_at_mut_checked(IPV4_HEADER_LEN)?;
+                Ipv4Repr {
+                    df: false,
+                    payload_len: piece.len(),
+                    ..outer
+                }
+                .emit(&mut Ipv4Packet::new_unchecked(&mut *h))
+                .ok()?;
+                // Ipv4Repr writes unfragmented headers only: set flags and
+                // offset here and checksum again.
+                h.get_mut(FLAGS_OFFSET)?
+                    .copy_from_slice(&flags.to_be_bytes());
+                Ipv4Packet::new_unchecked(h).fill_checksum();
+                data.copy_from_slice(piece);
+                Some(b.len())
+            });
+        }
+        out.scratch = whole;
+        if !ok {
+            out.rewind(mark);
+        }
+        ok
     }
 
     /// Queues an ICMP error about `orig` to its source, from `vip`, unless

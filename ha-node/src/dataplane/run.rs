@@ -1,15 +1,26 @@
 //! The data plane's tasks: the thin async shell around [`DataPlane`].
 //!
 //! * one task per realm reads its TUN device in batches and forwards;
-//! * one task receives IP-in-IP on the raw socket and reverses it;
+//! * one task receives IP-in-IP on the raw socket (`recvmmsg`) and
+//!   reverses it;
 //! * one task takes the RFC 3519 tunnel data the daemon's realm sockets
 //!   received (the daemon's driver hands it over with [`UdpIngress::offer`]
 //!   instead of feeding it to the registration engine) and reverses it;
+//!   behind a dispatcher in encap mode that data arrives in `ToNode` frames
+//!   and takes the same way;
 //! * one task copies the core's counters into `metrics` once a second.
 //!
-//! Each task owns its receive buffers and its [`Outputs`] arena, so the
-//! steady state allocates nothing per packet on the TUN and raw paths; the
-//! UDP path receives owned datagrams from the daemon's batches.
+//! Output: raw-socket packets (IP in IP, ICMP errors, outer fragments) go
+//! out in `sendmmsg` batches; UDP tunnel data leaves from the realm's
+//! VIP:434 socket, or, behind a dispatcher in encap mode, in a `ToClient`
+//! frame through [`Egress`] so the dispatcher sends it from VIP:434 (the
+//! mobile node's NAT mapping is towards the VIP, not towards this node
+//! [RFC 3519 § 3.3]).
+//!
+//! Each task owns its receive buffers, its [`Outputs`] arena and its frame
+//! buffer, so the steady state allocates nothing per packet on the TUN and
+//! raw paths; the UDP path receives owned datagrams from the daemon's
+//! batches.
 
 use std::collections::HashMap;
 use std::io;
@@ -22,11 +33,12 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use super::raw::RawSocket;
+use super::raw::{self, RawSocket};
 use super::tun::Tun;
-use super::{DataPlane, DataplaneConfig, Dest, Outputs, RealmPlane, UDP_OVERHEAD};
+use super::{DataPlane, DataplaneConfig, Dest, Outputs, RealmPlane};
 use crate::binding::BindingTable;
 use crate::config::{RealmConfig, RealmId};
+use crate::ingress::Egress;
 use crate::net::Endpoint;
 
 /// Packets handled, by `direction` (forward, reverse) and `encap` (ipip,
@@ -38,9 +50,16 @@ pub const DROPS: &str = "haven_dataplane_drops_total";
 pub const ICMP: &str = "haven_dataplane_icmp_errors_total";
 /// Packets the kernel refused to send or the TUN to take.
 pub const SEND_ERRORS: &str = "haven_dataplane_send_errors_total";
+/// Forwarded copies sent as outer fragments (DF clear, larger than the
+/// tunnel MTU [RFC 2003 § 5.1]).
+pub const FRAGMENTED: &str = "haven_dataplane_fragmented_packets_total";
 
-/// Packets read per wake-up.
-const BATCH: usize = 32;
+/// Packets read per wake-up (one `recvmmsg` on the raw socket).
+const BATCH: usize = raw::BATCH;
+/// MTU of the TUN devices: the largest IPv4 packet, so the kernel hands
+/// the core whole packets and the core applies each binding's own tunnel
+/// overhead (module docs of `dataplane`, "Fragmentation").
+pub const TUN_MTU: u16 = u16::MAX;
 /// Largest packet read from a TUN device or the raw socket.
 const MAX_PACKET: usize = 65_535;
 /// Queue of UDP tunnel data between the daemon's driver and the reverse task.
@@ -92,20 +111,32 @@ struct Io {
     tuns: HashMap<RealmId, Arc<Tun>>,
     raw: Arc<RawSocket>,
     eps: HashMap<RealmId, Arc<Endpoint>>,
+    /// Encap mode: UDP tunnel data goes back through the dispatcher.
+    egress: Option<Egress>,
 }
 
 impl Io {
-    async fn deliver(&self, out: &Outputs) {
+    /// Sends everything in `out`: the raw-socket packets first, in
+    /// `sendmmsg` batches, then the rest in order. `frame` is the task's
+    /// buffer for `ToClient` frames.
+    async fn deliver(&self, out: &Outputs, frame: &mut Vec<u8>) {
+        let r = self.raw.send_batch(out.raw_packets()).await;
+        if r.failed > 0 {
+            let e = r.error.map(io::Error::from_raw_os_error);
+            debug!(failed = r.failed, error = ?e, "raw send refused");
+            metrics::counter!(SEND_ERRORS, "reason" => "raw").increment(r.failed as u64);
+        }
         for (dest, bytes) in out.iter() {
             let res = match dest {
+                Dest::Raw(_) => continue,
                 Dest::Tun(r) => match self.tuns.get(&r) {
                     Some(t) => t.write(bytes),
                     None => Err(io::Error::other("no TUN for realm")),
                 },
-                Dest::Raw(dst) => self.raw.send(dst, bytes),
-                Dest::Udp { realm, src, dst } => match self.eps.get(&realm) {
-                    Some(ep) => ep.send(dst, IpAddr::V4(*src.ip()), bytes).await,
-                    None => Err(io::Error::other("no socket for realm")),
+                Dest::Udp { realm, src, dst } => match (&self.egress, self.eps.get(&realm)) {
+                    (Some(eg), _) => eg.send_reusing(frame, src, dst, bytes).await,
+                    (None, Some(ep)) => ep.send(dst, IpAddr::V4(*src.ip()), bytes).await,
+                    (None, None) => Err(io::Error::other("no socket for realm")),
                 },
             };
             if let Err(e) = res {
@@ -119,7 +150,9 @@ impl Io {
 /// Creates the TUN devices (one per realm with a home prefix: routes for
 /// the prefix into `<tun_name><i>`), opens the raw socket and spawns the
 /// tasks. `endpoints` are the daemon's realm sockets by VIP:port (UDP tunnel
-/// data leaves through them, from VIP:434 [RFC 3519 § 3.3]).
+/// data leaves through them, from VIP:434 [RFC 3519 § 3.3]); with `egress`
+/// (the node runs behind a dispatcher in encap mode) it leaves through the
+/// dispatcher instead.
 ///
 /// # Errors
 /// Creating a device or the raw socket (root or CAP_NET_ADMIN and
@@ -129,17 +162,15 @@ pub fn start(
     realms: &[RealmConfig],
     table: Arc<BindingTable>,
     endpoints: &HashMap<SocketAddrV4, Arc<Endpoint>>,
+    egress: Option<Egress>,
     stop: watch::Receiver<bool>,
 ) -> io::Result<Running> {
     let planes = RealmPlane::from_config(realms);
-    let mtu = cfg
-        .tunnel_mtu
-        .saturating_sub(u16::try_from(UDP_OVERHEAD).unwrap_or(u16::MAX))
-        .max(576);
+    let mtu = TUN_MTU;
     let mut tuns = HashMap::new();
     let mut eps = HashMap::new();
     for r in &planes {
-        let name = format!("{}{}", cfg.tun_name, r.id.0);
+        let name = cfg.tun_device(r.id.0);
         let tun = Tun::create(&name, mtu, r.prefix)?;
         info!(device = %name, prefix = %r.prefix, mtu, "data plane TUN up");
         tuns.insert(r.id, Arc::new(tun));
@@ -148,11 +179,13 @@ pub fn start(
         }
     }
     let raw = Arc::new(RawSocket::open()?);
-    let dp = Arc::new(DataPlane::new(planes, table, cfg.clone()));
+    let dp =
+        Arc::new(DataPlane::new(planes, table, cfg.clone()).udp_via_dispatcher(egress.is_some()));
     let io = Arc::new(Io {
         tuns: tuns.clone(),
         raw: raw.clone(),
         eps,
+        egress,
     });
     let mut tasks = Vec::new();
     for tun in tuns.into_values() {
@@ -196,6 +229,7 @@ async fn tun_task(tun: Arc<Tun>, dp: Arc<DataPlane>, io: Arc<Io>, mut stop: watc
     let mut bufs = buffers();
     let mut lens = Vec::with_capacity(BATCH);
     let mut out = Outputs::new();
+    let mut frame = Vec::new();
     loop {
         tokio::select! {
             () = stopped(&mut stop) => return,
@@ -209,7 +243,7 @@ async fn tun_task(tun: Arc<Tun>, dp: Arc<DataPlane>, io: Arc<Io>, mut stop: watc
                 for (b, &n) in bufs.iter().zip(&lens) {
                     let _ = dp.forward(now, b.get(..n).unwrap_or_default(), &mut out);
                 }
-                io.deliver(&out).await;
+                io.deliver(&out, &mut frame).await;
             }
         }
     }
@@ -224,6 +258,7 @@ async fn raw_task(
     let mut bufs = buffers();
     let mut lens = Vec::with_capacity(BATCH);
     let mut out = Outputs::new();
+    let mut frame = Vec::new();
     loop {
         tokio::select! {
             () = stopped(&mut stop) => return,
@@ -237,7 +272,7 @@ async fn raw_task(
                 for (b, &n) in bufs.iter().zip(&lens) {
                     let _ = dp.reverse_ipip(now, b.get(..n).unwrap_or_default(), &mut out);
                 }
-                io.deliver(&out).await;
+                io.deliver(&out, &mut frame).await;
             }
         }
     }
@@ -250,6 +285,7 @@ async fn udp_task(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut out = Outputs::new();
+    let mut frame = Vec::new();
     loop {
         tokio::select! {
             () = stopped(&mut stop) => return,
@@ -265,7 +301,7 @@ async fn udp_task(
                     let _ = dp.reverse_udp(now, src, dst, &bytes, &mut out);
                     more += 1;
                 }
-                io.deliver(&out).await;
+                io.deliver(&out, &mut frame).await;
             }
         }
     }
@@ -283,6 +319,7 @@ async fn metrics_task(dp: Arc<DataPlane>, mut stop: watch::Receiver<bool>) {
                 };
                 p("forward", "ipip", s.forward_ipip);
                 p("forward", "udp", s.forward_udp);
+                metrics::counter!(FRAGMENTED).absolute(s.forward_fragmented);
                 p("reverse", "ipip", s.reverse_ipip);
                 p("reverse", "udp", s.reverse_udp);
                 p("reverse", "keepalive", s.keepalives);
@@ -402,7 +439,7 @@ mod tests {
             enabled: true,
             ..DataplaneConfig::default()
         };
-        let running = start(&cfg, &[realm], table, &HashMap::new(), stop).expect("start");
+        let running = start(&cfg, &[realm], table, &HashMap::new(), None, stop).expect("start");
 
         // Forward: a datagram to the home address enters the TUN and comes
         // back IP in IP to the care-of address (local here).

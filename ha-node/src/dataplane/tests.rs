@@ -278,6 +278,287 @@ fn df_and_too_big_fragmentation_needed() {
     assert_eq!(dp.forward(NOW, &fits, &mut out), Ok(1));
 }
 
+/// CN:5000 → HoA:6000 UDP, 600 octets, TOS 0x10, DF clear, TTL 63, ident
+/// 0x1234: the first 28 octets (IPv4 and UDP headers); 0xab payload.
+const MID_HEAD: [u8; 28] = hex!("45100258123400003f1175ffc6120102c633640a1388177002441552");
+/// Its outer fragments at tunnel MTU 576, IP in IP: 552 payload octets with
+/// MF at offset 0, then 48 at offset 69 (552 / 8) [RFC 791 § 3.2].
+const IPIP_FRAG1: [u8; 20] = hex!("4510023c0001200040045aa6c0000201cb007105");
+const IPIP_FRAG2: [u8; 20] = hex!("451000440001004540047c59c0000201cb007105");
+/// The same by UDP tunnelling: the datagram VIP:434 → NAT (612 octets, its
+/// UDP header below), fragments of 552 and 60.
+const UDP_FRAG1: [u8; 20] = hex!("4510023c0001200040115a9cc0000201cb007102");
+const UDP_FRAG2: [u8; 20] = hex!("451000500001004540117c43c0000201cb007102");
+const UDP_FRAG_UDP_HEAD: [u8; 12] = hex!("01b29c4102644ed204040000");
+
+fn mid_packet(df: bool) -> Vec<u8> {
+    let mut v = MID_HEAD.to_vec();
+    v.resize(600, 0xab);
+    if df {
+        let mut p = Ipv4Packet::new_unchecked(&mut v[..]);
+        p.set_dont_frag_unfragmented(true);
+        p.fill_checksum();
+    }
+    v
+}
+
+fn small_mtu() -> DataplaneConfig {
+    DataplaneConfig {
+        tunnel_mtu: 576,
+        ..DataplaneConfig::default()
+    }
+}
+
+/// The fragments' payloads in order, checking each header is a fragment of
+/// one datagram: same ident, DF clear, offsets contiguous, MF on all but
+/// the last, header checksums right.
+fn reassemble(frags: &[(Dest, Vec<u8>)], mtu: usize) -> Vec<u8> {
+    let mut whole = Vec::new();
+    let ident = Ipv4Packet::new_checked(&frags[0].1[..]).unwrap().ident();
+    for (i, (_, f)) in frags.iter().enumerate() {
+        assert!(f.len() <= mtu, "fragment {i} is {} octets", f.len());
+        let p = Ipv4Packet::new_checked(&f[..]).unwrap();
+        assert!(p.verify_checksum(), "fragment {i} header checksum");
+        assert_eq!(p.ident(), ident);
+        assert!(!p.dont_frag());
+        assert_eq!(p.more_frags(), i + 1 < frags.len(), "MF of fragment {i}");
+        assert_eq!(usize::from(p.frag_offset()) * 8, whole.len(), "offset {i}");
+        whole.extend_from_slice(p.payload());
+    }
+    whole
+}
+
+#[test]
+fn no_df_too_big_ip_in_ip_fragments_the_outer_datagram() {
+    // Reference: RFC 2003 § 3.1 (DF copied; clear → the tunnel may
+    // fragment), § 5.1; RFC 791 § 3.2 (fragment offsets in 8 octets).
+    let dp = plane(
+        &[(HOA, vec![care_of(COA, Encap::IpInIp, 600)])],
+        small_mtu(),
+    );
+    let mut out = Outputs::new();
+    let inner = mid_packet(false);
+    assert_eq!(dp.forward(NOW, &inner, &mut out), Ok(1));
+    let o = outputs(&out);
+    assert_eq!(o.len(), 2);
+    assert!(o.iter().all(|(d, _)| *d == Dest::Raw(COA)));
+    // 556 octets of room, 552 used: a multiple of 8.
+    assert_eq!(o[0].1.len(), 572);
+    assert_eq!(&o[0].1[..20], &IPIP_FRAG1);
+    assert_eq!(&o[1].1[..20], &IPIP_FRAG2);
+    // Reassembled: the inner packet, TTL decremented, checksum right.
+    let whole = reassemble(&o, 576);
+    let mut expect = inner.clone();
+    copy_decremented(&mut expect, &inner).unwrap();
+    assert_eq!(whole, expect);
+    assert!(
+        Ipv4Packet::new_checked(&whole[..])
+            .unwrap()
+            .verify_checksum()
+    );
+    let s = dp.stats();
+    assert_eq!(
+        (
+            s.forward_ipip,
+            s.forward_fragmented,
+            s.drop_mtu,
+            s.icmp_sent
+        ),
+        (1, 1, 0, 0)
+    );
+    // The arena is reused: a second packet queues the same, nothing left
+    // over from the first.
+    out.clear();
+    assert_eq!(dp.forward(NOW, &inner, &mut out), Ok(1));
+    assert_eq!(out.len(), 2);
+    // With DF the same packet is refused with the MTU the tunnel leaves.
+    out.clear();
+    assert_eq!(
+        dp.forward(NOW, &mid_packet(true), &mut out),
+        Err(DropReason::Mtu)
+    );
+    let o = outputs(&out);
+    assert_eq!(o.len(), 1);
+    assert_eq!(o[0].0, Dest::Raw(CN));
+    assert_eq!(&o[0].1[20..22], &[3, 4]);
+    assert_eq!(&o[0].1[26..28], &556u16.to_be_bytes());
+}
+
+#[test]
+fn no_df_too_big_udp_fragments_the_udp_datagram() {
+    // Reference: RFC 3519 § 3.3 (type 4 in UDP from VIP:434), RFC 768
+    // (checksum over the whole datagram), RFC 791 § 3.2.
+    let dp = plane(
+        &[(HOA, vec![care_of(COA, Encap::Udp { nat: NAT }, 600)])],
+        small_mtu(),
+    );
+    let mut out = Outputs::new();
+    let inner = mid_packet(false);
+    assert_eq!(dp.forward(NOW, &inner, &mut out), Ok(1));
+    let o = outputs(&out);
+    assert_eq!(o.len(), 2);
+    assert!(o.iter().all(|(d, _)| *d == Dest::Raw(*NAT.ip())));
+    assert_eq!(&o[0].1[..20], &UDP_FRAG1);
+    assert_eq!(&o[1].1[..20], &UDP_FRAG2);
+    let whole = reassemble(&o, 576);
+    assert_eq!(whole.len(), 612);
+    assert_eq!(&whole[..12], &UDP_FRAG_UDP_HEAD);
+    let u = ip::UdpPacket::new_checked(&whole[..]).unwrap();
+    assert!(u.verify_checksum(VIP, *NAT.ip()));
+    let mut expect = inner.clone();
+    copy_decremented(&mut expect, &inner).unwrap();
+    assert_eq!(&whole[12..], &expect[..]);
+    let s = dp.stats();
+    assert_eq!((s.forward_udp, s.forward_fragmented, s.drop_mtu), (1, 1, 0));
+
+    // Behind a dispatcher in encap mode the datagram goes whole to the
+    // dispatcher, whose IP layer fragments it.
+    let dp = plane(
+        &[(HOA, vec![care_of(COA, Encap::Udp { nat: NAT }, 600)])],
+        small_mtu(),
+    )
+    .udp_via_dispatcher(true);
+    out.clear();
+    assert_eq!(dp.forward(NOW, &inner, &mut out), Ok(1));
+    let o = outputs(&out);
+    assert_eq!(o.len(), 1);
+    assert!(matches!(o[0].0, Dest::Udp { dst, .. } if dst == NAT));
+    assert_eq!(&o[0].1[..4], &[4, 4, 0, 0]);
+    assert_eq!(&o[0].1[4..], &expect[..]);
+    assert_eq!(dp.stats().forward_fragmented, 1);
+}
+
+#[test]
+fn fragmenting_a_simultaneous_binding_and_the_limits() {
+    // One copy fits IP in IP (600 + 20 ≤ 630), the UDP one (600 + 32)
+    // does not: only that one is fragmented.
+    let dp = plane(
+        &[(
+            HOA,
+            vec![
+                care_of(COA, Encap::IpInIp, 600),
+                care_of(COA2, Encap::Udp { nat: NAT }, 600),
+            ],
+        )],
+        DataplaneConfig {
+            tunnel_mtu: 630,
+            ..DataplaneConfig::default()
+        },
+    );
+    let mut out = Outputs::new();
+    assert_eq!(dp.forward(NOW, &mid_packet(false), &mut out), Ok(2));
+    let dests: Vec<Dest> = out.iter().map(|(d, _)| d).collect();
+    assert_eq!(
+        dests,
+        vec![Dest::Raw(COA), Dest::Raw(*NAT.ip()), Dest::Raw(*NAT.ip())]
+    );
+    assert_eq!(dp.stats().forward_fragmented, 1);
+
+    // 65535 octets inside, 65555 encapsulated: no IPv4 datagram holds it.
+    let dp = plane(
+        &[(HOA, vec![care_of(COA, Encap::IpInIp, 600)])],
+        small_mtu(),
+    );
+    let mut huge = MID_HEAD.to_vec();
+    huge.resize(65_535, 0);
+    let mut p = Ipv4Packet::new_unchecked(&mut huge[..]);
+    p.set_total_len(65_535);
+    p.fill_checksum();
+    out.clear();
+    assert_eq!(dp.forward(NOW, &huge, &mut out), Err(DropReason::Mtu));
+    assert!(out.is_empty(), "all or nothing");
+    assert_eq!(dp.stats().drop_mtu, 1);
+}
+
+#[test]
+fn tun_names_are_checked_like_the_kernel_does() {
+    for ok in ["havtun", "a", "hv-tun.0_x", "fifteen-octets!"] {
+        assert_eq!(validate_tun_name(ok), Ok(()), "{ok}");
+    }
+    assert_eq!(
+        validate_tun_name(""),
+        Err(DataplaneConfigError::EmptyTunName)
+    );
+    assert!(matches!(
+        validate_tun_name("sixteen-octets!!"),
+        Err(DataplaneConfigError::TunNameTooLong {
+            len: 16,
+            max: 15,
+            ..
+        })
+    ));
+    // Length is in octets (the kernel's), not characters.
+    assert!(matches!(
+        validate_tun_name("tüntüntüntün"),
+        Err(DataplaneConfigError::TunNameTooLong { len: 16, .. })
+    ));
+    for (bad, ch) in [
+        ("hav/tun", '/'),
+        ("hav tun", ' '),
+        ("hav\ttun", '\t'),
+        ("tun\n", '\n'),
+        ("eth0:1", ':'),
+    ] {
+        assert_eq!(
+            validate_tun_name(bad),
+            Err(DataplaneConfigError::TunNameChar {
+                name: bad.into(),
+                ch
+            }),
+            "{bad:?}"
+        );
+    }
+    for bad in [".", ".."] {
+        assert_eq!(
+            validate_tun_name(bad),
+            Err(DataplaneConfigError::TunNameReserved(bad.into()))
+        );
+    }
+    let e = validate_tun_name("a/b").unwrap_err().to_string();
+    assert!(e.contains("tun_name") && e.contains("'/'"), "{e}");
+}
+
+#[test]
+fn dataplane_config_validate_counts_the_realm_suffix() {
+    let realm = |name: &str, prefix: bool| RealmConfig {
+        name: name.into(),
+        home_prefix: prefix.then_some(Prefix {
+            addr: Ipv4Addr::new(198, 51, 100, 0),
+            len: 24,
+        }),
+        ..RealmConfig::default()
+    };
+    let cfg = |tun: &str| DataplaneConfig {
+        tun_name: tun.into(),
+        ..DataplaneConfig::default()
+    };
+    let one = [realm("a", true)];
+    assert_eq!(DataplaneConfig::default().validate(&one), Ok(()));
+    // 14 octets + "0" = 15: fits; 15 + "0" does not.
+    assert_eq!(cfg("fourteen-octet").validate(&one), Ok(()));
+    assert!(matches!(
+        cfg("fifteen-octets!").validate(&one),
+        Err(DataplaneConfigError::TunNameTooLong { ref name, len: 16, .. }) if name == "fifteen-octets!0"
+    ));
+    // Realm 10 (the 11th) gets two digits; realms without a home prefix
+    // get no device.
+    let mut many: Vec<RealmConfig> = (0..11).map(|i| realm(&format!("r{i}"), true)).collect();
+    assert!(cfg("fourteen-octet").validate(&many).is_err());
+    assert_eq!(cfg("thirteen-octe").validate(&many), Ok(()));
+    many[10].home_prefix = None;
+    assert_eq!(cfg("fourteen-octet").validate(&many), Ok(()));
+    // The prefix itself is checked even with no realm to serve.
+    assert!(cfg("bad/name").validate(&[]).is_err());
+    assert_eq!(
+        DataplaneConfig {
+            tunnel_mtu: 575,
+            ..DataplaneConfig::default()
+        }
+        .validate(&one),
+        Err(DataplaneConfigError::TunnelMtuTooSmall(575))
+    );
+}
+
 #[test]
 fn reverse_ip_in_ip_and_spoofing() {
     // Reference: RFC 3024 § 4.2: decapsulate; the inner source must be the

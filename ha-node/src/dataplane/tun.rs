@@ -23,6 +23,7 @@ use crate::config::Prefix;
 
 /// Longest device name (IFNAMSIZ less the terminating NUL).
 pub const MAX_NAME_LEN: usize = libc::IFNAMSIZ - 1;
+const _: () = assert!(MAX_NAME_LEN == super::MAX_TUN_NAME_LEN);
 
 /// An open TUN device.
 #[derive(Debug)]
@@ -38,7 +39,11 @@ mod sys {
     /// Opens `/dev/net/tun` and attaches it to a TUN device called `name`.
     pub fn open(name: &str) -> io::Result<OwnedFd> {
         let bytes = name.as_bytes();
-        if bytes.is_empty() || bytes.len() > super::MAX_NAME_LEN || bytes.contains(&0) {
+        // The configuration was validated already; checked again because
+        // the ioctl below relies on the length.
+        crate::dataplane::validate_tun_name(name)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        if bytes.len() > super::MAX_NAME_LEN {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("bad TUN device name {name:?}"),

@@ -49,8 +49,9 @@
 //!         },
 //!         cmd = engine_commands.recv() => { node.propose(id, cmd) … }
 //!     }
-//!     node.handle_ready()?;                     // fatal on storage error
-//!     for (to, m) in node.poll_messages() { transport.send(to, m); }
+//!     // Step every message already queued (inbound.try_recv()) before
+//!     // one Ready: one fsync per burst, not per message.
+//!     node.handle_ready_sending(&mut |to, m| transport.send(to, m))?; // fatal on storage error
 //!     while let Some(a) = node.poll_applied() { engine.on_applied(a); }
 //! }
 //! ```

@@ -4,7 +4,7 @@
 //! Sans-IO like the rest of the core: no clock, no socket. The daemon's
 //! driver task owns it and calls, in a loop:
 //!
-//! 1. [`tick`](RaftReplicator::tick) every [`RaftConfig::tick`] (50 ms);
+//! 1. [`tick`](RaftReplicator::tick) every [`RaftConfig::TICK`] (50 ms);
 //! 2. [`step`](RaftReplicator::step) for every message from the transport;
 //! 3. [`propose`](Replicator::propose) for the engine's commands;
 //! 4. [`handle_ready`](RaftReplicator::handle_ready) after any of those;
@@ -19,11 +19,19 @@
 //!
 //! `messages` (a leader's appends and heartbeats) are queued for sending at
 //! once — a leader may send in parallel with its own disk write [Raft
-//! thesis § 10.2.1]; a received snapshot, new entries and the hard state are
-//! persisted in one synced batch; only then are `persisted_messages` (votes,
-//! append responses) released, and committed entries applied. The commit
-//! index is therefore always on disk before anything at or below it is
-//! applied or snapshotted, so a restart never sees `applied > commit`.
+//! thesis § 10.2.1]; with [`handle_ready_sending`](RaftReplicator::handle_ready_sending)
+//! they leave before that write starts. A received snapshot, new entries
+//! and the hard state are persisted in one synced batch; only then are
+//! `persisted_messages` (votes, append responses) released, and committed
+//! entries applied. A Ready that only moves the commit index is written
+//! without an fsync (the commit index is volatile in Raft [Raft § 5,
+//! figure 2]: a lost one is relearnt from the leader); every snapshot
+//! records it again in its synced batch, so a restart never sees
+//! `applied` (the snapshot's index) beyond `commit`.
+//!
+//! Throughput comes from batching, not from the fsync: the driver steps
+//! every queued message and proposes every queued command before one
+//! `handle_ready`, so one synced write covers the whole burst.
 //!
 //! # Request ids
 //!
@@ -330,8 +338,25 @@ impl RaftReplicator {
     }
 
     /// Runs the Ready loop once (see the module docs). Call after `tick`,
-    /// `step` and `propose`.
+    /// `step` and `propose`. Outbound messages wait for
+    /// [`poll_messages`](Self::poll_messages).
     pub fn handle_ready(&mut self) -> Result<(), RaftError> {
+        self.ready(None)
+    }
+
+    /// As [`handle_ready`](Self::handle_ready), handing every outbound
+    /// message to `send` as soon as raft releases it: a leader's appends
+    /// leave before its own synced write, so the followers' fsyncs overlap
+    /// it instead of following it. `send` must not block (the transport
+    /// queues).
+    pub fn handle_ready_sending(
+        &mut self,
+        send: &mut dyn FnMut(u64, Message),
+    ) -> Result<(), RaftError> {
+        self.ready(Some(send))
+    }
+
+    fn ready(&mut self, mut send: Option<&mut dyn FnMut(u64, Message)>) -> Result<(), RaftError> {
         if self.raw.store().take_snapshot_wanted() {
             self.since_snapshot = self.snapshot_every;
             self.maybe_snapshot()?;
@@ -344,6 +369,12 @@ impl RaftReplicator {
             self.note_leader(ss.leader_id);
         }
         self.outbox.extend(rd.take_messages());
+        if let Some(send) = send.as_deref_mut() {
+            // Not `persisted_messages`: those wait for the write below.
+            for (to, m) in self.poll_messages() {
+                send(to, m);
+            }
+        }
         let snapshot = (!rd.snapshot().is_empty()).then(|| rd.snapshot().clone());
         // Installing a snapshot (persist + restore) is the "data dump" of a
         // joining or lagging node: its duration is worth watching.
@@ -378,6 +409,11 @@ impl RaftReplicator {
         self.raw.advance_apply();
         self.maybe_snapshot()?;
         self.refresh_stats();
+        if let Some(send) = send {
+            for (to, m) in self.poll_messages() {
+                send(to, m);
+            }
+        }
         Ok(())
     }
 
@@ -723,6 +759,33 @@ mod tests {
             "short context"
         );
         assert_eq!(r.own_request(&[]), None);
+    }
+
+    #[test]
+    fn ready_sending_hands_over_every_message() {
+        let sm = StateMachine::new(vec![RealmParams {
+            pool: None,
+            max_bindings: 1,
+        }]);
+        let mut r = RaftReplicator::new(
+            &RaftConfig::new(1, vec![1, 2, 3]),
+            RaftStore::in_memory(),
+            sm,
+        )
+        .expect("start");
+        r.campaign().expect("campaign");
+        let mut sent = Vec::new();
+        r.handle_ready_sending(&mut |to, m| sent.push((to, m.get_msg_type())))
+            .expect("ready");
+        sent.sort_by_key(|(to, _)| *to);
+        assert_eq!(
+            sent,
+            vec![
+                (2, MessageType::MsgRequestPreVote),
+                (3, MessageType::MsgRequestPreVote)
+            ]
+        );
+        assert!(r.poll_messages().is_empty(), "nothing left behind");
     }
 
     #[test]

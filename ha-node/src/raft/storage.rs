@@ -5,8 +5,9 @@
 //! writes the ready loop needs ([`persist`](RaftStore::persist),
 //! [`set_commit`](RaftStore::set_commit), …). It keeps the whole live log
 //! (everything after the last snapshot) in memory; the durable flavour
-//! writes every change through to a `raft-engine` instance first, with
-//! `sync`, and reads it all back in [`RaftStore::open`]. The log stays
+//! writes every change through to a `raft-engine` instance first, synced
+//! (except a change of the commit index alone, volatile in Raft), and reads
+//! it all back in [`RaftStore::open`]. The log stays
 //! small because the node snapshots the state machine every few thousand
 //! entries and compacts it ([DESIGN.md § 4]), so the memory copy is cheap
 //! and reads never touch the disk.
@@ -178,11 +179,20 @@ impl RaftStore {
     }
 
     fn write(&self, batch: &mut LogBatch) -> Result<(), StoreError> {
+        // Synced: an acknowledged vote or entry must survive a power cut
+        // (Raft's persistence rule).
+        self.write_synced(batch, true)
+    }
+
+    /// `sync = false` only for what Raft may lose: the commit index is
+    /// volatile state [Raft § 5, figure 2], recomputed from the leader
+    /// after a restart. The write still reaches the file (a killed process
+    /// keeps it); a later synced write, or raft-engine's sync when it
+    /// rotates files, makes it durable, and no hole can open before it.
+    fn write_synced(&self, batch: &mut LogBatch, sync: bool) -> Result<(), StoreError> {
         if let Some(e) = &self.engine {
             if !batch.is_empty() {
-                // Synced: an acknowledged vote or entry must survive a
-                // power cut (Raft's persistence rule).
-                e.write(batch, true)?;
+                e.write(batch, sync)?;
             }
         }
         Ok(())
@@ -217,9 +227,9 @@ impl RaftStore {
         self.set_conf_state(cs)
     }
 
-    /// Persists one Ready in one synced batch: a received snapshot (which
+    /// Persists one Ready in one batch: a received snapshot (which
     /// replaces the log), new entries (a conflicting tail is overwritten)
-    /// and the hard state.
+    /// and the hard state. Synced unless only the commit index moved.
     pub fn persist(
         &mut self,
         snapshot: Option<&Snapshot>,
@@ -257,18 +267,24 @@ impl RaftStore {
         if snapshot.is_some() || hs.is_some() {
             b.put_message(META, KEY_HS.to_vec(), &new_hs)?;
         }
-        self.write(&mut b)?;
+        // A Ready that only moves the commit index (a leader counting
+        // acknowledgements, a follower told of a commit) is the most common
+        // one under load: it needs no fsync of its own (see `write_synced`).
+        // Entries, a snapshot, a new term or vote do.
+        let sync = snapshot.is_some()
+            || !entries.is_empty()
+            || new_hs.term != self.hard_state.term
+            || new_hs.vote != self.hard_state.vote;
+        self.write_synced(&mut b, sync)?;
         if let Some(s) = snapshot {
             self.snapshot = s.clone();
             self.conf_state = s.get_metadata().get_conf_state().clone();
             self.entries.clear();
         }
         if let Some(first) = entries.first() {
-            let keep = self
-                .entries
-                .iter()
-                .take_while(|e| e.index < first.index)
-                .count();
+            // The log is sorted by index: a binary search, not a scan of
+            // up to `snapshot_every` entries on every Ready.
+            let keep = self.entries.partition_point(|e| e.index < first.index);
             self.entries.truncate(keep);
             self.entries.extend_from_slice(entries);
         }
@@ -285,7 +301,9 @@ impl RaftStore {
         hs.commit = commit;
         let mut b = LogBatch::default();
         b.put_message(META, KEY_HS.to_vec(), &hs)?;
-        self.write(&mut b)?;
+        // Volatile state: see `write_synced`. A snapshot re-records it in
+        // its synced batch, so the disk never holds a snapshot beyond it.
+        self.write_synced(&mut b, false)?;
         self.hard_state = hs;
         Ok(())
     }
@@ -328,6 +346,10 @@ impl RaftStore {
         let mut b = LogBatch::default();
         b.put_message(META, KEY_SNAP_META.to_vec(), snap.get_metadata())?;
         b.put(META, KEY_SNAP_DATA.to_vec(), snap.data.to_vec())?;
+        // The commit index may have been written unsynced: record it again
+        // here, so a restart never sees `applied` (the snapshot's index)
+        // beyond `commit`.
+        b.put_message(META, KEY_HS.to_vec(), &self.hard_state)?;
         b.add_command(LOG, raft_engine::Command::Compact { index: index + 1 });
         self.write(&mut b)?;
         self.entries.retain(|e| e.index > index);

@@ -12,10 +12,20 @@
 //!   network. The task batches whatever is queued into one `RaftBatch` on
 //!   one stream, and reconnects with exponential backoff (50 ms … 2 s).
 //!
+//! With `[cluster.tls]` ([`crate::tls`]) both halves use mutual TLS: a
+//! client verifies that the server holds the certificate of the peer it
+//! dialled (`node-<id>.haven`, signed by the cluster CA), and the server
+//! refuses a stream whose certificate does not name the batches' `from`,
+//! or whose `from` is not a member this node knows (a configured peer or
+//! one added by `AddMember`); every refusal is counted in
+//! `haven_raft_peer_refusals_total{reason}`. Without it the transport is
+//! plaintext and trusts the backend network (docs/security.md).
+//!
 //! Snapshots travel inline in a `MsgSnapshot` (the state machine's bytes
 //! are small); the gRPC message limit is raised to [`MAX_MESSAGE`] for it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use haven_proto::grpc::raft_transport_client::RaftTransportClient;
@@ -25,6 +35,8 @@ use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+
+use crate::config::TlsMaterial;
 
 /// Largest gRPC message either side accepts (an inline snapshot of a large
 /// binding table).
@@ -63,18 +75,34 @@ pub struct Transport {
     cluster_id: String,
     peers: HashMap<u64, mpsc::Sender<Message>>,
     inbound: mpsc::Sender<Inbound>,
+    /// Mutual TLS material (`[cluster.tls]`); `None` = plaintext.
+    tls: Option<Arc<TlsMaterial>>,
+    /// The members the server half accepts streams from (TLS mode).
+    members: Arc<RwLock<HashSet<u64>>>,
 }
 
 impl Transport {
     /// A transport for node `id`; spawns one client task per peer (call
     /// inside a tokio runtime). Returns the receiver the driver reads.
     pub fn new(id: u64, cluster_id: &str, peers: &PeerMap) -> (Self, mpsc::Receiver<Inbound>) {
+        Self::with_tls(id, cluster_id, peers, None)
+    }
+
+    /// As [`Transport::new`], with mutual TLS when `tls` is given.
+    pub fn with_tls(
+        id: u64,
+        cluster_id: &str,
+        peers: &PeerMap,
+        tls: Option<TlsMaterial>,
+    ) -> (Self, mpsc::Receiver<Inbound>) {
         let (inbound, rx) = mpsc::channel(PEER_QUEUE);
         let mut t = Self {
             id,
             cluster_id: cluster_id.to_owned(),
             peers: HashMap::new(),
             inbound,
+            tls: tls.map(Arc::new),
+            members: Arc::new(RwLock::new(HashSet::new())),
         };
         for (&peer, addr) in peers {
             t.add_peer(peer, addr);
@@ -87,12 +115,22 @@ impl Transport {
         if peer == self.id {
             return;
         }
+        if let Ok(mut m) = self.members.write() {
+            m.insert(peer);
+        }
         let (tx, rx) = mpsc::channel(PEER_QUEUE);
         let client = PeerClient {
             from: self.id,
             to: peer,
             cluster_id: self.cluster_id.clone(),
-            addr: format!("http://{addr}"),
+            addr: match self.tls {
+                Some(_) => format!("https://{addr}"),
+                None => format!("http://{addr}"),
+            },
+            tls: self
+                .tls
+                .as_ref()
+                .map(|m| crate::tls::client_config(m, &crate::tls::member_name(peer))),
             inbound: self.inbound.clone(),
         };
         tokio::spawn(client.run(rx));
@@ -103,6 +141,9 @@ impl Transport {
     /// Stops sending to `peer`.
     pub fn remove_peer(&mut self, peer: u64) {
         self.peers.remove(&peer);
+        if let Ok(mut m) = self.members.write() {
+            m.remove(&peer);
+        }
     }
 
     /// Queues `msg` for `to`; drops it (and tells the driver) when the peer
@@ -131,6 +172,8 @@ impl Transport {
             id: self.id,
             cluster_id: self.cluster_id.clone(),
             inbound: self.inbound.clone(),
+            tls: self.tls.is_some(),
+            members: self.members.clone(),
         })
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE)
@@ -143,16 +186,69 @@ pub struct RaftService {
     id: u64,
     cluster_id: String,
     inbound: mpsc::Sender<Inbound>,
+    /// Streams must come over mutual TLS with a member's certificate.
+    tls: bool,
+    members: Arc<RwLock<HashSet<u64>>>,
+}
+
+/// Counts a refused stream and builds its status.
+fn refuse(reason: &'static str, status: tonic::Status) -> tonic::Status {
+    tracing::warn!(reason, message = status.message(), "raft stream refused");
+    metrics::counter!(crate::telemetry::RAFT_PEER_REFUSALS, "reason" => reason).increment(1);
+    status
 }
 
 impl RaftService {
     fn check(&self, cluster_id: &str, to: u64) -> Result<(), tonic::Status> {
         if cluster_id != self.cluster_id {
-            return Err(tonic::Status::permission_denied("wrong cluster id"));
+            return Err(refuse(
+                "cluster_id",
+                tonic::Status::permission_denied("wrong cluster id"),
+            ));
         }
         if to != self.id {
-            return Err(tonic::Status::invalid_argument("batch for another node"));
+            return Err(refuse(
+                "addressing",
+                tonic::Status::invalid_argument("batch for another node"),
+            ));
         }
+        Ok(())
+    }
+
+    /// TLS mode: the stream's certificate must name `from`, a member.
+    /// `verified` caches the `from` already checked on this stream.
+    fn check_peer(
+        &self,
+        certs: Option<&[tokio_rustls::rustls::pki_types::CertificateDer<'static>]>,
+        from: u64,
+        verified: &mut Option<u64>,
+    ) -> Result<(), tonic::Status> {
+        if !self.tls || *verified == Some(from) {
+            return Ok(());
+        }
+        let Some(certs) = certs else {
+            return Err(refuse(
+                "no_certificate",
+                tonic::Status::unauthenticated("no client certificate"),
+            ));
+        };
+        if !crate::tls::peer_is(certs, from) {
+            return Err(refuse(
+                "identity",
+                tonic::Status::permission_denied(format!(
+                    "the certificate does not name {}",
+                    crate::tls::member_name(from)
+                )),
+            ));
+        }
+        let member = self.members.read().is_ok_and(|m| m.contains(&from));
+        if !member {
+            return Err(refuse(
+                "not_member",
+                tonic::Status::permission_denied(format!("node {from} is not a member")),
+            ));
+        }
+        *verified = Some(from);
         Ok(())
     }
 }
@@ -163,14 +259,28 @@ impl RaftTransport for RaftService {
         &self,
         request: tonic::Request<tonic::Streaming<RaftBatch>>,
     ) -> Result<tonic::Response<SendAck>, tonic::Status> {
+        let certs = request.peer_certs();
+        let mut verified = None;
         let mut stream = request.into_inner();
         let mut received = 0u64;
         while let Some(batch) = stream.message().await? {
             self.check(&batch.cluster_id, batch.to)?;
+            self.check_peer(
+                certs.as_deref().map(Vec::as_slice),
+                batch.from,
+                &mut verified,
+            )?;
             for bytes in &batch.messages {
                 let msg = match Message::parse_from_bytes(bytes) {
+                    // The identity was checked for `batch.from`: every
+                    // message must carry it.
                     Ok(m) if m.to == self.id && m.from == batch.from => m,
-                    Ok(_) => return Err(tonic::Status::invalid_argument("message addressing")),
+                    Ok(_) => {
+                        return Err(refuse(
+                            "addressing",
+                            tonic::Status::invalid_argument("message addressing"),
+                        ));
+                    }
                     Err(_) => return Err(tonic::Status::invalid_argument("undecodable message")),
                 };
                 received += 1;
@@ -203,6 +313,8 @@ struct PeerClient {
     to: u64,
     cluster_id: String,
     addr: String,
+    /// Verifies the server is `node-<to>.haven` under the cluster CA.
+    tls: Option<tonic::transport::ClientTlsConfig>,
     inbound: mpsc::Sender<Inbound>,
 }
 
@@ -252,11 +364,13 @@ impl PeerClient {
     async fn connect(
         &self,
     ) -> Result<RaftTransportClient<tonic::transport::Channel>, tonic::transport::Error> {
-        let ch = tonic::transport::Endpoint::from_shared(self.addr.clone())?
+        let mut ep = tonic::transport::Endpoint::from_shared(self.addr.clone())?
             .connect_timeout(Duration::from_millis(500))
-            .tcp_nodelay(true)
-            .connect()
-            .await?;
+            .tcp_nodelay(true);
+        if let Some(tls) = &self.tls {
+            ep = ep.tls_config(tls.clone())?;
+        }
+        let ch = ep.connect().await?;
         Ok(RaftTransportClient::new(ch)
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE))
@@ -406,7 +520,15 @@ mod tests {
             id: 2,
             cluster_id: "lab".into(),
             inbound: tx,
+            tls: true,
+            members: Arc::new(RwLock::new(HashSet::from([1]))),
         };
+        let mut verified = None;
+        assert_eq!(
+            s.check_peer(None, 1, &mut verified).map_err(|e| e.code()),
+            Err(tonic::Code::Unauthenticated),
+            "TLS mode: no certificate, no stream"
+        );
         assert!(s.check("lab", 2).is_ok());
         assert_eq!(
             s.check("other", 2).map_err(|e| e.code()),
