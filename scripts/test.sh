@@ -3,8 +3,9 @@
 #
 # Installs what it needs on a fresh machine of this kind (tshark for the
 # Wireshark interop tests, nftables and iproute2 for the namespace tests,
-# cargo-fuzz for the fuzz smoke run), then: rustfmt, clippy -D warnings, every
-# test of the workspace, and a bounded fuzz run of every target.
+# strongSwan for the VPN lab, promtool for the alert rules, cargo-fuzz for
+# the fuzz smoke run), then: rustfmt, clippy -D warnings, every test of the
+# workspace, and a bounded fuzz run of every target.
 #
 # Environment:
 #   FUZZ_SECONDS   seconds per fuzz target (default 5; 0 skips fuzzing)
@@ -21,6 +22,12 @@ command -v tshark >/dev/null || need_apt+=(tshark)
 command -v nft >/dev/null || need_apt+=(nftables)
 command -v ip >/dev/null || need_apt+=(iproute2)
 command -v curl >/dev/null || need_apt+=(curl)
+# strongSwan for the VPN lab (cluster-tests/src/vpn.rs): charon with the
+# kernel-libipsec plugin (user-space ESP: this kernel has no ESP), swanctl.
+[ -x /usr/lib/ipsec/charon ] || need_apt+=(strongswan-charon)
+[ -x /usr/sbin/swanctl ] || need_apt+=(strongswan-swanctl)
+[ -e /usr/lib/ipsec/plugins/libstrongswan-kernel-libipsec.so ] || need_apt+=(libcharon-extra-plugins)
+[ -e /usr/lib/ipsec/plugins/libstrongswan-openssl.so ] || need_apt+=(libstrongswan-standard-plugins)
 if [ ${#need_apt[@]} -gt 0 ]; then
     step "installing ${need_apt[*]}"
     if [ "$(id -u)" -ne 0 ]; then
@@ -31,6 +38,19 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     # tshark asks whether non-root users may capture; answer for it.
     echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+# promtool (Debian's prometheus package) checks and tests the alert rules.
+# --no-install-recommends: no node-exporter; the package's postinst would
+# start a server where no policy-rc.d forbids it, so stop it at once.
+if ! command -v promtool >/dev/null; then
+    step "installing promtool (prometheus)"
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "error: promtool missing and not root; apt-get install -y --no-install-recommends prometheus" >&2
+        exit 1
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    pkill -x prometheus 2>/dev/null || true
 fi
 FUZZ_SECONDS=${FUZZ_SECONDS:-5}
 if [ "$FUZZ_SECONDS" != 0 ] && ! cargo fuzz --version >/dev/null 2>&1; then

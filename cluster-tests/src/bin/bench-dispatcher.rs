@@ -16,14 +16,12 @@
 //!
 //! `bench-dispatcher [--seconds S] [--senders N]` (defaults 3 s, cores − 1 senders, at most 4).
 
-use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use haven_cluster_tests::bench::{Recorder, release_binary};
 use haven_cluster_tests::supervisor::{Process, Spec, wait_for};
 use haven_cluster_tests::topo::{Lab, Topology, in_netns};
 use haven_proto::vrrp::VrrpRepr;
@@ -40,39 +38,6 @@ fn arg(name: &str, default: u64) -> u64 {
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map_or_else(|| PathBuf::from("."), PathBuf::from)
-}
-
-/// The release dispatcher: a debug build would measure the compiler.
-fn dispatcher_bin() -> anyhow::Result<PathBuf> {
-    if let Some(p) = std::env::var_os("HAVEN_DISPATCHER_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let st = Command::new(cargo)
-        .args([
-            "build",
-            "-q",
-            "--release",
-            "-p",
-            "haven-dispatcher",
-            "--bin",
-            "dispatcher",
-        ])
-        .current_dir(workspace())
-        .status()?;
-    anyhow::ensure!(
-        st.success(),
-        "cargo build --release -p haven-dispatcher failed"
-    );
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| workspace().join("target"), PathBuf::from);
-    Ok(target.join("release").join("dispatcher"))
 }
 
 /// Counts datagrams arriving on `bind` in `ns` until `stop`.
@@ -163,7 +128,8 @@ fn main() -> anyhow::Result<()> {
     let cores_default = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
     let senders = arg("--senders", cores_default.saturating_sub(1).clamp(1, 4)).clamp(1, 8);
     let started = Instant::now();
-    let bin = dispatcher_bin()?;
+    let bin = release_binary("haven-dispatcher", "dispatcher")?;
+    let mut rec = Recorder::open("dispatcher")?;
     let lab = Topology::builder()
         .host("snd")
         .host("mid")
@@ -226,17 +192,7 @@ fn main() -> anyhow::Result<()> {
         measure(&lab, vip, 64, 1, 1) > 0.0
     })?;
     let kernel_dst = SocketAddrV4::new(RCV, SINK_PORT);
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let rev = Command::new("git")
-        .args(["rev-parse", "HEAD"])
-        .current_dir(workspace())
-        .stderr(Stdio::null())
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
-    let cmdline: Vec<String> = std::env::args().collect();
-    let cmdline = cmdline.join(" ");
+    let cores = rec.cores();
     let mut rows = Vec::new();
     for len in [64usize, 512] {
         let k = measure(&lab, kernel_dst, len, senders, secs);
@@ -256,12 +212,6 @@ fn main() -> anyhow::Result<()> {
         "{:>8} {:>16} {:>16} {:>8}",
         "payload", "kernel pps", "dispatcher pps", "ratio"
     );
-    let dir = workspace().join("target").join("bench-results");
-    std::fs::create_dir_all(&dir)?;
-    let mut out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("dispatcher.jsonl"))?;
     for (len, k, d) in &rows {
         let ratio = if *k > 0.0 { d / k } else { 0.0 };
         println!("{len:>7}B {k:>16.0} {d:>16.0} {ratio:>8.3}");
@@ -270,21 +220,18 @@ fn main() -> anyhow::Result<()> {
             (format!("dispatcher_forward_pps_{len}b"), *d, "packets/s"),
             (format!("dispatcher_to_kernel_ratio_{len}b"), ratio, "ratio"),
         ] {
-            let line = serde_json::json!({
-                "figure": figure,
-                "value": value,
-                "unit": unit,
-                "command": cmdline,
-                "git_rev": rev,
-                "cores": cores,
-                "payload_octets": len,
-            });
-            writeln!(out, "{line}")?;
+            rec.figure(
+                &figure,
+                value,
+                unit,
+                serde_json::json!({ "payload_octets": len, "senders": senders }),
+            )?;
         }
     }
     println!(
-        "total {:.1} s; results appended to target/bench-results/dispatcher.jsonl",
-        started.elapsed().as_secs_f64()
+        "total {:.1} s; results appended to {}",
+        started.elapsed().as_secs_f64(),
+        rec.path().display()
     );
     Ok(())
 }

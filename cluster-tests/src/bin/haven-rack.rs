@@ -1,59 +1,104 @@
-//! `haven-rack`: haven's main job on an embedded default, in one command.
+//! `haven-rack`: a whole haven installation on this machine, in one command
+//! (issue 10 item 1; the rack itself is [`haven_cluster_tests::rack`]).
 //!
-//! As root it builds a small rack in network namespaces (DESIGN.md §8):
-//! simulated mobile nodes behind a real nftables NAT, an internet hop, a
-//! router, a home-agent node holding the VIP on its loopback, and a
-//! correspondent node. It starts the real `ha-node`, lets `mnsim` register
-//! the mobile nodes through the NAT with UDP tunnelling (RFC 3519) and
-//! dynamic home addresses (RFC 2794), shows the node's metrics live, then
-//! prints the fleet's summary and the node's status, and removes everything.
-//! Without root it runs the same node and fleet on loopback.
+//! As root: two dispatchers (VRRP pairs, l2 direct server return), three
+//! `ha-node`s in raft mode, an inner and an outer realm, and a few hundred
+//! simulated mobile nodes behind a real nftables NAT that register,
+//! re-register and move, some in both realms. Without root: the loopback
+//! variant (three raft nodes, one encap-mode dispatcher, the inner realm).
+//!
+//! A live view (refreshed every second) shows the nodes, the dispatchers,
+//! registrations per second and the failovers seen. Keys: `k` kill the
+//! busiest node, `l` kill the raft leader, `d` kill the active dispatcher,
+//! `r` restart everything killed, `q` quit. The same as flags for scripts:
+//! `--duration`, `--kill-node-after`, `--kill-dispatcher-after`,
+//! `--restart-after`; `--plain` prints line-oriented events
+//! (`event healed bindings=320 on 3/3 nodes …`) instead of the view.
 //!
 //! ```text
-//! cargo run -p haven-cluster-tests --bin haven-rack -- [--mobile-nodes N] [--seconds S]
+//! cargo run -p haven-cluster-tests --bin haven-rack -- [--duration S] [--plain] …
 //! ```
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::io::{BufRead as _, IsTerminal as _, Read as _, Write as _};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Parser;
-use haven_cluster_tests::fleet::{NodeSpec, RealmSpec, havenctl_json, start_node};
-use haven_cluster_tests::mnsim::{self, HomeMode, SimConfig};
-use haven_cluster_tests::supervisor::{free_port, metric, scrape};
-use haven_cluster_tests::topo::{self, in_netns, racks};
-
-/// The demo's shared MN-HA key: a lab value, never a deployment's.
-const KEY: &[u8] = b"haven-rack-demo!";
-const SPI: u32 = 1000;
-const NAI: &str = "mn{i}@rack.example";
+use haven_cluster_tests::rack::{Mode, Monitor, Rack, RackOptions, Sample};
+use haven_cluster_tests::topo;
 
 #[derive(Debug, Parser)]
 #[command(
     name = "haven-rack",
-    about = "Run a local haven rack with simulated mobile nodes"
+    about = "Run a local haven rack (dispatchers, raft nodes, simulated mobile nodes)"
 )]
 struct Cli {
-    /// Simulated mobile nodes.
-    #[arg(long, default_value_t = 200)]
-    mobile_nodes: usize,
-    /// How long the mobile nodes stay registered before deregistering.
-    #[arg(long, default_value_t = 15)]
-    seconds: u64,
-    /// Mobile nodes started per second.
-    #[arg(long, default_value_t = 200.0)]
-    rate: f64,
+    /// Mobile nodes of the inner realm (fixed home addresses, at most 240).
+    #[arg(long, alias = "mobile-nodes", default_value_t = 200)]
+    inner: usize,
+    /// Mobile nodes of the outer realm (NAI, dynamic home addresses, at
+    /// most 241); each is also an inner client (a dual client).
+    #[arg(long, default_value_t = 120)]
+    outer: usize,
+    /// Registration lifetime the mobile nodes request (s); they
+    /// re-register at 80 % of it.
+    #[arg(long, default_value_t = 10)]
+    lifetime: u16,
+    /// Each mobile node moves (new care-of address) this long after it
+    /// started (s).
+    #[arg(long, default_value_t = 5.0)]
+    move_after: f64,
+    /// Spread the mobile nodes' start over this many seconds (s); their
+    /// re-registrations and moves are spread the same way.
+    #[arg(long, default_value_t = 4.0)]
+    start_over: f64,
+    /// Stop after this many seconds (counted from the fleets' start).
+    /// Default: until `q` or Ctrl-C on a terminal, 30 s otherwise.
+    #[arg(long, alias = "seconds")]
+    duration: Option<f64>,
+    /// SIGKILL the raft leader this many seconds in (and once every mobile
+    /// node has registered).
+    #[arg(long)]
+    kill_node_after: Option<f64>,
+    /// SIGKILL the active dispatcher this many seconds in (and once every
+    /// mobile node has registered).
+    #[arg(long)]
+    kill_dispatcher_after: Option<f64>,
+    /// Restart everything killed this many seconds in.
+    #[arg(long)]
+    restart_after: Option<f64>,
+    /// Line-oriented output (events and one status line per second)
+    /// instead of the live view.
+    #[arg(long)]
+    plain: bool,
     /// Run on loopback even as root.
     #[arg(long)]
     loopback: bool,
 }
 
+/// Set by SIGINT/SIGTERM.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(&cli) {
+    // SAFETY: the handler only stores to an atomic (async-signal-safe).
+    unsafe {
+        let h = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        libc::signal(libc::SIGINT, h);
+        libc::signal(libc::SIGTERM, h);
+    }
+    let r = run(&cli);
+    // The terminal is restored by then (the guard in `run` dropped).
+    match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("haven-rack: {e:#}");
@@ -62,134 +107,507 @@ fn main() -> ExitCode {
     }
 }
 
+/// Puts a terminal stdin into non-canonical, no-echo mode (signals stay on:
+/// Ctrl-C still tears down) and restores it on drop.
+struct RawMode(Option<libc::termios>);
+
+impl RawMode {
+    fn enable() -> Self {
+        // SAFETY: tcgetattr/tcsetattr on fd 0 with a zeroed termios they fill.
+        unsafe {
+            let mut t: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(0, &mut t) != 0 {
+                return RawMode(None);
+            }
+            let saved = t;
+            t.c_lflag &= !(libc::ICANON | libc::ECHO);
+            t.c_cc[libc::VMIN] = 1;
+            t.c_cc[libc::VTIME] = 0;
+            if libc::tcsetattr(0, libc::TCSANOW, &t) != 0 {
+                return RawMode(None);
+            }
+            RawMode(Some(saved))
+        }
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        if let Some(t) = self.0 {
+            // SAFETY: restoring the attributes read in `enable`.
+            unsafe {
+                libc::tcsetattr(0, libc::TCSANOW, &t);
+            }
+        }
+    }
+}
+
+/// Reads keys from stdin: single keys on a terminal, the first character
+/// of each line otherwise. The thread ends at EOF.
+fn keys(tty: bool) -> mpsc::Receiver<char> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let stdin = std::io::stdin();
+        if tty {
+            let mut b = [0u8; 1];
+            let mut lock = stdin.lock();
+            while let Ok(1) = lock.read(&mut b) {
+                if tx.send(char::from(b[0])).is_err() {
+                    return;
+                }
+            }
+        } else {
+            for line in stdin.lock().lines().map_while(Result::ok) {
+                if let Some(c) = line.trim().chars().next() {
+                    if tx.send(c).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    rx
+}
+
+fn secs(s: Option<f64>) -> anyhow::Result<Option<Duration>> {
+    s.map(|v| {
+        Duration::try_from_secs_f64(v).context("a time must be a non-negative number of seconds")
+    })
+    .transpose()
+}
+
+struct Out {
+    plain: bool,
+    events: VecDeque<String>,
+    t0: Instant,
+}
+
+impl Out {
+    fn event(&mut self, line: impl Into<String>) {
+        let line = line.into();
+        let stamped = format!("[{:6.1}s] {line}", self.t0.elapsed().as_secs_f64());
+        if self.plain {
+            println!("{line}");
+        }
+        self.events.push_back(stamped);
+        while self.events.len() > 10 {
+            self.events.pop_front();
+        }
+    }
+}
+
 fn run(cli: &Cli) -> anyhow::Result<()> {
-    let rack = topo::is_root() && !cli.loopback;
-    let dir = tempfile::tempdir()?;
-    let (lab, vip, port, bind, node_ns, mn_ns) = if rack {
-        println!("building the rack (network namespaces, nftables NAT)…");
-        let lab = racks::nat_scenario(1)
-            .expire_after(Duration::from_secs(cli.seconds + 300))
-            .build()
-            .context("building the rack")?;
-        let node_ns = lab.ns_name("node-1").map(str::to_owned);
-        let mn_ns = lab.ns_name("mn").map(str::to_owned);
-        (
-            Some(lab),
-            racks::plan::VIP,
-            434,
-            racks::plan::MN,
-            node_ns,
-            mn_ns,
-        )
-    } else {
-        println!("not root (or --loopback): running on loopback");
-        let port = free_port();
-        (
-            None,
-            Ipv4Addr::LOCALHOST,
-            port,
-            Ipv4Addr::LOCALHOST,
-            None,
-            None,
-        )
+    let stdin_tty = std::io::stdin().is_terminal();
+    let plain = cli.plain || !std::io::stdout().is_terminal();
+    let duration = match secs(cli.duration)? {
+        Some(d) => Some(d),
+        None if stdin_tty => None,
+        None => Some(Duration::from_secs(30)),
     };
-    let (admin, metrics) = if rack {
-        ("127.0.0.1:4340".parse()?, "127.0.0.1:9434".parse()?)
-    } else {
-        (
-            format!("127.0.0.1:{}", free_port()).parse()?,
-            format!("127.0.0.1:{}", free_port()).parse()?,
-        )
+    let kill_node_at = secs(cli.kill_node_after)?;
+    let kill_disp_at = secs(cli.kill_dispatcher_after)?;
+    let restart_at = secs(cli.restart_after)?;
+    let opts = RackOptions {
+        inner: cli.inner,
+        outer: cli.outer,
+        lifetime: cli.lifetime,
+        move_after: Duration::try_from_secs_f64(cli.move_after)
+            .context("--move-after must be a non-negative number")?,
+        rate: if cli.start_over > 0.0 {
+            cli.inner.max(cli.outer) as f64 / cli.start_over
+        } else {
+            0.0
+        },
+        loopback: cli.loopback,
+        // The watchdog outlives a bounded run by a margin for start-up and
+        // teardown.
+        expire: duration.map(|d| d + Duration::from_secs(180)),
     };
-    let spec = NodeSpec::new(1, admin, metrics).realm(
-        RealmSpec {
-            port,
-            pool: Some("198.51.100.10-198.51.100.250".into()),
-            ..RealmSpec::new("outer", vip, "198.51.100.0/24")
-        }
-        .with_nai_sas(NAI, cli.mobile_nodes.min(240), SPI, KEY),
-    );
-    if cli.mobile_nodes > 240 {
-        anyhow::bail!("the demo's pool holds 240 home addresses; use --mobile-nodes 240 or fewer");
+    if !topo::is_root() {
+        println!(
+            "haven-rack: not root, so no network namespaces: running the loopback variant \
+             (3 raft nodes, 1 encap-mode dispatcher, the inner realm only)"
+        );
+    } else if cli.loopback {
+        println!("haven-rack: --loopback: running the loopback variant");
+    } else {
+        println!(
+            "haven-rack: building the rack in network namespaces (2 dispatchers, 3 raft nodes, \
+             nftables NAT; a first run builds ha-node and the dispatcher)…"
+        );
     }
-    let node = start_node(&spec, dir.path(), node_ns.as_deref()).context("starting ha-node")?;
+    let t_build = Instant::now();
+    let mut rack = Rack::start(&opts).context("starting the rack")?;
     println!(
-        "ha-node up: VIP {vip}:{port}, admin {admin}, metrics {}",
-        spec.metrics_url()
+        "event rack up mode={} in {:.1}s",
+        match rack.mode {
+            Mode::Namespaces => "namespaces",
+            Mode::Loopback => "loopback",
+        },
+        t_build.elapsed().as_secs_f64()
     );
-
-    let mut sim = SimConfig::new(SocketAddrV4::new(vip, port), KEY.to_vec());
-    sim.count = cli.mobile_nodes;
-    sim.rate = cli.rate;
-    sim.home = HomeMode::Nai {
-        pattern: NAI.into(),
+    println!("Prometheus endpoints (loopback):");
+    for (name, url) in rack.endpoints() {
+        println!("  {name:<14} {url}");
+    }
+    for ns in rack.namespaces() {
+        println!("  netns {ns}");
+    }
+    println!("configs and raft logs: {}", rack.dir().display());
+    for (name, log) in rack.logs() {
+        println!("  log {name:<14} {}", log.display());
+    }
+    let dual = if rack.mode == Mode::Namespaces {
+        opts.inner.min(opts.outer)
+    } else {
+        0
     };
-    sim.spi = SPI;
-    sim.udp_tunnel = true;
-    sim.bind = vec![bind];
-    sim.duration = Some(Duration::from_secs(cli.seconds));
-    let done = Arc::new(AtomicBool::new(false));
-    let fleet = {
-        let done = done.clone();
-        let mn_ns = mn_ns.clone();
-        std::thread::spawn(move || {
-            let r = match &mn_ns {
-                Some(ns) => in_netns(ns, || mnsim::run(&sim)).map_err(anyhow::Error::from),
-                None => Ok(mnsim::run(&sim)),
+    let sizes: Vec<String> = rack
+        .fleet_sizes
+        .iter()
+        .map(|(r, n)| format!("{r}={n}"))
+        .collect();
+    println!(
+        "event fleets starting {} dual={dual} lifetime={}s move_after={:.1}s",
+        sizes.join(" "),
+        opts.lifetime,
+        opts.move_after.as_secs_f64()
+    );
+    rack.start_fleets(&opts).context("starting the fleets")?;
+
+    let _raw = (stdin_tty && !cli.plain).then(RawMode::enable);
+    let keys = keys(stdin_tty && !cli.plain);
+    let mut out = Out {
+        plain,
+        events: VecDeque::new(),
+        t0: Instant::now(),
+    };
+    let mut monitor = Monitor::new(rack.expected);
+    let (mut kill_node_at, mut kill_disp_at, mut restart_at) =
+        (kill_node_at, kill_disp_at, restart_at);
+    let mut last: Option<Sample> = None;
+    let mut next_tick = Instant::now();
+    let mut quit = false;
+    while !quit && !STOP.load(Ordering::SeqCst) {
+        let t = out.t0.elapsed();
+        if duration.is_some_and(|d| t >= d) {
+            break;
+        }
+        // Keys and scheduled actions, between samples.
+        let wait = next_tick.saturating_duration_since(Instant::now());
+        let key = keys.recv_timeout(wait.min(Duration::from_millis(200))).ok();
+        let mut action = key;
+        // Scheduled kills wait until every mobile node registered: a kill
+        // is meant to hit a settled rack, however slow the machine.
+        let settled = monitor.registered();
+        if kill_node_at.is_some_and(|at| t >= at && settled) {
+            kill_node_at = None;
+            action = Some('l');
+        } else if kill_disp_at.is_some_and(|at| t >= at && settled) {
+            kill_disp_at = None;
+            action = Some('d');
+        } else if restart_at.is_some_and(|at| t >= at) {
+            restart_at = None;
+            action = Some('r');
+        }
+        if let Some(a) = action {
+            let sample = match &last {
+                Some(s) => s.clone(),
+                None => rack.sample(),
             };
-            done.store(true, Ordering::SeqCst);
-            r
-        })
-    };
-
-    println!();
-    println!(
-        "{:>5}  {:>9}  {:>9}  {:>7}  {:>7}",
-        "t(s)", "bindings", "accepted", "denied", "dropped"
-    );
-    let start = Instant::now();
-    while !done.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_secs(1));
-        if let Ok(text) = scrape(&spec.metrics_url(), node_ns.as_deref()) {
-            let bindings = metric(&text, "haven_bindings", &[("realm", "outer")]).unwrap_or(0.0);
-            let accepted = sum(&text, "haven_registrations_total", "result=\"accepted\"");
-            let denied = sum(&text, "haven_registrations_total", "result=\"denied\"");
-            let dropped = sum(&text, "haven_registration_drops_total", "");
-            println!(
-                "{:>5}  {bindings:>9}  {accepted:>9}  {denied:>7}  {dropped:>7}",
-                start.elapsed().as_secs()
-            );
+            match a {
+                'q' | 'Q' => quit = true,
+                'k' | 'l' => {
+                    let target = if a == 'l' {
+                        sample.leader()
+                    } else {
+                        monitor
+                            .packet_rate
+                            .iter()
+                            .filter(|(id, _)| sample.nodes.iter().any(|n| n.id == **id && n.up))
+                            .max_by(|a, b| a.1.total_cmp(b.1))
+                            .map(|(id, _)| *id)
+                            .or_else(|| sample.nodes.iter().rev().find(|n| n.up).map(|n| n.id))
+                    };
+                    let running = rack.nodes.iter().filter(|n| !n.killed).count();
+                    match target {
+                        _ if running <= 2 => out.event(
+                            "event refused: killing another node would lose the raft majority",
+                        ),
+                        None => out.event("event refused: no node to kill (no leader yet?)"),
+                        Some(id) => match rack.kill_node(id) {
+                            Ok(name) => {
+                                let why = if a == 'l' {
+                                    "the leader"
+                                } else {
+                                    "the busiest"
+                                };
+                                out.event(format!("event {name} killed ({why}, SIGKILL)"));
+                                monitor.node_killed();
+                            }
+                            Err(e) => out.event(format!("event error killing node-{id}: {e}")),
+                        },
+                    }
+                }
+                'd' => match rack.kill_active_dispatcher(&sample) {
+                    Ok(host) => {
+                        out.event(format!("event dispatcher {host} killed (active, SIGKILL)"));
+                        if rack.mode == Mode::Loopback {
+                            out.event(
+                                "event note: loopback has no backup dispatcher; registrations \
+                                 stall until r",
+                            );
+                        } else {
+                            monitor.dispatcher_killed();
+                        }
+                    }
+                    Err(e) => out.event(format!("event refused: {e}")),
+                },
+                'r' | 'R' => {
+                    let nodes: Vec<u64> = rack
+                        .nodes
+                        .iter()
+                        .filter(|n| n.killed)
+                        .map(|n| n.id)
+                        .collect();
+                    if !rack.anything_killed() {
+                        out.event("event nothing to restart");
+                    } else {
+                        match rack.restart_killed() {
+                            Ok(names) => {
+                                out.event(format!("event restarted {}", names.join(",")));
+                                if !nodes.is_empty() {
+                                    if let Some(e) = monitor.nodes_restarted(nodes) {
+                                        out.event(e);
+                                    }
+                                }
+                            }
+                            Err(e) => out.event(format!("event error restarting: {e}")),
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if Instant::now() < next_tick {
+            continue;
+        }
+        next_tick = Instant::now() + Duration::from_secs(1);
+        let ended = rack.fleets_ended();
+        if !ended.is_empty() {
+            out.event(format!("event fleet {} ended early", ended.join(",")));
+            break;
+        }
+        let sample = rack.sample();
+        for e in monitor.observe(&sample) {
+            out.event(e);
+        }
+        if plain {
+            println!("{}", status_line(&out, &monitor, &sample));
+        } else {
+            let mut screen = String::from("\x1b[H\x1b[2J");
+            screen.push_str(&view(&rack, &out, &monitor, &sample, duration));
+            print!("{screen}");
+        }
+        let _ = std::io::stdout().flush();
+        last = Some(sample);
+    }
+    if !plain {
+        println!();
+    }
+    if STOP.load(Ordering::SeqCst) {
+        println!("event interrupted: tearing down");
+    }
+    let reports = rack.stop_fleets();
+    println!("mobile nodes (mnsim), per realm:");
+    let mut gave_up = 0;
+    for (realm, r) in &reports {
+        match r {
+            Ok(rep) => {
+                gave_up += rep.summary.gave_up;
+                println!("[{realm}]\n{}", rep.summary.table());
+                let unregistered = rep.mns.iter().filter(|m| m.acknowledged.is_none()).count();
+                println!(
+                    "event fleet {realm} registered={} of {} moves={} gave_up={} never_registered={unregistered}",
+                    rep.summary.registered,
+                    rep.summary.count,
+                    rep.summary.moves,
+                    rep.summary.gave_up
+                );
+            }
+            Err(e) => println!("event fleet {realm} error: {e}"),
         }
     }
-    let report = fleet
-        .join()
-        .map_err(|_| anyhow::anyhow!("the fleet thread panicked"))??
-        .context("mnsim")?;
-    println!();
-    println!("mobile nodes (mnsim):");
-    println!("{}", report.summary.table());
-    let status =
-        havenctl_json(&spec, node_ns.as_deref(), &["status"]).context("havenctl status")?;
-    println!("node status (havenctl --json status):");
-    println!("{}", serde_json::to_string_pretty(&status)?);
-    drop(node);
-    drop(lab);
-    if report.summary.gave_up > 0 {
-        anyhow::bail!("{} mobile nodes gave up", report.summary.gave_up);
+    println!(
+        "event done accepted={} denied={} leader_changes={} vip_changes={} heals={} settled={}",
+        monitor.accepted_total,
+        monitor.denied_total,
+        monitor.leader_changes,
+        monitor.vip_changes,
+        monitor.heals,
+        monitor.settled()
+    );
+    drop(rack);
+    println!("event torn down");
+    if let Some((realm, Err(e))) = reports.iter().find(|(_, r)| r.is_err()) {
+        anyhow::bail!("fleet {realm}: {e}");
     }
-    println!("rack removed; done.");
+    if gave_up > 0 {
+        println!("note: {gave_up} mobile nodes gave up a registration");
+    }
     Ok(())
 }
 
-/// Sums every sample of `name` whose label set contains `needle`.
-fn sum(text: &str, name: &str, needle: &str) -> f64 {
-    let total: f64 = text
-        .lines()
-        .filter(|l| {
-            l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(needle)
+fn status_line(out: &Out, m: &Monitor, s: &Sample) -> String {
+    let nodes: Vec<String> = s
+        .nodes
+        .iter()
+        .map(|n| {
+            if n.up {
+                format!(
+                    "node-{}:{}:t{}:b{}",
+                    n.id,
+                    if n.is_leader { "L" } else { "F" },
+                    n.term,
+                    n.total_bindings()
+                )
+            } else {
+                format!("node-{}:down", n.id)
+            }
         })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
-    // An empty f64 sum is -0.0; show it as 0.
-    total + 0.0
+        .collect();
+    let mut realms: Vec<&str> = s.dispatchers.iter().map(|d| d.realm.as_str()).collect();
+    realms.dedup();
+    let vips: Vec<String> = realms
+        .iter()
+        .map(|r| format!("{r}:{}", s.vip_owner(r).unwrap_or_else(|| "-".into())))
+        .collect();
+    format!(
+        "status t={:.0} leader={} {} reg/s={:.0} denied/s={:.0} vip={}",
+        out.t0.elapsed().as_secs_f64(),
+        s.leader()
+            .map_or_else(|| "-".to_owned(), |l| format!("node-{l}")),
+        nodes.join(" "),
+        m.accepted_rate,
+        m.denied_rate,
+        vips.join(",")
+    )
+}
+
+fn view(rack: &Rack, out: &Out, m: &Monitor, s: &Sample, duration: Option<Duration>) -> String {
+    let mut v = String::new();
+    let t = out.t0.elapsed().as_secs_f64();
+    let until = duration.map_or_else(String::new, |d| format!(" of {:.0}s", d.as_secs_f64()));
+    let _ = writeln!(
+        v,
+        "haven-rack ({}) — {t:.0}s{until}   keys: k kill busiest node  l kill leader  d kill active dispatcher  r restart  q quit",
+        match rack.mode {
+            Mode::Namespaces => "namespaces",
+            Mode::Loopback => "loopback",
+        }
+    );
+    let _ = writeln!(v);
+    let realms: Vec<String> = rack.fleet_sizes.iter().map(|(r, _)| r.clone()).collect();
+    let mut hdr = format!(
+        "{:<8} {:<6} {:<9} {:>5} {:>8}",
+        "node", "state", "raft", "term", "applied"
+    );
+    for r in &realms {
+        let _ = write!(hdr, " {:>8}", format!("b:{r}"));
+    }
+    let _ = writeln!(hdr, " {:>8}", "pkts/s");
+    v.push_str(&hdr);
+    for n in &s.nodes {
+        let state = if n.up {
+            "up"
+        } else if n.running {
+            "start"
+        } else {
+            "DOWN"
+        };
+        let role = if !n.up {
+            "-".to_owned()
+        } else if n.is_leader {
+            "LEADER".to_owned()
+        } else {
+            "follower".to_owned()
+        };
+        let mut line = format!(
+            "{:<8} {state:<6} {role:<9} {:>5} {:>8}",
+            format!("node-{}", n.id),
+            n.term,
+            n.applied
+        );
+        for r in &realms {
+            let _ = write!(line, " {:>8}", n.bindings.get(r).copied().unwrap_or(0));
+        }
+        let _ = writeln!(
+            line,
+            " {:>8.0}",
+            m.packet_rate.get(&n.id).copied().unwrap_or(0.0)
+        );
+        v.push_str(&line);
+    }
+    let _ = writeln!(
+        v,
+        "leader: {}   expected bindings per node: {}",
+        s.leader()
+            .map_or_else(|| "none".to_owned(), |l| format!("node-{l}")),
+        m.expected
+    );
+    let _ = writeln!(v);
+    let _ = writeln!(
+        v,
+        "{:<14} {:<8} {:<7} {:<6} packets per node",
+        "dispatcher", "state", "vrrp", "VIP"
+    );
+    for d in &s.dispatchers {
+        let state = if d.up {
+            "up"
+        } else if d.running {
+            "start"
+        } else {
+            "DOWN"
+        };
+        let vrrp = match d.vrrp {
+            Some(2) => "master",
+            Some(1) => "backup",
+            Some(0) => "init",
+            Some(_) => "?",
+            None => "-",
+        };
+        let pk: Vec<String> = d
+            .packets
+            .iter()
+            .map(|(n, p)| {
+                let up = d.node_up.get(n).copied().unwrap_or(false);
+                format!("node-{n}:{p:.0}{}", if up { "" } else { "(down)" })
+            })
+            .collect();
+        let _ = writeln!(
+            v,
+            "{:<14} {state:<8} {vrrp:<7} {:<6} {}",
+            d.name(),
+            if d.active { "owns" } else { "" },
+            pk.join(" ")
+        );
+    }
+    let _ = writeln!(v);
+    let _ = writeln!(
+        v,
+        "registrations/s: {:.0} accepted, {:.0} denied   total: {:.0} accepted, {:.0} denied",
+        m.accepted_rate, m.denied_rate, m.accepted_total, m.denied_total
+    );
+    let _ = writeln!(
+        v,
+        "failovers seen: {} raft leader changes, {} VIP takeovers, {} heals",
+        m.leader_changes, m.vip_changes, m.heals
+    );
+    let _ = writeln!(v, "data plane: not enabled in this rack");
+    let _ = writeln!(v);
+    let _ = writeln!(v, "events:");
+    for e in &out.events {
+        let _ = writeln!(v, "  {e}");
+    }
+    v
 }

@@ -1,0 +1,1567 @@
+//! # The one-command rack (`haven-rack`, issue 10 item 1)
+//!
+//! A whole haven installation on this machine, built from the lab's parts:
+//!
+//! ```text
+//!  mn 198.19.0.2/.3 ── nat (nftables masquerade) ── inet ── rtr ──rack switch 198.18.0.0/24──
+//!     disp-a 198.18.0.2, disp-b 198.18.0.3: one dispatcher process per realm VIP each,
+//!         VRRP pairs (vrid 7: inner 192.0.2.1, vrid 8: outer 192.0.2.2), l2 DSR
+//!     node-1..3 198.18.0.11-13: ha-node in raft mode, both VIPs on lo (arp_ignore)
+//! ```
+//!
+//! * realm `inner`: fixed home addresses 198.51.100.10.. (RFC 5944 § 3.6);
+//! * realm `outer`: dynamic home addresses from 198.18.128.10-250 by NAI
+//!   (RFC 2794);
+//! * one mnsim fleet per realm in `mn`, behind the NAT, with UDP tunnelling
+//!   (RFC 3519). Mobile node *i* of the outer fleet is the same client as
+//!   mobile node *i* of the inner fleet (same LAN address, same key): the
+//!   first `min(inner, outer)` clients are dual clients, registered in both
+//!   realms. Every mobile node re-registers at 80 % of its lifetime and
+//!   moves once (a new care-of address, the other LAN address).
+//!
+//! A dispatcher serves one VIP:port, so each realm has its own dispatcher
+//! pair (two processes on each dispatcher host) and each node advertises its
+//! health to all four.
+//!
+//! Without root, [`Rack::start`] builds the loopback variant: the three raft
+//! nodes and one encap-mode dispatcher on 127.0.0.x, and the inner fleet
+//! only (see [`Mode::Loopback`] for why).
+//!
+//! [`Monitor`] turns the periodic [`Sample`]s into the events a person or a
+//! test watches for (`event healed bindings=… on 3/3 nodes`).
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::fleet::{ClusterSpec, DispatchSpec, NodeSpec, RealmSpec, start_node};
+use crate::mnsim::{self, HomeMode, Report, SimConfig};
+use crate::supervisor::{Process, Spec, SupError, await_metric, free_port, wait_for};
+use crate::topo::{self, Lab, TopoError, Topology, in_netns};
+
+/// The rack's shared MN-HA key: a lab value, never a deployment's.
+const KEY: &[u8] = b"haven-rack-demo!";
+const SPI: u32 = 1000;
+const OUTER_NAI: &str = "mn{i}@outer.rack.example";
+const INNER_BASE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+/// The inner realm's home addresses run from .10 to .249.
+pub const MAX_INNER: usize = 240;
+/// The outer pool 198.18.128.10-250.
+pub const MAX_OUTER: usize = 241;
+const VIP_INNER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+const VIP_OUTER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+const DISP: [Ipv4Addr; 2] = [Ipv4Addr::new(198, 18, 0, 2), Ipv4Addr::new(198, 18, 0, 3)];
+const DISP_HOSTS: [&str; 2] = ["disp-a", "disp-b"];
+const MN_LAN: [Ipv4Addr; 2] = [Ipv4Addr::new(198, 19, 0, 2), Ipv4Addr::new(198, 19, 0, 3)];
+const RAFT_PORT: u16 = 7400;
+const BOUND: Duration = Duration::from_secs(20);
+
+/// What can go wrong building or driving the rack.
+#[derive(Debug, thiserror::Error)]
+pub enum RackError {
+    /// The namespaces.
+    #[error("building the rack's network: {0:?}")]
+    Topo(#[from] TopoError),
+    /// A process or a wait.
+    #[error(transparent)]
+    Sup(#[from] SupError),
+    /// A file or socket.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: io::Error,
+    },
+    /// A bad option.
+    #[error("{0}")]
+    Options(String),
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> RackError {
+    let what = what.into();
+    move |source| RackError::Io { what, source }
+}
+
+/// Where the rack runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Network namespaces (root): the full rack of the module docs.
+    Namespaces,
+    /// Loopback, no privileges: three raft nodes, one encap-mode dispatcher
+    /// for the inner realm, the inner fleet. Only one dispatcher and one
+    /// realm, because an encap-mode node sends every reply back to the
+    /// dispatcher that forwarded to it last (whatever the realm), and binds
+    /// its realm sockets on the dispatcher's own VIP:port (the kernel then
+    /// delivers to the socket bound last; the rack restarts the dispatcher
+    /// after restarting a node so that it is that socket again).
+    Loopback,
+}
+
+/// The rack's size and timing.
+#[derive(Debug, Clone)]
+pub struct RackOptions {
+    /// Mobile nodes of the inner realm (fixed home addresses).
+    pub inner: usize,
+    /// Mobile nodes of the outer realm (NAI, dynamic addresses); the first
+    /// `min(inner, outer)` are the inner fleet's clients too.
+    pub outer: usize,
+    /// Requested registration lifetime (s); re-registration at 80 %.
+    pub lifetime: u16,
+    /// Each mobile node moves this long after its start.
+    pub move_after: Duration,
+    /// Mobile nodes started per second, per fleet.
+    pub rate: f64,
+    /// Loopback even as root.
+    pub loopback: bool,
+    /// Lab watchdog: tear the namespaces down after this even if the
+    /// process hangs.
+    pub expire: Option<Duration>,
+}
+
+impl Default for RackOptions {
+    fn default() -> Self {
+        Self {
+            inner: 200,
+            outer: 120,
+            lifetime: 10,
+            move_after: Duration::from_secs(5),
+            rate: 50.0,
+            loopback: false,
+            expire: None,
+        }
+    }
+}
+
+/// One `ha-node`.
+#[derive(Debug)]
+pub struct RackNode {
+    /// Raft id 1..=3.
+    pub id: u64,
+    spec: NodeSpec,
+    proc: Process,
+    ns: Option<String>,
+    /// The metrics endpoint, reachable from this process (a proxy into the
+    /// namespace in a namespace rack).
+    pub metrics: SocketAddr,
+    /// SIGKILLed by us and not restarted yet.
+    pub killed: bool,
+}
+
+impl RackNode {
+    /// `node-<id>`.
+    pub fn name(&self) -> String {
+        format!("node-{}", self.id)
+    }
+}
+
+/// One dispatcher process (one realm's VIP on one dispatcher host).
+#[derive(Debug)]
+pub struct RackDispatcher {
+    /// `disp-a` or `disp-b` (loopback: `disp`).
+    pub host: String,
+    /// The realm whose VIP it serves.
+    pub realm: String,
+    proc: Process,
+    /// The metrics endpoint, reachable from this process.
+    pub metrics: SocketAddr,
+    /// SIGKILLed by us and not restarted yet.
+    pub killed: bool,
+}
+
+impl RackDispatcher {
+    /// `disp-a/inner`.
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.host, self.realm)
+    }
+}
+
+struct Fleet {
+    realm: String,
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<Result<Report, String>>>,
+}
+
+/// A running rack. Dropping it stops the fleets, SIGKILLs every process
+/// and removes the namespaces.
+pub struct Rack {
+    /// Where it runs.
+    pub mode: Mode,
+    fleets: Vec<Fleet>,
+    /// The nodes, by id order.
+    pub nodes: Vec<RackNode>,
+    /// The dispatchers.
+    pub dispatchers: Vec<RackDispatcher>,
+    proxies: Vec<Proxy>,
+    /// Bindings every node holds once all mobile nodes registered.
+    pub expected: usize,
+    /// Mobile nodes per realm.
+    pub fleet_sizes: Vec<(String, usize)>,
+    lab: Option<Lab>,
+    dir: tempfile::TempDir,
+}
+
+impl std::fmt::Debug for Rack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rack")
+            .field("mode", &self.mode)
+            .field("nodes", &self.nodes)
+            .field("dispatchers", &self.dispatchers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Rack {
+    /// Builds and starts the rack: namespaces if root and not
+    /// `opts.loopback`, loopback otherwise. Returns once every node is up,
+    /// a raft leader is elected and the dispatchers forward to all nodes;
+    /// the fleets are started by [`Rack::start_fleets`].
+    pub fn start(opts: &RackOptions) -> Result<Rack, RackError> {
+        if opts.inner == 0 || opts.inner > MAX_INNER {
+            return Err(RackError::Options(format!(
+                "the inner realm holds 1-{MAX_INNER} mobile nodes"
+            )));
+        }
+        if opts.outer > MAX_OUTER {
+            return Err(RackError::Options(format!(
+                "the outer pool holds {MAX_OUTER} home addresses"
+            )));
+        }
+        if topo::is_root() && !opts.loopback {
+            Self::start_namespaces(opts)
+        } else {
+            Self::start_loopback(opts)
+        }
+    }
+
+    fn start_namespaces(opts: &RackOptions) -> Result<Rack, RackError> {
+        let dir = tempfile::Builder::new()
+            .prefix("hv-rack-")
+            .tempdir()
+            .map_err(io_err("tempdir"))?;
+        // Built (if need be) before the lab exists: its watchdog clock
+        // starts with it, and a first build takes minutes.
+        crate::supervisor::workspace_binary("haven-ha-node", "ha-node")?;
+        let bin = crate::supervisor::workspace_binary("haven-dispatcher", "dispatcher")?;
+        let lab = topology(opts.expire)?;
+        let ns = |h: &str| -> Result<String, RackError> {
+            lab.ns_name(h)
+                .map(str::to_owned)
+                .ok_or_else(|| RackError::Options(format!("no host {h}")))
+        };
+        let peers: Vec<(u64, SocketAddr)> = (1..=3u8)
+            .map(|i| {
+                (
+                    u64::from(i),
+                    SocketAddr::from((topo::racks::node_addr(i), RAFT_PORT)),
+                )
+            })
+            .collect();
+        let adverts: Vec<SocketAddrV4> = [4341, 4343]
+            .into_iter()
+            .flat_map(|p| DISP.map(|d| SocketAddrV4::new(d, p)))
+            .collect();
+        let mut proxies = Vec::new();
+        let mut nodes = Vec::new();
+        for i in 1..=3u8 {
+            let id = u64::from(i);
+            let me = topo::racks::node_addr(i);
+            let data = dir.path().join(format!("raft-{i}"));
+            let spec = NodeSpec::new(id, local(4340), local(9434))
+                .realm(inner_realm(VIP_INNER, 434, opts.inner))
+                .realm(outer_realm(VIP_OUTER, 434, opts.outer))
+                .cluster(ClusterSpec::raft(
+                    "rack",
+                    SocketAddr::from((me, RAFT_PORT)),
+                    &data,
+                    peers.clone(),
+                ))
+                .dispatch(DispatchSpec::l2(me, adverts.clone(), 100));
+            let n = ns(&format!("node-{i}"))?;
+            let proc = start_node(&spec, dir.path(), Some(&n))?;
+            let proxy = Proxy::start(&n, spec.metrics)?;
+            nodes.push(RackNode {
+                id,
+                metrics: proxy.addr,
+                spec,
+                proc,
+                ns: Some(n),
+                killed: false,
+            });
+            proxies.push(proxy);
+        }
+        let mut dispatchers = Vec::new();
+        for (realm, vip, vrid, health, metrics) in [
+            ("inner", VIP_INNER, 7u8, 4341u16, 9435u16),
+            ("outer", VIP_OUTER, 8, 4343, 9436),
+        ] {
+            for (k, host) in DISP_HOSTS.into_iter().enumerate() {
+                let dev = lab
+                    .iface(host, "rack")
+                    .ok_or_else(|| RackError::Options(format!("{host} is not on the rack")))?;
+                let mut cfg = format!(
+                    "[dispatcher]\nvip = \"{vip}\"\nmode = \"l2\"\ninterface = \"{dev}\"\n\
+                     address = \"{}\"\n\n[health]\nlisten_port = {health}\nrise = 1\n\n\
+                     [vrrp]\nvrid = {vrid}\npriority = {}\ninterval_cs = 10\npeer = \"{}\"\n\n\
+                     [metrics]\nlisten = \"127.0.0.1:{metrics}\"\n\n",
+                    DISP[k],
+                    [200, 100][k],
+                    DISP[1 - k]
+                );
+                for i in 1..=3u8 {
+                    cfg.push_str(&format!(
+                        "[[node]]\nid = {i}\naddress = \"{}\"\n\n",
+                        topo::racks::node_addr(i)
+                    ));
+                }
+                let path = dir.path().join(format!("{host}-{realm}.toml"));
+                std::fs::write(&path, cfg)
+                    .map_err(io_err(format!("writing {}", path.display())))?;
+                let n = ns(host)?;
+                let proc = Process::spawn(
+                    &format!("{host}-{realm}"),
+                    Spec::new(&bin)
+                        .arg("--config")
+                        .arg(&path)
+                        .env("RUST_LOG", "info"),
+                    Some(&n),
+                )?;
+                let proxy = Proxy::start(&n, local(metrics))?;
+                dispatchers.push(RackDispatcher {
+                    host: host.to_owned(),
+                    realm: realm.to_owned(),
+                    proc,
+                    metrics: proxy.addr,
+                    killed: false,
+                });
+                proxies.push(proxy);
+            }
+        }
+        let rack = Rack {
+            mode: Mode::Namespaces,
+            fleets: Vec::new(),
+            nodes,
+            dispatchers,
+            proxies,
+            expected: opts.inner + opts.outer,
+            fleet_sizes: vec![("inner".into(), opts.inner), ("outer".into(), opts.outer)],
+            lab: Some(lab),
+            dir,
+        };
+        rack.await_ready()?;
+        Ok(rack)
+    }
+
+    fn start_loopback(opts: &RackOptions) -> Result<Rack, RackError> {
+        let dir = tempfile::Builder::new()
+            .prefix("hv-rack-")
+            .tempdir()
+            .map_err(io_err("tempdir"))?;
+        let vip_port = free_port();
+        let health = free_port();
+        let disp_encap = free_port();
+        let disp_metrics = free_port();
+        let listen: Vec<SocketAddr> = (0..3).map(|_| local(free_port())).collect();
+        let peers: Vec<(u64, SocketAddr)> = (1..=3u64).zip(listen.iter().copied()).collect();
+        let mut nodes = Vec::new();
+        let mut node_entries = String::new();
+        for i in 1..=3u8 {
+            let id = u64::from(i);
+            let me = Ipv4Addr::new(127, 0, 0, 10 + i);
+            let encap = SocketAddrV4::new(me, free_port());
+            let data = dir.path().join(format!("raft-{i}"));
+            let spec = NodeSpec::new(id, local(free_port()), local(free_port()))
+                .realm(inner_realm(Ipv4Addr::LOCALHOST, vip_port, opts.inner))
+                .cluster(ClusterSpec::raft(
+                    "rack",
+                    listen[usize::from(i - 1)],
+                    &data,
+                    peers.clone(),
+                ))
+                .dispatch(DispatchSpec {
+                    mode: "encap",
+                    encap_listen: Some(encap),
+                    ..DispatchSpec::l2(
+                        me,
+                        vec![SocketAddrV4::new(Ipv4Addr::LOCALHOST, health)],
+                        100,
+                    )
+                });
+            let proc = start_node(&spec, dir.path(), None)?;
+            node_entries.push_str(&format!(
+                "[[node]]\nid = {i}\naddress = \"{me}\"\nencap_port = {}\n\n",
+                encap.port()
+            ));
+            nodes.push(RackNode {
+                id,
+                metrics: spec.metrics,
+                spec,
+                proc,
+                ns: None,
+                killed: false,
+            });
+        }
+        let cfg = format!(
+            "[dispatcher]\nvip = \"127.0.0.1\"\nport = {vip_port}\nmode = \"encap\"\n\
+             manage_vip = false\naddress = \"127.0.0.1\"\nencap_port = {disp_encap}\n\n\
+             [health]\nlisten_port = {health}\nrise = 1\n\n\
+             [metrics]\nlisten = \"127.0.0.1:{disp_metrics}\"\n\n{node_entries}"
+        );
+        let path = dir.path().join("disp.toml");
+        std::fs::write(&path, cfg).map_err(io_err(format!("writing {}", path.display())))?;
+        let bin = crate::supervisor::workspace_binary("haven-dispatcher", "dispatcher")?;
+        // Started after the nodes: its VIP socket is then the one bound
+        // last, the one the kernel delivers to (see [`Mode::Loopback`]).
+        let proc = Process::spawn(
+            "disp-inner",
+            Spec::new(&bin)
+                .arg("--config")
+                .arg(&path)
+                .env("RUST_LOG", "info"),
+            None,
+        )?;
+        let rack = Rack {
+            mode: Mode::Loopback,
+            fleets: Vec::new(),
+            nodes,
+            dispatchers: vec![RackDispatcher {
+                host: "disp".into(),
+                realm: "inner".into(),
+                proc,
+                metrics: local(disp_metrics),
+                killed: false,
+            }],
+            proxies: Vec::new(),
+            expected: opts.inner,
+            fleet_sizes: vec![("inner".into(), opts.inner)],
+            lab: None,
+            dir,
+        };
+        rack.await_ready()?;
+        Ok(rack)
+    }
+
+    /// Every node agrees on a leader; every dispatcher reports all nodes
+    /// up and each realm has one active dispatcher.
+    fn await_ready(&self) -> Result<(), RackError> {
+        wait_for("a raft leader all nodes agree on", BOUND, || {
+            let leaders: Vec<f64> = self
+                .nodes
+                .iter()
+                .map(|n| {
+                    http_metrics(n.metrics)
+                        .ok()
+                        .and_then(|t| sum(&t, "haven_raft_leader_id", &[]))
+                        .unwrap_or(0.0)
+                })
+                .collect();
+            leaders[0] > 0.0 && leaders.iter().all(|l| *l == leaders[0])
+        })?;
+        for d in &self.dispatchers {
+            for n in &self.nodes {
+                let id = n.id.to_string();
+                await_metric(
+                    &format!("http://{}/metrics", d.metrics),
+                    None,
+                    "haven_dispatcher_node_up",
+                    &[("node", &id)],
+                    |v| v == 1.0,
+                    BOUND,
+                )?;
+            }
+        }
+        for realm in self.realms() {
+            wait_for(&format!("an active dispatcher for {realm}"), BOUND, || {
+                self.dispatchers
+                    .iter()
+                    .filter(|d| d.realm == realm)
+                    .filter(|d| {
+                        http_metrics(d.metrics)
+                            .ok()
+                            .and_then(|t| sum(&t, "haven_dispatcher_active", &[]))
+                            == Some(1.0)
+                    })
+                    .count()
+                    == 1
+            })?;
+        }
+        Ok(())
+    }
+
+    fn realms(&self) -> Vec<String> {
+        self.fleet_sizes.iter().map(|(r, _)| r.clone()).collect()
+    }
+
+    /// Starts one mnsim fleet per realm (threads; in the `mn` namespace in
+    /// a namespace rack). They run until [`Rack::stop_fleets`].
+    pub fn start_fleets(&mut self, opts: &RackOptions) -> Result<(), RackError> {
+        let (bind, vips, mn_ns) = match self.mode {
+            Mode::Namespaces => {
+                let ns = self
+                    .lab
+                    .as_ref()
+                    .and_then(|l| l.ns_name("mn"))
+                    .map(str::to_owned);
+                (
+                    MN_LAN.to_vec(),
+                    vec![
+                        SocketAddrV4::new(VIP_INNER, 434),
+                        SocketAddrV4::new(VIP_OUTER, 434),
+                    ],
+                    ns,
+                )
+            }
+            Mode::Loopback => (
+                vec![Ipv4Addr::LOCALHOST, Ipv4Addr::new(127, 0, 0, 5)],
+                vec![SocketAddrV4::new(
+                    Ipv4Addr::LOCALHOST,
+                    self.nodes[0].spec.realms[0].port,
+                )],
+                None,
+            ),
+        };
+        for (k, ((realm, count), vip)) in self.fleet_sizes.iter().zip(vips).enumerate() {
+            if *count == 0 {
+                continue;
+            }
+            let mut sim = SimConfig::new(vip, KEY.to_vec());
+            sim.count = *count;
+            sim.rate = opts.rate;
+            sim.seed = k as u64 + 1;
+            sim.home = if realm == "inner" {
+                HomeMode::Static { base: INNER_BASE }
+            } else {
+                HomeMode::Nai {
+                    pattern: OUTER_NAI.into(),
+                }
+            };
+            sim.spi = SPI;
+            sim.udp_tunnel = true;
+            sim.bind = bind.clone();
+            sim.lifetime = opts.lifetime;
+            sim.move_after = Some(opts.move_after);
+            // Until stopped: the fleet's own end would deregister early.
+            sim.duration = Some(Duration::from_secs(7 * 24 * 3600));
+            sim.deregister = false;
+            sim.initial_timeout = Duration::from_millis(400);
+            sim.max_timeout = Duration::from_secs(2);
+            // Long enough to ride out a leader election or a dispatcher
+            // takeover (RFC 5944 § 3.6.3 lets the MN choose).
+            sim.max_attempts = 20;
+            sim.validate()
+                .map_err(|e| RackError::Options(format!("fleet {realm}: {e}")))?;
+            let stop = Arc::new(AtomicBool::new(false));
+            let handle = {
+                let (stop, ns) = (stop.clone(), mn_ns.clone());
+                std::thread::Builder::new()
+                    .name(format!("fleet-{realm}"))
+                    .spawn(move || {
+                        let run = || mnsim::run_with_stop(&sim, &stop).map_err(|e| e.to_string());
+                        match &ns {
+                            Some(ns) => in_netns(ns, run).map_err(|e| e.to_string())?,
+                            None => run(),
+                        }
+                    })
+                    .map_err(io_err("spawning a fleet thread"))?
+            };
+            self.fleets.push(Fleet {
+                realm: realm.clone(),
+                stop,
+                handle: Some(handle),
+            });
+        }
+        Ok(())
+    }
+
+    /// The realms whose fleet ended on its own (an error: fleets run
+    /// until stopped).
+    pub fn fleets_ended(&self) -> Vec<String> {
+        self.fleets
+            .iter()
+            .filter(|f| f.handle.as_ref().is_none_or(JoinHandle::is_finished))
+            .map(|f| f.realm.clone())
+            .collect()
+    }
+
+    /// Stops the fleets and returns each one's report.
+    pub fn stop_fleets(&mut self) -> Vec<(String, Result<Report, String>)> {
+        for f in &self.fleets {
+            f.stop.store(true, Ordering::SeqCst);
+        }
+        self.fleets
+            .drain(..)
+            .map(|mut f| {
+                let r = f.handle.take().map_or_else(
+                    || Err("not running".to_owned()),
+                    |h| {
+                        h.join()
+                            .unwrap_or_else(|_| Err("the fleet thread panicked".into()))
+                    },
+                );
+                (f.realm, r)
+            })
+            .collect()
+    }
+
+    /// Where each component's Prometheus endpoint answers on loopback.
+    pub fn endpoints(&self) -> Vec<(String, String)> {
+        let nodes = self
+            .nodes
+            .iter()
+            .map(|n| (n.name(), format!("http://{}/metrics", n.metrics)));
+        let disps = self
+            .dispatchers
+            .iter()
+            .map(|d| (d.name(), format!("http://{}/metrics", d.metrics)));
+        nodes.chain(disps).collect()
+    }
+
+    /// The namespace of each host (namespace rack).
+    pub fn namespaces(&self) -> Vec<String> {
+        let Some(lab) = &self.lab else {
+            return Vec::new();
+        };
+        ["mn", "nat", "inet", "rtr", "disp-a", "disp-b"]
+            .into_iter()
+            .map(str::to_owned)
+            .chain((1..=3).map(|i| format!("node-{i}")))
+            .filter_map(|h| lab.ns_name(&h).map(|ns| format!("{h}={ns}")))
+            .collect()
+    }
+
+    /// The directory holding configs and raft logs.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Scrapes every component once.
+    pub fn sample(&mut self) -> Sample {
+        let nodes = self
+            .nodes
+            .iter_mut()
+            .map(|n| {
+                let running = n.proc.is_running();
+                let text = if running {
+                    http_metrics(n.metrics).ok()
+                } else {
+                    None
+                };
+                NodeSample::from_metrics(n.id, running, text.as_deref())
+            })
+            .collect();
+        let dispatchers = self
+            .dispatchers
+            .iter_mut()
+            .map(|d| {
+                let running = d.proc.is_running();
+                let text = if running {
+                    http_metrics(d.metrics).ok()
+                } else {
+                    None
+                };
+                DispSample::from_metrics(&d.host, &d.realm, running, text.as_deref())
+            })
+            .collect();
+        Sample {
+            at: Instant::now(),
+            nodes,
+            dispatchers,
+        }
+    }
+
+    /// SIGKILLs node `id` and reaps it.
+    pub fn kill_node(&mut self, id: u64) -> Result<String, RackError> {
+        let n = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.id == id)
+            .ok_or_else(|| RackError::Options(format!("no node {id}")))?;
+        n.proc.sigkill()?;
+        n.proc.wait_exit(Duration::from_secs(5))?;
+        n.killed = true;
+        Ok(n.name())
+    }
+
+    /// SIGKILLs every dispatcher process on the host that holds the inner
+    /// VIP (VRRP Master; loopback: the one dispatcher). Returns its host.
+    pub fn kill_active_dispatcher(&mut self, sample: &Sample) -> Result<String, RackError> {
+        let host = sample
+            .dispatchers
+            .iter()
+            .find(|d| d.realm == "inner" && d.active)
+            .map(|d| d.host.clone())
+            .ok_or_else(|| RackError::Options("no active dispatcher".into()))?;
+        for d in self.dispatchers.iter_mut().filter(|d| d.host == host) {
+            d.proc.sigkill()?;
+            d.proc.wait_exit(Duration::from_secs(5))?;
+            d.killed = true;
+        }
+        Ok(host)
+    }
+
+    /// Restarts everything killed: nodes first (each waits until its
+    /// metrics answer), then dispatchers. Returns the names restarted.
+    pub fn restart_killed(&mut self) -> Result<Vec<String>, RackError> {
+        let mut out = Vec::new();
+        for n in self.nodes.iter_mut().filter(|n| n.killed) {
+            n.proc.restart()?;
+            await_metric(
+                &n.spec.metrics_url(),
+                n.ns.as_deref(),
+                "haven_build_info",
+                &[],
+                |v| v == 1.0,
+                BOUND,
+            )?;
+            n.killed = false;
+            out.push(n.name());
+        }
+        let loopback_rebind = self.mode == Mode::Loopback && !out.is_empty();
+        for d in self
+            .dispatchers
+            .iter_mut()
+            .filter(|d| d.killed || loopback_rebind)
+        {
+            d.proc.restart()?;
+            d.killed = false;
+            out.push(d.name());
+        }
+        Ok(out)
+    }
+
+    /// Whether anything is killed and not restarted.
+    pub fn anything_killed(&self) -> bool {
+        self.nodes.iter().any(|n| n.killed) || self.dispatchers.iter().any(|d| d.killed)
+    }
+
+    /// The last lines of a component's log (for error reports).
+    pub fn log_tail(&self, name: &str, lines: usize) -> Option<String> {
+        self.nodes
+            .iter()
+            .find(|n| n.name() == name)
+            .map(|n| n.proc.log_tail(lines))
+            .or_else(|| {
+                self.dispatchers
+                    .iter()
+                    .find(|d| d.name() == name)
+                    .map(|d| d.proc.log_tail(lines))
+            })
+    }
+
+    /// Every component's log file.
+    pub fn logs(&self) -> Vec<(String, PathBuf)> {
+        let n = self
+            .nodes
+            .iter()
+            .map(|n| (n.name(), n.proc.log_path().to_owned()));
+        let d = self
+            .dispatchers
+            .iter()
+            .map(|d| (d.name(), d.proc.log_path().to_owned()));
+        n.chain(d).collect()
+    }
+}
+
+impl Drop for Rack {
+    fn drop(&mut self) {
+        // Fleets first (they hold sockets in `mn`), then the processes,
+        // the proxies, and last the namespaces (field order below).
+        let _ = self.stop_fleets();
+        self.dispatchers.clear();
+        self.nodes.clear();
+        self.proxies.clear();
+        self.lab.take();
+    }
+}
+
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+}
+
+fn inner_realm(vip: Ipv4Addr, port: u16, count: usize) -> RealmSpec {
+    RealmSpec {
+        port,
+        ..RealmSpec::new("inner", vip, "198.51.100.0/24")
+    }
+    .with_home_address_sas(INNER_BASE, count, SPI, KEY)
+}
+
+fn outer_realm(vip: Ipv4Addr, port: u16, count: usize) -> RealmSpec {
+    RealmSpec {
+        port,
+        pool: Some("198.18.128.10-198.18.128.250".into()),
+        ..RealmSpec::new("outer", vip, "198.18.128.0/24")
+    }
+    .with_nai_sas(OUTER_NAI, count, SPI, KEY)
+}
+
+/// The namespace rack of the module docs (the shape of
+/// `tests/dispatcher_rack.rs`, with a second VIP and a second LAN address).
+fn topology(expire: Option<Duration>) -> Result<Lab, RackError> {
+    let mut t = Topology::builder()
+        .host("mn")
+        .host("nat")
+        .host("inet")
+        .host("rtr")
+        .host("disp-a")
+        .host("disp-b")
+        .link(("mn", "198.19.0.2/24"), ("nat", "198.19.0.1/24"))
+        .link(("nat", "203.0.113.2/24"), ("inet", "203.0.113.1/24"))
+        .link(("inet", "198.18.254.1/24"), ("rtr", "198.18.254.2/24"))
+        .route("mn", "default", "198.19.0.1")
+        .route("nat", "default", "203.0.113.1")
+        .route("inet", "198.18.0.0/16", "198.18.254.2")
+        .route("inet", "192.0.2.0/24", "198.18.254.2")
+        .route("rtr", "default", "198.18.254.1")
+        .route("disp-a", "default", "198.18.0.1")
+        .route("disp-b", "default", "198.18.0.1")
+        .router("nat")
+        .router("inet")
+        .router("rtr")
+        .router("disp-a")
+        .router("disp-b")
+        .masquerade("nat", "inet");
+    if let Some(e) = expire {
+        t = t.expire_after(e);
+    }
+    for i in 1..=3u8 {
+        let n = format!("node-{i}");
+        t = t
+            .host(&n)
+            .loopback_addr(&n, &format!("{VIP_INNER}/32"))
+            .loopback_addr(&n, &format!("{VIP_OUTER}/32"))
+            .dsr(&n)
+            .route(&n, "default", "198.18.0.1");
+    }
+    let addrs: Vec<(String, String)> = std::iter::once(("rtr".to_owned(), "198.18.0.1/24".into()))
+        .chain(
+            DISP_HOSTS
+                .iter()
+                .zip(DISP)
+                .map(|(h, a)| ((*h).to_owned(), format!("{a}/24"))),
+        )
+        .chain((1..=3u8).map(|i| {
+            (
+                format!("node-{i}"),
+                format!("{}/24", topo::racks::node_addr(i)),
+            )
+        }))
+        .collect();
+    t = t.switch("rack", addrs.iter().map(|(h, a)| (h.as_str(), a.as_str())));
+    let lab = t.build()?;
+    // The VIPs are on the segment: rtr ARPs for them and the VRRP Master
+    // of each answers.
+    let dev = lab
+        .iface("rtr", "rack")
+        .ok_or_else(|| RackError::Options("rtr is not on the rack".into()))?
+        .to_owned();
+    for vip in [VIP_INNER, VIP_OUTER] {
+        let dst = format!("{vip}/32");
+        lab.exec("rtr", ["ip", "route", "replace", &dst, "dev", &dev])?;
+    }
+    // The mobile nodes' second LAN address: where they move to.
+    let mn_dev = lab
+        .iface("mn", "nat")
+        .ok_or_else(|| RackError::Options("mn is not linked to nat".into()))?
+        .to_owned();
+    let second = format!("{}/24", MN_LAN[1]);
+    lab.exec("mn", ["ip", "addr", "add", &second, "dev", &mn_dev])?;
+    Ok(lab)
+}
+
+// ------------------------------------------------------------ metrics ----
+
+/// `GET /metrics` over HTTP/1.0 from `addr`, bounded to about 2 s.
+pub fn http_metrics(addr: SocketAddr) -> io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.set_write_timeout(Some(Duration::from_secs(1)))?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let (head, body) = out
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| io::Error::other("no HTTP header"))?;
+    let code = head.split_whitespace().nth(1);
+    if !head.starts_with("HTTP/1.") || code != Some("200") {
+        return Err(io::Error::other(format!(
+            "HTTP {}",
+            head.lines().next().unwrap_or_default()
+        )));
+    }
+    Ok(body.to_owned())
+}
+
+/// The sum of every sample named `name` whose labels include all of
+/// `labels`; `None` if there is none.
+pub fn sum(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut total = None;
+    for l in text.lines() {
+        let Some(rest) = l.strip_prefix(name) else {
+            continue;
+        };
+        if !(rest.starts_with('{') || rest.starts_with(' ')) {
+            continue;
+        }
+        let (lbl, value) = match rest.strip_prefix('{') {
+            Some(r) => match r.split_once('}') {
+                Some((lbl, v)) => (lbl, v),
+                None => continue,
+            },
+            None => ("", rest),
+        };
+        if !labels
+            .iter()
+            .all(|(k, v)| lbl.split(',').any(|kv| kv == format!("{k}=\"{v}\"")))
+        {
+            continue;
+        }
+        let Some(v) = value
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+        else {
+            continue;
+        };
+        total = Some(total.unwrap_or(0.0) + v);
+    }
+    total
+}
+
+/// Per-label sums: `label value → sum` over the samples of `name`.
+fn by_label(text: &str, name: &str, label: &str) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    let key = format!("{label}=\"");
+    for l in text.lines() {
+        let Some(rest) = l.strip_prefix(name).and_then(|r| r.strip_prefix('{')) else {
+            continue;
+        };
+        let Some((lbl, value)) = rest.split_once('}') else {
+            continue;
+        };
+        let Some(v) = value
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+        else {
+            continue;
+        };
+        if let Some(val) = lbl
+            .split(',')
+            .find_map(|kv| kv.strip_prefix(key.as_str()))
+            .and_then(|v| v.strip_suffix('"'))
+        {
+            *out.entry(val.to_owned()).or_insert(0.0) += v;
+        }
+    }
+    out
+}
+
+/// One node at one instant.
+#[derive(Debug, Clone, Default)]
+pub struct NodeSample {
+    /// Raft id.
+    pub id: u64,
+    /// The process runs.
+    pub running: bool,
+    /// Its metrics answered.
+    pub up: bool,
+    /// Raft.
+    pub is_leader: bool,
+    /// The leader it knows (0: none).
+    pub leader: u64,
+    /// Raft term.
+    pub term: u64,
+    /// Raft applied and commit index.
+    pub applied: u64,
+    /// Commit index.
+    pub commit: u64,
+    /// Bindings per realm.
+    pub bindings: BTreeMap<String, u64>,
+    /// Registrations accepted / denied since the process started.
+    pub accepted: f64,
+    /// Denied.
+    pub denied: f64,
+}
+
+impl NodeSample {
+    fn from_metrics(id: u64, running: bool, text: Option<&str>) -> Self {
+        let Some(t) = text else {
+            return Self {
+                id,
+                running,
+                ..Self::default()
+            };
+        };
+        let g = |n: &str| sum(t, n, &[]).unwrap_or(0.0) as u64;
+        Self {
+            id,
+            running,
+            up: true,
+            is_leader: g("haven_raft_is_leader") == 1,
+            leader: g("haven_raft_leader_id"),
+            term: g("haven_raft_term"),
+            applied: g("haven_raft_applied_index"),
+            commit: g("haven_raft_commit_index"),
+            bindings: by_label(t, "haven_bindings", "realm")
+                .into_iter()
+                .map(|(k, v)| (k, v as u64))
+                .collect(),
+            accepted: sum(t, "haven_registrations_total", &[("result", "accepted")]).unwrap_or(0.0),
+            denied: sum(t, "haven_registrations_total", &[("result", "denied")]).unwrap_or(0.0),
+        }
+    }
+
+    /// Bindings over all realms.
+    pub fn total_bindings(&self) -> u64 {
+        self.bindings.values().sum()
+    }
+}
+
+/// One dispatcher process at one instant.
+#[derive(Debug, Clone, Default)]
+pub struct DispSample {
+    /// Its host.
+    pub host: String,
+    /// Its realm.
+    pub realm: String,
+    /// The process runs.
+    pub running: bool,
+    /// Its metrics answered.
+    pub up: bool,
+    /// VRRP state: 0 Initialize, 1 Backup, 2 Master (no VRRP: absent).
+    pub vrrp: Option<u8>,
+    /// Forwarding (holds the VIP).
+    pub active: bool,
+    /// Datagrams forwarded per node id.
+    pub packets: BTreeMap<String, f64>,
+    /// Node up per node id.
+    pub node_up: BTreeMap<String, bool>,
+}
+
+impl DispSample {
+    fn from_metrics(host: &str, realm: &str, running: bool, text: Option<&str>) -> Self {
+        let base = Self {
+            host: host.to_owned(),
+            realm: realm.to_owned(),
+            running,
+            ..Self::default()
+        };
+        let Some(t) = text else { return base };
+        Self {
+            up: true,
+            vrrp: sum(t, "haven_dispatcher_vrrp_state", &[]).map(|v| v as u8),
+            active: sum(t, "haven_dispatcher_active", &[]) == Some(1.0),
+            packets: by_label(t, "haven_dispatcher_packets_total", "node"),
+            node_up: by_label(t, "haven_dispatcher_node_up", "node")
+                .into_iter()
+                .map(|(k, v)| (k, v == 1.0))
+                .collect(),
+            ..base
+        }
+    }
+
+    /// `disp-a/inner`.
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.host, self.realm)
+    }
+}
+
+/// Everything at one instant.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// When.
+    pub at: Instant,
+    /// Nodes by id order.
+    pub nodes: Vec<NodeSample>,
+    /// Dispatchers.
+    pub dispatchers: Vec<DispSample>,
+}
+
+impl Sample {
+    /// The leader every answering node agrees on, if any (and it answers).
+    pub fn leader(&self) -> Option<u64> {
+        let up: Vec<&NodeSample> = self.nodes.iter().filter(|n| n.up).collect();
+        let l = up.first()?.leader;
+        (l != 0 && up.iter().all(|n| n.leader == l) && up.iter().any(|n| n.id == l && n.is_leader))
+            .then_some(l)
+    }
+
+    /// Packets forwarded to each node over all dispatchers.
+    pub fn packets_per_node(&self) -> BTreeMap<u64, f64> {
+        let mut out = BTreeMap::new();
+        for d in &self.dispatchers {
+            for (n, p) in &d.packets {
+                if let Ok(id) = n.parse::<u64>() {
+                    *out.entry(id).or_insert(0.0) += p;
+                }
+            }
+        }
+        out
+    }
+
+    /// The host holding `realm`'s VIP.
+    pub fn vip_owner(&self, realm: &str) -> Option<String> {
+        self.dispatchers
+            .iter()
+            .find(|d| d.realm == realm && d.active)
+            .map(|d| d.host.clone())
+    }
+}
+
+// ------------------------------------------------------------ monitor ----
+
+/// What the rack is waiting to see after an action.
+#[derive(Debug, Clone)]
+enum Pending {
+    /// After a node kill: every live node holds every binding, agrees on a
+    /// live leader, and registrations were accepted since.
+    HealAfterKill {
+        since: Instant,
+        accepted_before: f64,
+    },
+    /// After a restart: every node up with every binding and the restarted
+    /// ones caught up with the leader's commit index.
+    CatchUp { since: Instant, nodes: Vec<u64> },
+    /// After a dispatcher kill: each realm has an active dispatcher again
+    /// and registrations were accepted since.
+    Takeover {
+        since: Instant,
+        accepted_before: f64,
+    },
+}
+
+/// Turns samples into events and rates.
+#[derive(Debug, Default)]
+pub struct Monitor {
+    prev: Option<Sample>,
+    pending: Vec<Pending>,
+    registered: bool,
+    last_leader: Option<u64>,
+    /// Accepted registrations summed over processes' lifetimes (restarts
+    /// reset a node's counters; deltas are summed instead).
+    pub accepted_total: f64,
+    /// Denied, the same way.
+    pub denied_total: f64,
+    /// Registrations per second over the last interval.
+    pub accepted_rate: f64,
+    /// Denied per second.
+    pub denied_rate: f64,
+    /// Packets per second per node through the dispatchers.
+    pub packet_rate: BTreeMap<u64, f64>,
+    /// Raft leader changes seen.
+    pub leader_changes: u64,
+    /// VIP owner changes seen.
+    pub vip_changes: u64,
+    /// Heals seen (after a node kill, a restart or a dispatcher kill).
+    pub heals: u64,
+    /// Bindings expected per node.
+    pub expected: u64,
+}
+
+impl Monitor {
+    /// A monitor expecting `expected` bindings on every node.
+    pub fn new(expected: usize) -> Self {
+        Self {
+            expected: expected as u64,
+            ..Self::default()
+        }
+    }
+
+    /// A node was killed.
+    pub fn node_killed(&mut self) {
+        self.pending
+            .retain(|p| !matches!(p, Pending::HealAfterKill { .. }));
+        self.pending.push(Pending::HealAfterKill {
+            since: Instant::now(),
+            accepted_before: self.accepted_total,
+        });
+    }
+
+    /// Nodes were restarted.
+    /// Returns an event line if a node kill had not healed yet.
+    pub fn nodes_restarted(&mut self, nodes: Vec<u64>) -> Option<String> {
+        let unhealed = self
+            .pending
+            .iter()
+            .any(|p| matches!(p, Pending::HealAfterKill { .. }));
+        self.pending
+            .retain(|p| !matches!(p, Pending::HealAfterKill { .. }));
+        self.pending.push(Pending::CatchUp {
+            since: Instant::now(),
+            nodes,
+        });
+        unhealed.then(|| "event unhealed: the node kill had not healed before the restart".into())
+    }
+
+    /// The active dispatcher was killed.
+    pub fn dispatcher_killed(&mut self) {
+        self.pending.push(Pending::Takeover {
+            since: Instant::now(),
+            accepted_before: self.accepted_total,
+        });
+    }
+
+    /// Whether every mobile node has been seen registered (on every node).
+    pub fn registered(&self) -> bool {
+        self.registered
+    }
+
+    /// Whether every action's heal has been seen.
+    pub fn settled(&self) -> bool {
+        self.pending.is_empty() && self.registered
+    }
+
+    /// Takes in a new sample; returns the event lines it caused.
+    pub fn observe(&mut self, s: &Sample) -> Vec<String> {
+        let mut ev = Vec::new();
+        if let Some(p) = self.prev.take() {
+            let dt = s.at.duration_since(p.at).as_secs_f64().max(1e-3);
+            let (mut acc, mut den) = (0.0, 0.0);
+            for n in &s.nodes {
+                let Some(o) = p.nodes.iter().find(|o| o.id == n.id) else {
+                    continue;
+                };
+                if n.up && o.up {
+                    acc += (n.accepted - o.accepted).max(0.0);
+                    den += (n.denied - o.denied).max(0.0);
+                } else if n.up {
+                    // Restarted: everything it counted is new.
+                    acc += n.accepted;
+                    den += n.denied;
+                }
+            }
+            self.accepted_total += acc;
+            self.denied_total += den;
+            self.accepted_rate = acc / dt;
+            self.denied_rate = den / dt;
+            let (now, before) = (s.packets_per_node(), p.packets_per_node());
+            self.packet_rate = now
+                .iter()
+                .map(|(id, v)| {
+                    (
+                        *id,
+                        (v - before.get(id).copied().unwrap_or(0.0)).max(0.0) / dt,
+                    )
+                })
+                .collect();
+            for n in &s.nodes {
+                let o = p.nodes.iter().find(|o| o.id == n.id);
+                if n.up && o.is_some_and(|o| !o.up) {
+                    ev.push(format!("event node-{} up", n.id));
+                }
+                if !n.up && o.is_some_and(|o| o.up) {
+                    ev.push(format!("event node-{} down", n.id));
+                }
+            }
+            if let Some(b) = s.leader().filter(|b| self.last_leader != Some(*b)) {
+                let term = s.nodes.iter().map(|n| n.term).max().unwrap_or(0);
+                match self.last_leader {
+                    Some(a) => {
+                        self.leader_changes += 1;
+                        ev.push(format!("event leader node-{b} term={term} (was node-{a})"));
+                    }
+                    None => ev.push(format!("event leader node-{b} term={term}")),
+                }
+            }
+            let mut realms: Vec<&str> = s.dispatchers.iter().map(|d| d.realm.as_str()).collect();
+            realms.dedup();
+            for realm in realms {
+                let (a, b) = (p.vip_owner(realm), s.vip_owner(realm));
+                if a != b {
+                    if let Some(b) = &b {
+                        if a.is_some() {
+                            self.vip_changes += 1;
+                        }
+                        ev.push(format!("event vip {realm} owner {b}"));
+                    }
+                }
+            }
+            for d in s.dispatchers.iter().filter(|d| d.active) {
+                let Some(o) = p
+                    .dispatchers
+                    .iter()
+                    .find(|o| o.name() == d.name() && o.active)
+                else {
+                    continue;
+                };
+                for (node, up) in &d.node_up {
+                    if o.node_up.get(node).is_some_and(|was| was != up) {
+                        let state = if *up { "up" } else { "down" };
+                        ev.push(format!("event {} sees node-{node} {state}", d.name()));
+                    }
+                }
+            }
+        }
+        if let Some(l) = s.leader() {
+            self.last_leader = Some(l);
+        }
+        let live: Vec<&NodeSample> = s.nodes.iter().filter(|n| n.running).collect();
+        let full = |n: &&NodeSample| n.up && n.total_bindings() == self.expected;
+        let all_full = !live.is_empty() && live.iter().all(full);
+        let leader_ok = s.leader().is_some();
+        if !self.registered && all_full && leader_ok && s.nodes.iter().all(|n| n.running) {
+            self.registered = true;
+            ev.push(format!(
+                "event registered bindings={} on {}/{} nodes",
+                self.expected,
+                live.len(),
+                s.nodes.len()
+            ));
+        }
+        let accepted_total = self.accepted_total;
+        let mut keep = Vec::new();
+        for p in std::mem::take(&mut self.pending) {
+            let done = match &p {
+                Pending::HealAfterKill {
+                    since,
+                    accepted_before,
+                } => (all_full && leader_ok && accepted_total > *accepted_before).then(|| {
+                    format!(
+                        "event healed bindings={} on {}/{} live nodes after {:.1}s",
+                        self.expected,
+                        live.len(),
+                        live.len(),
+                        since.elapsed().as_secs_f64()
+                    )
+                }),
+                Pending::CatchUp { since, nodes } => {
+                    let commit = s
+                        .leader()
+                        .and_then(|l| s.nodes.iter().find(|n| n.id == l))
+                        .map_or(u64::MAX, |l| l.commit);
+                    let caught = nodes.iter().all(|id| {
+                        s.nodes
+                            .iter()
+                            .find(|n| n.id == *id)
+                            .is_some_and(|n| n.up && n.applied + 2 >= commit)
+                    });
+                    let everyone = s.nodes.iter().all(|n| n.running);
+                    (everyone && all_full && leader_ok && caught).then(|| {
+                        let names: Vec<String> =
+                            nodes.iter().map(|id| format!("node-{id}")).collect();
+                        format!(
+                            "event healed bindings={} on {}/{} nodes after {:.1}s (caught up: {})",
+                            self.expected,
+                            live.len(),
+                            s.nodes.len(),
+                            since.elapsed().as_secs_f64(),
+                            if names.is_empty() {
+                                "-".to_owned()
+                            } else {
+                                names.join(",")
+                            }
+                        )
+                    })
+                }
+                Pending::Takeover {
+                    since,
+                    accepted_before,
+                } => {
+                    let mut realms: Vec<&str> =
+                        s.dispatchers.iter().map(|d| d.realm.as_str()).collect();
+                    realms.dedup();
+                    let owned = realms.iter().all(|r| s.vip_owner(r).is_some());
+                    (owned && all_full && accepted_total > *accepted_before).then(|| {
+                        format!(
+                            "event healed dispatcher takeover, bindings={} on {}/{} nodes after {:.1}s",
+                            self.expected,
+                            live.len(),
+                            s.nodes.len(),
+                            since.elapsed().as_secs_f64()
+                        )
+                    })
+                }
+            };
+            match done {
+                Some(line) => {
+                    self.heals += 1;
+                    ev.push(line);
+                }
+                None => keep.push(p),
+            }
+        }
+        self.pending = keep;
+        self.prev = Some(s.clone());
+        ev
+    }
+}
+
+// -------------------------------------------------------------- proxy ----
+
+/// A TCP listener on 127.0.0.1 (this namespace) that forwards every
+/// connection to `target` inside namespace `ns`: each component's metrics
+/// endpoint becomes reachable from the host's loopback.
+#[derive(Debug)]
+struct Proxy {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Proxy {
+    fn start(ns: &str, target: SocketAddr) -> Result<Proxy, RackError> {
+        let l = TcpListener::bind(local(0)).map_err(io_err("binding a metrics proxy"))?;
+        l.set_nonblocking(true).map_err(io_err("set_nonblocking"))?;
+        let addr = l.local_addr().map_err(io_err("local_addr"))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let ns = ns.to_owned();
+        let thread = {
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("metrics-proxy".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        match l.accept() {
+                            Ok((c, _)) => {
+                                let ns = ns.clone();
+                                std::thread::spawn(move || forward(c, &ns, target));
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                                std::thread::sleep(Duration::from_millis(20));
+                            }
+                            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                        }
+                    }
+                })
+                .map_err(io_err("spawning a metrics proxy"))?
+        };
+        Ok(Proxy {
+            addr,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Copies one connection both ways; the upstream socket is created inside
+/// the namespace (a socket stays in the namespace it was made in).
+fn forward(client: TcpStream, ns: &str, target: SocketAddr) {
+    let Ok(Ok(up)) = in_netns(ns, || {
+        TcpStream::connect_timeout(&target, Duration::from_millis(500))
+    }) else {
+        return;
+    };
+    let _ = client.set_nonblocking(false);
+    for s in [&client, &up] {
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    }
+    let (Ok(mut c2), Ok(mut u2)) = (client.try_clone(), up.try_clone()) else {
+        return;
+    };
+    let t = std::thread::spawn(move || {
+        let _ = io::copy(&mut c2, &mut u2);
+        let _ = u2.shutdown(std::net::Shutdown::Write);
+    });
+    let (mut u, mut c) = (up, client);
+    let _ = io::copy(&mut u, &mut c);
+    let _ = c.shutdown(std::net::Shutdown::Write);
+    let _ = t.join();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NODE: &str = "# TYPE x counter\n\
+haven_registrations_total{realm=\"inner\",code=\"0\",result=\"accepted\"} 10\n\
+haven_registrations_total{realm=\"outer\",code=\"0\",result=\"accepted\"} 5\n\
+haven_registrations_total{realm=\"outer\",code=\"131\",result=\"denied\"} 2\n\
+haven_bindings{realm=\"inner\"} 7\n\
+haven_bindings{realm=\"outer\"} 3\n\
+haven_raft_is_leader 1\nhaven_raft_leader_id 2\nhaven_raft_term 4\n\
+haven_raft_applied_index 40\nhaven_raft_commit_index 41\n";
+
+    #[test]
+    fn node_sample_from_metrics() {
+        let n = NodeSample::from_metrics(2, true, Some(NODE));
+        assert!(n.up && n.is_leader);
+        assert_eq!((n.leader, n.term, n.applied, n.commit), (2, 4, 40, 41));
+        assert_eq!(n.total_bindings(), 10);
+        assert_eq!(n.bindings.get("outer"), Some(&3));
+        assert_eq!((n.accepted, n.denied), (15.0, 2.0));
+        assert_eq!(sum(NODE, "haven_raft_term_x", &[]), None);
+        let down = NodeSample::from_metrics(3, false, None);
+        assert!(!down.up && !down.running);
+    }
+
+    fn sample(nodes: &[(u64, bool, u64, f64)], leader: u64) -> Sample {
+        Sample {
+            at: Instant::now(),
+            nodes: nodes
+                .iter()
+                .map(|&(id, up, b, acc)| NodeSample {
+                    id,
+                    running: up,
+                    up,
+                    is_leader: id == leader,
+                    leader,
+                    term: 2,
+                    applied: 10,
+                    commit: 10,
+                    bindings: [("inner".to_owned(), b)].into(),
+                    accepted: acc,
+                    denied: 0.0,
+                })
+                .collect(),
+            dispatchers: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn monitor_sees_registration_kill_heal_and_catch_up() {
+        let mut m = Monitor::new(5);
+        assert!(
+            m.observe(&sample(&[(1, true, 0, 0.0), (2, true, 0, 0.0)], 1))
+                .is_empty()
+        );
+        let ev = m.observe(&sample(&[(1, true, 5, 5.0), (2, true, 5, 0.0)], 1));
+        assert!(
+            ev.iter()
+                .any(|e| e.starts_with("event registered bindings=5 on 2/2")),
+            "{ev:?}"
+        );
+        m.node_killed();
+        // Node 1 (the leader) is gone: no leader yet, no heal.
+        let ev = m.observe(&sample(&[(1, false, 0, 0.0), (2, true, 5, 0.0)], 0));
+        assert!(ev.iter().any(|e| e == "event node-1 down"), "{ev:?}");
+        assert!(!ev.iter().any(|e| e.contains("healed")));
+        let ev = m.observe(&sample(&[(1, false, 0, 0.0), (2, true, 5, 3.0)], 2));
+        assert!(
+            ev.iter().any(|e| e.starts_with("event leader node-2")),
+            "{ev:?}"
+        );
+        assert!(
+            ev.iter()
+                .any(|e| e.starts_with("event healed bindings=5 on 1/1 live nodes")),
+            "{ev:?}"
+        );
+        assert_eq!(m.nodes_restarted(vec![1]), None);
+        // Restarted but still empty: not healed.
+        let ev = m.observe(&sample(&[(1, true, 2, 0.0), (2, true, 5, 3.0)], 2));
+        assert!(!ev.iter().any(|e| e.contains("healed")), "{ev:?}");
+        let ev = m.observe(&sample(&[(1, true, 5, 0.0), (2, true, 5, 4.0)], 2));
+        assert!(
+            ev.iter()
+                .any(|e| e.starts_with("event healed bindings=5 on 2/2 nodes")
+                    && e.contains("caught up: node-1")),
+            "{ev:?}"
+        );
+        assert!(m.settled());
+        assert_eq!(m.accepted_total, 9.0);
+    }
+}
