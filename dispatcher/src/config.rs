@@ -6,11 +6,12 @@
 //! (STYLE.md §2, §7). `ops/dispatcher.example.toml` shows every key.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
 use crate::NodeId;
+use crate::health::AdvertKey;
 use crate::maglev::{DEFAULT_TABLE_SIZE, NodeSpec, is_prime};
 use crate::pool::PoolConfig;
 use crate::vrrp::{VrrpConfig, VrrpConfigError};
@@ -245,6 +246,16 @@ pub struct HealthSection {
     pub listen_port: u16,
     /// Consecutive adverts that bring a Down node back (default 3).
     pub rise: u32,
+    /// A file with the HMAC-SHA256 key the nodes' `[dispatch] key_file`
+    /// holds (docs/security.md): hex (whitespace trimmed) or, if not hex,
+    /// the raw octets; at least 16 octets; mode 0600 or stricter. Relative
+    /// to the configuration file's directory. Set: adverts without a valid
+    /// trailer or with an old sequence are refused. Absent: plain RFC 5798
+    /// adverts are accepted, as without authentication.
+    pub key_file: Option<PathBuf>,
+    /// The key read from `key_file` by [`Config::load`] / [`Config::parse`].
+    #[serde(skip)]
+    pub key: Option<AdvertKey>,
 }
 
 impl Default for HealthSection {
@@ -252,8 +263,51 @@ impl Default for HealthSection {
         Self {
             listen_port: 4341,
             rise: crate::health::DEFAULT_RISE,
+            key_file: None,
+            key: None,
         }
     }
+}
+
+/// Shortest advert key accepted (the node's MIN_KEY_LEN for SA keys).
+pub const MIN_ADVERT_KEY_LEN: usize = 16;
+
+/// Reads an advert key file: private (no group or other bits), hex if the
+/// trimmed contents are an even number of hex digits, else the raw octets.
+pub fn read_key_file(path: &Path) -> Result<AdvertKey, ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    };
+    let mode = std::fs::metadata(path).map_err(err)?.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(ConfigError::KeyFileMode {
+            path: path.display().to_string(),
+            mode,
+        });
+    }
+    let raw = std::fs::read(path).map_err(err)?;
+    let key = decode_hex(raw.trim_ascii()).unwrap_or(raw);
+    if key.len() < MIN_ADVERT_KEY_LEN {
+        return Err(ConfigError::KeyTooShort {
+            path: path.display().to_string(),
+            len: key.len(),
+        });
+    }
+    Ok(AdvertKey::new(key))
+}
+
+fn decode_hex(s: &[u8]) -> Option<Vec<u8>> {
+    if s.is_empty() || s.len() % 2 != 0 {
+        return None;
+    }
+    s.chunks_exact(2)
+        .map(|c| {
+            let d = |x: u8| char::from(x).to_digit(16);
+            Some(u8::try_from(d(c[0])? * 16 + d(c[1])?).unwrap_or(0))
+        })
+        .collect()
 }
 
 /// `[vrrp]` [RFC 5798 § 6.1].
@@ -404,6 +458,24 @@ pub enum ConfigError {
     /// `garp_count` 0 or absurd, `garp_interval_ms` 0.
     #[error("garp_count must be 1-10 and garp_interval_ms 1-10000")]
     Garp,
+    /// `[health] key_file` readable by group or others.
+    #[error(
+        "[health] key_file {path} has mode {mode:04o}; it must not be accessible by group or others (chmod 0600)"
+    )]
+    KeyFileMode {
+        /// The file.
+        path: String,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// `[health] key_file` shorter than [`MIN_ADVERT_KEY_LEN`].
+    #[error("[health] key_file {path}: key of {len} octets, at least {MIN_ADVERT_KEY_LEN} needed")]
+    KeyTooShort {
+        /// The file.
+        path: String,
+        /// The key's length.
+        len: usize,
+    },
     /// VRRP priority 255 is for the address owner; a dispatcher pair has none.
     #[error("[vrrp] priority 255 is reserved for the address owner; use 1-254")]
     OwnerPriority,
@@ -416,12 +488,23 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        Self::parse(&text)
+        Self::parse_in(&text, path.parent().unwrap_or(Path::new(".")))
     }
 
-    /// Parses and validates a configuration text.
+    /// Parses and validates a configuration text (a relative `key_file` is
+    /// relative to the working directory).
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let c: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        Self::parse_in(text, Path::new("."))
+    }
+
+    /// Parses, reads the advert key file (relative to `base`), validates.
+    fn parse_in(text: &str, base: &Path) -> Result<Self, ConfigError> {
+        let mut c: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        // The secret first: a key file others can read is refused before
+        // anything else is looked at (docs/security.md).
+        if let Some(f) = &c.health.key_file {
+            c.health.key = Some(read_key_file(&base.join(f))?);
+        }
         c.validate()?;
         Ok(c)
     }

@@ -39,6 +39,7 @@
 //! rack interface (`ip addr add`) and a gratuitous ARP is sent; on Backup and
 //! on shutdown it is removed; on SIGTERM a priority-0 advert goes first.
 
+use std::collections::HashSet;
 use std::io::{self, Read};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsFd, OwnedFd};
@@ -54,6 +55,7 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::config::{Config, Mac, Mode, Prefix};
 use crate::frame;
+use crate::health::AdvertAuth;
 use crate::maglev::MaglevTable;
 use crate::sys::{self, BATCH, RecvMeta, TxItem};
 use crate::vrrp::{Action, Vrrp, VrrpState};
@@ -767,6 +769,12 @@ struct Control {
     vrrp_sock: Option<Socket>,
     vrrp_dst: Ipv4Addr,
     adverts: UdpSocket,
+    advert_port: u16,
+    /// Advert parsing, authentication and replay refusal.
+    auth: AdvertAuth,
+    /// (source, refusal label) pairs already warned about (bounded by the
+    /// configured nodes × 3).
+    warned: HashSet<(Ipv4Addr, &'static str)>,
     address: Ipv4Addr,
     vip: Ipv4Addr,
     manage_vip: bool,
@@ -801,6 +809,12 @@ impl Control {
         adverts
             .set_nonblocking(true)
             .map_err(io_err("advert listener non-blocking"))?;
+        if config.health.key.is_none() {
+            tracing::warn!(
+                "node adverts are not authenticated ([health] key_file unset): a host that can \
+                 spoof a node's address can keep it in the table or drain it (docs/security.md)"
+            );
+        }
         let peer = config.vrrp.as_ref().and_then(|v| v.peer);
         let vrrp_dst = peer.unwrap_or(vrrp_wire::MULTICAST_ADDR);
         let vrrp_sock = match &vrrp {
@@ -829,6 +843,9 @@ impl Control {
             vrrp_sock,
             vrrp_dst,
             adverts,
+            advert_port: port,
+            auth: AdvertAuth::new(config.health.key.clone()),
+            warned: HashSet::new(),
             address: d.address,
             vip: d.vip,
             manage_vip: d.manage_vip,
@@ -927,25 +944,37 @@ impl Control {
             };
             let id = t.id;
             // The node computes the checksum over the pseudo-header (its
-            // address, ours) as VRRP over IP would [RFC 5798 § 5.2.8].
-            let parsed = buf
-                .get(..n)
-                .ok_or(haven_proto::Error::Truncated)
-                .and_then(VrrpPacket::new_checked)
-                .and_then(|p| VrrpRepr::parse(&p, *from.ip(), self.address));
-            match parsed.map(|r| self.pool.on_advert(now, id, &r)) {
-                Ok(Ok(())) => {
-                    metrics::counter!("haven_dispatcher_adverts_total", "result" => "accepted")
-                        .increment(1);
-                }
-                Ok(Err(e)) => {
-                    tracing::debug!(node = %id, "advert refused: {e}");
-                    metrics::counter!("haven_dispatcher_adverts_total", "result" => "refused")
-                        .increment(1);
-                }
+            // address, ours) as VRRP over IP would [RFC 5798 § 5.2.8]; with
+            // a key the HMAC and the sequence are checked too (health.rs).
+            let bytes = buf.get(..n).unwrap_or(&[]);
+            match self.auth.check(id, *from.ip(), self.address, bytes) {
+                Ok(r) => match self.pool.on_advert(now, id, &r) {
+                    Ok(()) => {
+                        metrics::counter!("haven_dispatcher_adverts_total", "result" => "accepted")
+                            .increment(1);
+                    }
+                    Err(e) => {
+                        tracing::debug!(node = %id, "advert refused: {e}");
+                        metrics::counter!("haven_dispatcher_adverts_total", "result" => "refused")
+                            .increment(1);
+                    }
+                },
                 Err(e) => {
-                    tracing::debug!(node = %id, "malformed advert: {e}");
-                    metrics::counter!("haven_dispatcher_adverts_total", "result" => "malformed")
+                    // Once per source and kind at warn (a node whose
+                    // advertise_to names another address of ours fails the
+                    // checksum forever), then debug.
+                    if self.warned.insert((*from.ip(), e.label())) {
+                        tracing::warn!(
+                            node = %id, src = %from.ip(), dst = %self.address,
+                            "advert dropped: {e} (the checksum and HMAC cover both addresses: \
+                             does the node's [dispatch] advertise_to name {}:{}, and its key_file \
+                             match [health] key_file?); further ones from this source are logged at debug",
+                            self.address, self.advert_port
+                        );
+                    } else {
+                        tracing::debug!(node = %id, "advert dropped: {e}");
+                    }
+                    metrics::counter!("haven_dispatcher_adverts_total", "result" => e.label())
                         .increment(1);
                 }
             }

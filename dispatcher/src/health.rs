@@ -27,11 +27,22 @@
 //! make the two dispatchers' choices diverge; moving flows is safe because
 //! every node holds every binding. A draining node that advertises a non-zero
 //! priority again is Up at once (it was never silent).
+//!
+//! ## Authentication
+//! With `[health] key_file` ([`AdvertAuth`]), an advert must carry the HMAC
+//! trailer and sequence number of [`haven_proto::advert_auth`] and its
+//! sequence must be above the last one accepted from that node; anything
+//! else is refused before it reaches the tracker, so a host that can spoof
+//! a node's address can neither keep a dead node in the table nor drain a
+//! live one (docs/security.md). Without a key, plain RFC 5798 adverts are
+//! accepted (a trailer, if present, is ignored).
 
 use std::collections::{BTreeMap, VecDeque};
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use haven_proto::vrrp::{PRIORITY_STOP, VrrpRepr};
+use haven_proto::advert_auth::AuthAdvertRepr;
+use haven_proto::vrrp::{PRIORITY_STOP, VrrpPacket, VrrpRepr};
 
 use crate::NodeId;
 use crate::vrrp::{centiseconds, master_down_interval};
@@ -121,6 +132,114 @@ pub enum HealthError {
     /// An interval of 0 would make the node Down at once.
     #[error("advert with interval 0")]
     ZeroInterval,
+}
+
+/// The advert key shared with the nodes. `Debug` never shows the bytes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdvertKey(Box<[u8]>);
+
+impl AdvertKey {
+    /// Wraps key bytes.
+    pub fn new(bytes: impl Into<Box<[u8]>>) -> Self {
+        Self(bytes.into())
+    }
+    /// The key bytes (for the HMAC only).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for AdvertKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AdvertKey({} octets)", self.0.len())
+    }
+}
+
+/// Why [`AdvertAuth::check`] refused an advert (counted, no state change).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AdvertRefusal {
+    /// Not a VRRPv3 advert, or its checksum (which covers both addresses,
+    /// so also a node sending to the wrong dispatcher address) fails.
+    #[error("malformed advert: {0}")]
+    Malformed(haven_proto::Error),
+    /// A key is configured and the trailer is missing or its HMAC fails.
+    #[error("advert without a valid authentication trailer")]
+    Unauthenticated,
+    /// Authentic, but not newer than the last advert accepted.
+    #[error("replayed advert: sequence {sequence} not above {last}")]
+    Replayed {
+        /// The advert's sequence.
+        sequence: u64,
+        /// The highest accepted from this node.
+        last: u64,
+    },
+}
+
+impl AdvertRefusal {
+    /// The `result` label of `haven_dispatcher_adverts_total`.
+    pub const fn label(&self) -> &'static str {
+        match self {
+            Self::Malformed(_) => "malformed",
+            Self::Unauthenticated => "unauthenticated",
+            Self::Replayed { .. } => "replayed",
+        }
+    }
+}
+
+/// Advert parsing and, with a key, authentication and replay refusal
+/// (module docs). Sans-IO: the driver hands it the datagram and addresses.
+#[derive(Debug, Clone)]
+pub struct AdvertAuth {
+    key: Option<AdvertKey>,
+    /// The highest sequence accepted per node.
+    last: BTreeMap<NodeId, u64>,
+}
+
+impl AdvertAuth {
+    /// `None`: adverts are not authenticated.
+    pub const fn new(key: Option<AdvertKey>) -> Self {
+        Self {
+            key,
+            last: BTreeMap::new(),
+        }
+    }
+
+    /// Whether a key is configured.
+    pub const fn enabled(&self) -> bool {
+        self.key.is_some()
+    }
+
+    /// Parses an advert from `node` (at `src`) to this dispatcher's `dst`;
+    /// with a key, verifies the trailer and records its sequence, which
+    /// must be above the last recorded for `node`.
+    pub fn check(
+        &mut self,
+        node: NodeId,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        bytes: &[u8],
+    ) -> Result<VrrpRepr, AdvertRefusal> {
+        let Some(key) = &self.key else {
+            return VrrpPacket::new_checked(bytes)
+                .and_then(|p| VrrpRepr::parse(&p, src, dst))
+                .map_err(AdvertRefusal::Malformed);
+        };
+        let a = match AuthAdvertRepr::parse(bytes, src, dst, key.as_bytes()) {
+            Ok(a) => a,
+            Err(haven_proto::Error::Authentication) => return Err(AdvertRefusal::Unauthenticated),
+            Err(e) => return Err(AdvertRefusal::Malformed(e)),
+        };
+        if let Some(&last) = self.last.get(&node)
+            && a.sequence <= last
+        {
+            return Err(AdvertRefusal::Replayed {
+                sequence: a.sequence,
+                last,
+            });
+        }
+        self.last.insert(node, a.sequence);
+        Ok(a.advert)
+    }
 }
 
 /// Counters for the daemon's metrics.
@@ -502,6 +621,132 @@ mod tests {
         assert!(h.poll(t0).is_empty());
         assert_eq!(h.state(NodeId(1)), Some(NodeState::Unknown));
         assert_eq!(h.stats().rejected, 2);
+    }
+
+    const NODE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 11);
+    const ME: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+    const KEY: [u8; 16] = *b"test-only-key-16";
+
+    fn auth_advert(sequence: u64, key: &[u8]) -> Vec<u8> {
+        AuthAdvertRepr {
+            advert: VrrpRepr {
+                vrid: 1,
+                priority: 100,
+                max_advert_int_cs: 100,
+                addresses: vec![],
+            },
+            sequence,
+        }
+        .to_bytes(NODE_IP, ME, key)
+        .expect("emit")
+    }
+
+    #[test]
+    fn authenticated_adverts_in_order_are_accepted() {
+        let mut a = AdvertAuth::new(Some(AdvertKey::new(KEY)));
+        assert!(a.enabled());
+        for seq in [5, 6, 100] {
+            let r = a.check(NodeId(1), NODE_IP, ME, &auth_advert(seq, &KEY));
+            assert_eq!(r.map(|r| r.priority), Ok(100), "seq {seq}");
+        }
+        // Sequences are per node.
+        assert!(
+            a.check(NodeId(2), NODE_IP, ME, &auth_advert(1, &KEY))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn replayed_and_old_sequences_are_refused() {
+        let mut a = AdvertAuth::new(Some(AdvertKey::new(KEY)));
+        let captured = auth_advert(7, &KEY);
+        assert!(a.check(NodeId(1), NODE_IP, ME, &captured).is_ok());
+        assert_eq!(
+            a.check(NodeId(1), NODE_IP, ME, &captured),
+            Err(AdvertRefusal::Replayed {
+                sequence: 7,
+                last: 7
+            })
+        );
+        assert_eq!(
+            a.check(NodeId(1), NODE_IP, ME, &auth_advert(6, &KEY))
+                .map_err(|e| e.label()),
+            Err("replayed")
+        );
+        assert!(
+            a.check(NodeId(1), NODE_IP, ME, &auth_advert(8, &KEY))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn wrong_key_tampered_or_bare_adverts_are_unauthenticated() {
+        let mut a = AdvertAuth::new(Some(AdvertKey::new(KEY)));
+        let mut other = KEY;
+        other[0] ^= 0x20;
+        assert_eq!(
+            a.check(NodeId(1), NODE_IP, ME, &auth_advert(1, &other)),
+            Err(AdvertRefusal::Unauthenticated)
+        );
+        // A tampered priority with the checksum made right again.
+        let mut b = auth_advert(2, &KEY);
+        b[2] = 0;
+        VrrpPacket::new_unchecked(&mut b[..]).fill_checksum(NODE_IP, ME);
+        assert_eq!(
+            a.check(NodeId(1), NODE_IP, ME, &b),
+            Err(AdvertRefusal::Unauthenticated)
+        );
+        // A tampered byte without: the checksum catches it first.
+        let mut b = auth_advert(3, &KEY);
+        b[20] ^= 1;
+        assert!(matches!(
+            a.check(NodeId(1), NODE_IP, ME, &b),
+            Err(AdvertRefusal::Malformed(haven_proto::Error::Checksum))
+        ));
+        let bare = VrrpRepr {
+            vrid: 1,
+            priority: 100,
+            max_advert_int_cs: 100,
+            addresses: vec![],
+        }
+        .to_bytes(NODE_IP, ME)
+        .expect("emit");
+        assert_eq!(
+            a.check(NodeId(1), NODE_IP, ME, &bare),
+            Err(AdvertRefusal::Unauthenticated)
+        );
+        // Refusals record no sequence: a genuine advert 1 is still fresh.
+        assert!(
+            a.check(NodeId(1), NODE_IP, ME, &auth_advert(1, &KEY))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn without_a_key_plain_and_trailed_adverts_are_accepted() {
+        let mut a = AdvertAuth::new(None);
+        assert!(!a.enabled());
+        let bare = VrrpRepr {
+            vrid: 1,
+            priority: 50,
+            max_advert_int_cs: 100,
+            addresses: vec![],
+        }
+        .to_bytes(NODE_IP, ME)
+        .expect("emit");
+        assert_eq!(
+            a.check(NodeId(1), NODE_IP, ME, &bare).map(|r| r.priority),
+            Ok(50)
+        );
+        let trailed = auth_advert(1, &KEY);
+        assert!(a.check(NodeId(1), NODE_IP, ME, &trailed).is_ok());
+        assert!(a.check(NodeId(1), NODE_IP, ME, &trailed).is_ok());
+        // Sent to another address: the checksum (pseudo-header) fails.
+        assert!(matches!(
+            a.check(NodeId(1), NODE_IP, Ipv4Addr::new(198, 18, 0, 3), &bare),
+            Err(AdvertRefusal::Malformed(haven_proto::Error::Checksum))
+        ));
+        assert_eq!(format!("{:?}", AdvertKey::new(KEY)), "AdvertKey(16 octets)");
     }
 
     #[test]

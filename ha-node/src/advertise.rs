@@ -17,14 +17,25 @@
 //! to the survivors before it goes (graceful drain), instead of after
 //! Master_Down_Interval.
 //!
+//! With `key_file` every advert carries the HMAC-SHA256 trailer and a
+//! 64-bit sequence of [`haven_proto::advert_auth`] (the layout of the pair's
+//! own authenticated adverts), and the dispatchers with the same key refuse
+//! any advert without it or not newer than the last (docs/security.md). The
+//! sequence is the wall clock in microseconds since the Unix epoch, or the
+//! last one + 1 if that is not larger, so a restarted node continues above
+//! what it sent before (as long as its clock does not step back further
+//! than its downtime).
+//!
 //! The `[dispatch]` section of the node configuration ([`DispatchConfig`])
 //! holds these settings and the encap-mode listener ([`crate::ingress`]).
 
 #[cfg(feature = "daemon")]
 use std::net::SocketAddr;
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use haven_proto::advert_auth::AuthAdvertRepr;
 use haven_proto::vrrp::VrrpRepr;
 use serde::Deserialize;
 #[cfg(feature = "daemon")]
@@ -43,7 +54,7 @@ pub enum DispatchMode {
 }
 
 /// `[dispatch]` in the node's configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DispatchConfig {
     /// The dispatchers' advert listeners, e.g. `["198.18.0.2:4341"]`.
@@ -67,7 +78,36 @@ pub struct DispatchConfig {
     /// encap mode: where frames from the dispatcher arrive (default
     /// `source:4342`).
     pub encap_listen: Option<SocketAddrV4>,
+    /// A file with the HMAC-SHA256 key shared with the dispatchers'
+    /// `[health] key_file`: hex (whitespace trimmed) or, if not hex, the raw
+    /// octets; at least 16 octets; mode 0600 or stricter; relative to the
+    /// configuration file. Absent: plain RFC 5798 adverts.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// The key read from `key_file` ([`DispatchConfig::load_key`]).
+    #[serde(skip)]
+    pub key: Option<Box<[u8]>>,
 }
+
+// By hand so the key never reaches a log.
+impl std::fmt::Debug for DispatchConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DispatchConfig")
+            .field("advertise_to", &self.advertise_to)
+            .field("source", &self.source)
+            .field("interval_ms", &self.interval_ms)
+            .field("priority", &self.priority)
+            .field("vrid", &self.vrid)
+            .field("mode", &self.mode)
+            .field("encap_listen", &self.encap_listen)
+            .field("key_file", &self.key_file)
+            .field("key", &self.key.as_ref().map(|k| k.len()))
+            .finish()
+    }
+}
+
+/// Shortest advert key accepted (as for the SA keys).
+pub const MIN_KEY_LEN: usize = 16;
 
 fn default_interval_ms() -> u32 {
     1000
@@ -94,6 +134,32 @@ pub enum DispatchConfigError {
     /// The source must be a unicast address the dispatchers can map.
     #[error("[dispatch] source {0} must be a unicast address")]
     Source(Ipv4Addr),
+    /// The key file cannot be read.
+    #[error("[dispatch] key_file {path}: {reason}")]
+    KeyFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The key file is accessible by group or others.
+    #[error(
+        "[dispatch] key_file {path} has mode {mode:04o}; it must not be accessible by group or others (chmod 0600)"
+    )]
+    KeyFileMode {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// Fewer than [`MIN_KEY_LEN`] octets.
+    #[error("[dispatch] key_file {path}: key of {len} octets, at least {MIN_KEY_LEN} needed")]
+    KeyTooShort {
+        /// The file.
+        path: PathBuf,
+        /// The key's length.
+        len: usize,
+    },
 }
 
 impl DispatchConfig {
@@ -112,6 +178,36 @@ impl DispatchConfig {
         {
             return Err(DispatchConfigError::Source(self.source));
         }
+        Ok(())
+    }
+
+    /// Reads `key_file` (relative to `base`, the configuration file's
+    /// directory) into `key`; nothing without a `key_file`. A file group or
+    /// others can access is refused; the contents are hex if they are an
+    /// even number of hex digits (whitespace trimmed), else raw octets.
+    pub fn load_key(&mut self, base: &Path) -> Result<(), DispatchConfigError> {
+        use std::os::unix::fs::PermissionsExt;
+        let Some(f) = &self.key_file else {
+            return Ok(());
+        };
+        let path = base.join(f);
+        let io = |e: std::io::Error| DispatchConfigError::KeyFile {
+            path: path.clone(),
+            reason: e.to_string(),
+        };
+        let mode = std::fs::metadata(&path).map_err(io)?.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err(DispatchConfigError::KeyFileMode { path, mode });
+        }
+        let raw = std::fs::read(&path).map_err(io)?;
+        let key = hex::decode(raw.trim_ascii()).unwrap_or(raw);
+        if key.len() < MIN_KEY_LEN {
+            return Err(DispatchConfigError::KeyTooShort {
+                path,
+                len: key.len(),
+            });
+        }
+        self.key = Some(key.into_boxed_slice());
         Ok(())
     }
 
@@ -138,13 +234,44 @@ impl DispatchConfig {
     }
 }
 
+/// The next advert sequence: the wall clock in microseconds, or `last` + 1
+/// if the clock has not moved past it (module docs).
+pub fn next_sequence(last: u64, now: std::time::SystemTime) -> u64 {
+    let wall = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    wall.max(last.saturating_add(1))
+}
+
+/// The advert bytes to `dst`: plain, or with the trailer for `sequence`.
+pub fn advert_bytes(
+    config: &DispatchConfig,
+    draining: bool,
+    sequence: u64,
+    dst: Ipv4Addr,
+) -> haven_proto::Result<Vec<u8>> {
+    let advert = config.advert(draining);
+    match &config.key {
+        Some(key) => AuthAdvertRepr { advert, sequence }.to_bytes(config.source, dst, key),
+        None => advert.to_bytes(config.source, dst),
+    }
+}
+
 /// Sends one advert to every dispatcher; failures are logged and counted
 /// (a dispatcher that is down must not stop the others hearing us).
 #[cfg(feature = "daemon")]
-async fn send_all(sock: &tokio::net::UdpSocket, config: &DispatchConfig, draining: bool) {
-    let advert = config.advert(draining);
+async fn send_all(
+    sock: &tokio::net::UdpSocket,
+    config: &DispatchConfig,
+    draining: bool,
+    sequence: &mut u64,
+) {
+    // One sequence per round: each dispatcher checks its own, and the HMAC
+    // covers the destination, so one cannot be replayed to another.
+    *sequence = next_sequence(*sequence, std::time::SystemTime::now());
     for dst in &config.advertise_to {
-        let sent = match advert.to_bytes(config.source, *dst.ip()) {
+        let sent = match advert_bytes(config, draining, *sequence, *dst.ip()) {
             Ok(bytes) => sock.send_to(&bytes, SocketAddr::V4(*dst)).await.map(drop),
             Err(e) => Err(std::io::Error::other(e)),
         };
@@ -164,13 +291,20 @@ async fn send_all(sock: &tokio::net::UdpSocket, config: &DispatchConfig, drainin
 /// node's mobile nodes away at once); a change is advertised immediately.
 ///
 /// # Errors
-/// Only binding the socket to `config.source` can fail.
+/// Binding the socket to `config.source`, or reading `key_file` if the
+/// configuration did not load it (relative to the working directory).
 #[cfg(feature = "daemon")]
 pub async fn run(
-    config: DispatchConfig,
+    mut config: DispatchConfig,
     mut draining: watch::Receiver<bool>,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
+    if config.key.is_none() {
+        config
+            .load_key(Path::new(""))
+            .map_err(std::io::Error::other)?;
+    }
+    let mut sequence = 0;
     let sock = tokio::net::UdpSocket::bind(SocketAddrV4::new(config.source, 0)).await?;
     let mut tick = tokio::time::interval(config.interval());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -197,10 +331,10 @@ pub async fn run(
         };
         if send_now {
             let d = *draining.borrow_and_update();
-            send_all(&sock, &config, d).await;
+            send_all(&sock, &config, d, &mut sequence).await;
         }
     }
-    send_all(&sock, &config, true).await;
+    send_all(&sock, &config, true, &mut sequence).await;
     Ok(())
 }
 
@@ -219,6 +353,8 @@ mod tests {
             vrid: 1,
             mode: DispatchMode::L2,
             encap_listen: None,
+            key_file: None,
+            key: None,
         }
     }
 
@@ -265,6 +401,89 @@ mod tests {
         assert_eq!(b, hex!("310164000064ddef").to_vec());
         let d = c.advert(true);
         assert_eq!(d.priority, 0);
+    }
+
+    #[test]
+    fn key_file_hex_raw_mode_and_length() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("k");
+        let mut c = config("198.18.0.2:4341".parse().unwrap());
+        assert_eq!(c.load_key(dir.path()), Ok(()));
+        assert_eq!(c.key, None);
+        c.key_file = Some("k".into());
+        std::fs::write(&f, "00112233445566778899aabbccddeeff\n").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(matches!(
+            c.load_key(dir.path()),
+            Err(DispatchConfigError::KeyFileMode { mode: 0o640, .. })
+        ));
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        c.load_key(dir.path()).unwrap();
+        assert_eq!(
+            c.key.as_deref(),
+            Some(&hex!("00112233445566778899aabbccddeeff")[..])
+        );
+        assert!(!format!("{c:?}").contains("0011"), "Debug hides the key");
+        // Not hex: the raw octets, untrimmed.
+        std::fs::write(&f, b"raw key, not hex!\n").unwrap();
+        c.load_key(dir.path()).unwrap();
+        assert_eq!(c.key.as_deref(), Some(&b"raw key, not hex!\n"[..]));
+        std::fs::write(&f, "0011").unwrap();
+        assert!(matches!(
+            c.load_key(dir.path()),
+            Err(DispatchConfigError::KeyTooShort { len: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn sequence_follows_the_clock_and_never_repeats() {
+        let t = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(next_sequence(0, t), 1_700_000_000_000_000);
+        // A restarted node (last = 0) at a later time continues above.
+        assert!(next_sequence(0, t + Duration::from_secs(1)) > next_sequence(0, t));
+        // The same or an earlier clock reading: last + 1.
+        let s = next_sequence(0, t);
+        assert_eq!(next_sequence(s, t), s + 1);
+        assert_eq!(next_sequence(s, t - Duration::from_secs(5)), s + 1);
+    }
+
+    #[tokio::test]
+    async fn keyed_adverts_carry_the_trailer_with_rising_sequences() {
+        use haven_proto::advert_auth::AuthAdvertRepr;
+        let rx = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let SocketAddr::V4(to) = rx.local_addr().unwrap() else {
+            panic!("v4")
+        };
+        let key = b"test-only-advert-key".to_vec();
+        let c = DispatchConfig {
+            key: Some(key.clone().into_boxed_slice()),
+            ..config(to)
+        };
+        let (_drain_tx, drain_rx) = watch::channel(false);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run(c, drain_rx, stop_rx));
+        let mut last = 0;
+        let mut buf = [0u8; 128];
+        for _ in 0..3 {
+            let (n, _) = rx.recv_from(&mut buf).await.unwrap();
+            let a = AuthAdvertRepr::parse(&buf[..n], Ipv4Addr::LOCALHOST, *to.ip(), &key)
+                .expect("authenticated");
+            assert_eq!(a.advert.priority, 100);
+            assert!(a.sequence > last, "{} after {last}", a.sequence);
+            last = a.sequence;
+            assert!(
+                AuthAdvertRepr::parse(
+                    &buf[..n],
+                    Ipv4Addr::LOCALHOST,
+                    *to.ip(),
+                    b"other-key-16-oct"
+                )
+                .is_err()
+            );
+        }
+        stop_tx.send(true).unwrap();
+        task.await.unwrap().unwrap();
     }
 
     #[tokio::test]

@@ -59,7 +59,65 @@ pub struct Config {
     pub dataplane: crate::dataplane::DataplaneConfig,
     /// `[dispatch]`: health advertisements to the dispatchers and the
     /// encap-mode listener (DESIGN.md § 5); absent: no dispatcher.
-    pub dispatch: Option<crate::advertise::DispatchConfig>,
+    pub dispatch: Option<DispatchSection>,
+}
+
+/// `[dispatch]`: [`crate::advertise::DispatchConfig`] (through `Deref`)
+/// plus `bind_vip`, which only the daemon's socket setup reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DispatchSection {
+    /// Everything but `bind_vip` (unknown keys still refused).
+    pub advert: crate::advertise::DispatchConfig,
+    /// `bind_vip`: also bind each realm's VIP:port. Default: true in l2
+    /// mode (the VIP socket is how datagrams arrive), false in encap mode,
+    /// where everything arrives on `encap_listen` and leaves as `ToClient`
+    /// frames; a node on the dispatcher's host must then stay off VIP:434,
+    /// or the kernel hands the dispatcher's datagrams to the node's socket
+    /// (the one bound last). true in encap mode only for mobile nodes that
+    /// reach the node's VIP directly as well.
+    pub bind_vip: Option<bool>,
+}
+
+impl DispatchSection {
+    /// Whether the daemon binds the realms' VIP:ports (`bind_vip` or its
+    /// mode's default).
+    pub fn binds_vip(&self) -> bool {
+        self.bind_vip
+            .unwrap_or(self.advert.mode == crate::advertise::DispatchMode::L2)
+    }
+}
+
+impl std::ops::Deref for DispatchSection {
+    type Target = crate::advertise::DispatchConfig;
+    fn deref(&self) -> &Self::Target {
+        &self.advert
+    }
+}
+
+impl std::ops::DerefMut for DispatchSection {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.advert
+    }
+}
+
+impl<'de> Deserialize<'de> for DispatchSection {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        // `bind_vip` is taken out, the rest parsed as the advertiser's
+        // section with its `deny_unknown_fields`.
+        let mut t = toml::Table::deserialize(d)?;
+        let bind_vip = match t.remove("bind_vip") {
+            None => None,
+            Some(toml::Value::Boolean(b)) => Some(b),
+            Some(v) => {
+                return Err(D::Error::custom(format!(
+                    "[dispatch] bind_vip must be true or false, not {v}"
+                )));
+            }
+        };
+        let advert = crate::advertise::DispatchConfig::deserialize(t).map_err(D::Error::custom)?;
+        Ok(Self { advert, bind_vip })
+    }
 }
 
 /// `[cluster] mode`: how bindings are replicated ([DESIGN.md § 4]).
@@ -936,6 +994,11 @@ pub enum ConfigError {
     /// A `[dispatch]` setting out of range.
     #[error(transparent)]
     Dispatch(#[from] crate::advertise::DispatchConfigError),
+    /// `bind_vip = false` in l2 mode: the node would receive nothing.
+    #[error(
+        "[dispatch] bind_vip = false needs mode = \"encap\" (in l2 mode the VIP socket is the only way in)"
+    )]
+    DispatchBindVip,
 }
 
 impl Config {
@@ -972,6 +1035,9 @@ impl Config {
         }
         if let Some(f) = &cfg.admin.read_token_file {
             cfg.admin.tokens.read = Some(read_token(&base.join(f))?);
+        }
+        if let Some(d) = &mut cfg.dispatch {
+            d.load_key(base)?;
         }
         for realm in &mut cfg.realm {
             if let Some(kf) = &realm.keys_file {
@@ -1064,6 +1130,9 @@ impl Config {
         }
         if let Some(d) = &self.dispatch {
             d.validate()?;
+            if !d.binds_vip() && d.mode == crate::advertise::DispatchMode::L2 {
+                return Err(ConfigError::DispatchBindVip);
+            }
         }
         Ok(())
     }
@@ -1971,5 +2040,27 @@ mod tests {
             "{e}"
         );
         assert!(!e.to_string().contains("s3cret"));
+    }
+
+    #[test]
+    fn dispatch_bind_vip_defaults_by_mode() {
+        let parse = |extra: &str| {
+            Config::from_toml_str(&format!(
+                "[dispatch]\nadvertise_to = [\"198.18.0.2:4341\"]\nsource = \"198.18.0.11\"\n{extra}"
+            ))
+        };
+        let d = |extra: &str| parse(extra).expect("parses").dispatch.expect("[dispatch]");
+        assert!(d("").binds_vip(), "l2: the VIP socket is the way in");
+        assert!(!d("mode = \"encap\"").binds_vip(), "encap: no VIP socket");
+        assert!(d("mode = \"encap\"\nbind_vip = true").binds_vip());
+        assert_eq!(d("mode = \"encap\"").interval_ms, 1000);
+        // The rest of the section still refuses unknown keys and bad types.
+        assert!(parse("bind_vip = 1").is_err());
+        assert!(parse("bind_vips = true").is_err());
+        let mut c = base();
+        c.dispatch = Some(d("bind_vip = false"));
+        assert!(matches!(c.validate(), Err(ConfigError::DispatchBindVip)));
+        c.dispatch = Some(d("mode = \"encap\"\nbind_vip = false"));
+        c.validate().expect("encap without a VIP socket");
     }
 }

@@ -9,15 +9,25 @@
 //!
 //! Replies cannot leave from the VIP here (the node is not on the mobile
 //! node's path, or the VIP is not on this host), so [`Egress::send`] wraps
-//! them in a `ToClient` frame back to the dispatcher, which sends the payload
-//! from VIP:434 to the mobile node. Replies go to the dispatcher that
-//! forwarded most recently: only the VRRP Master forwards, so that is the
-//! one holding the VIP.
+//! them in a `ToClient` frame back to a dispatcher, which sends the payload
+//! from VIP:434 to the mobile node. Which dispatcher depends on the realm:
+//! each realm VIP may sit behind its own dispatcher pair (inner and outer
+//! clusters, DESIGN.md § 7), and a dispatcher only sends from its own VIP.
+//! So the egress remembers, per realm VIP:port (the `ToNode` header's
+//! destination), the dispatcher that forwarded for it most recently: only a
+//! VRRP Master forwards, so that is the one holding that VIP, and after a
+//! takeover the new Master's first frame moves the realm's replies to it.
+//! The daemon can do better for a registration reply: [`Egress::send_via`]
+//! answers through the dispatcher that delivered that very request.
 //!
-//! Wiring (in the daemon): bind with [`Ingress::bind`], feed
+//! Wiring (in the daemon): bind with [`Ingress::bind`] (with the realms'
+//! VIP:ports: a frame for any other destination is dropped), feed
 //! [`Ingress::recv`]'s `(src, dst, payload)` to the engine as if from the
 //! VIP endpoint, and send every transmit whose source is a VIP through
-//! [`Egress::send`] instead of the VIP socket.
+//! [`Egress::send`] (or [`Egress::send_via`]) instead of a VIP socket. In
+//! encap mode the node binds no VIP socket at all by default (`[dispatch]
+//! bind_vip`): on one host the dispatcher holds VIP:434, and a second
+//! socket on it would take the dispatcher's datagrams.
 //!
 //! The data plane uses the same path for RFC 3519 tunnel data: in the
 //! reverse direction it arrives in `ToNode` frames like registrations and
@@ -93,38 +103,56 @@ fn unpack(v: u64) -> Option<SocketAddrV4> {
     })
 }
 
+/// The dispatcher that forwarded most recently for each realm VIP:port
+/// (fixed at bind time; one atomic per realm, so the data plane's hot path
+/// takes no lock).
+#[derive(Debug)]
+struct Realms(Vec<(SocketAddrV4, AtomicU64)>);
+
+impl Realms {
+    fn slot(&self, vip: SocketAddrV4) -> Option<&AtomicU64> {
+        self.0.iter().find(|(v, _)| *v == vip).map(|(_, a)| a)
+    }
+}
+
 /// The encap listener.
 #[derive(Debug)]
 pub struct Ingress {
     sock: Arc<tokio::net::UdpSocket>,
-    last: Arc<AtomicU64>,
+    realms: Arc<Realms>,
     buf: Vec<u8>,
 }
 
-/// The reply path back through the dispatcher (cheap to clone).
+/// The reply path back through the dispatchers (cheap to clone).
 #[derive(Debug, Clone)]
 pub struct Egress {
     sock: Arc<tokio::net::UdpSocket>,
-    last: Arc<AtomicU64>,
+    realms: Arc<Realms>,
 }
 
 impl Ingress {
     /// Binds the listener on `listen` (the node's unique address and encap
-    /// port, `[dispatch] encap_listen`) and returns it with its reply path.
+    /// port, `[dispatch] encap_listen`) for the realms at `vips` (each
+    /// realm's VIP:port) and returns it with its reply path.
     ///
     /// # Errors
     /// The bind failed.
-    pub async fn bind(listen: SocketAddrV4) -> io::Result<(Ingress, Egress)> {
+    pub async fn bind(
+        listen: SocketAddrV4,
+        vips: impl IntoIterator<Item = SocketAddrV4>,
+    ) -> io::Result<(Ingress, Egress)> {
         let sock = Arc::new(tokio::net::UdpSocket::bind(listen).await?);
-        let last = Arc::new(AtomicU64::new(0));
+        let realms = Arc::new(Realms(
+            vips.into_iter().map(|v| (v, AtomicU64::new(0))).collect(),
+        ));
         let egress = Egress {
             sock: Arc::clone(&sock),
-            last: Arc::clone(&last),
+            realms: Arc::clone(&realms),
         };
         Ok((
             Ingress {
                 sock,
-                last,
+                realms,
                 buf: vec![0u8; MAX_FRAME],
             },
             egress,
@@ -139,9 +167,10 @@ impl Ingress {
         self.sock.local_addr()
     }
 
-    /// Waits for the next well-formed frame and returns it decapsulated.
-    /// Malformed frames are counted (`haven_registration_drops_total
-    /// {reason="bad_encap"}`) and skipped.
+    /// Waits for the next well-formed frame for one of the realms and
+    /// returns it decapsulated. Malformed frames (`haven_registration_drops_total
+    /// {reason="bad_encap"}`) and frames for a VIP:port no realm has
+    /// (`reason="unknown_vip"`) are counted and skipped.
     ///
     /// # Errors
     /// Only socket errors.
@@ -154,7 +183,13 @@ impl Ingress {
             };
             match decapsulate(frame) {
                 Ok((r, payload)) => {
-                    self.last.store(pack(from), Ordering::Relaxed);
+                    let Some(slot) = self.realms.slot(r.dst) else {
+                        tracing::debug!(%from, dst = %r.dst, "encap frame for no realm");
+                        metrics::counter!("haven_registration_drops_total", "reason" => "unknown_vip")
+                            .increment(1);
+                        continue;
+                    };
+                    slot.store(pack(from), Ordering::Relaxed);
                     return Ok(Decapsulated {
                         src: r.src,
                         dst: r.dst,
@@ -173,16 +208,26 @@ impl Ingress {
 }
 
 impl Egress {
-    /// The dispatcher replies go to (the last one that forwarded to us).
-    pub fn dispatcher(&self) -> Option<SocketAddrV4> {
-        unpack(self.last.load(Ordering::Relaxed))
+    /// The dispatcher replies from `vip` (a realm's VIP:port) go to: the
+    /// last one that forwarded a frame for that VIP:port.
+    pub fn dispatcher(&self, vip: SocketAddrV4) -> Option<SocketAddrV4> {
+        unpack(self.realms.slot(vip)?.load(Ordering::Relaxed))
     }
 
-    /// Sends `payload` as if from `from` (VIP:434) to `to` (the mobile node)
-    /// through the dispatcher.
+    fn route(&self, from: SocketAddrV4) -> io::Result<SocketAddrV4> {
+        self.dispatcher(from).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotConnected,
+                format!("no dispatcher has forwarded for {from} to this node yet"),
+            )
+        })
+    }
+
+    /// Sends `payload` as if from `from` (a realm's VIP:434) to `to` (the
+    /// mobile node) through the dispatcher of that realm.
     ///
     /// # Errors
-    /// No dispatcher has forwarded anything yet (`NotConnected`), or the
+    /// No dispatcher has forwarded for `from` yet (`NotConnected`), or the
     /// send failed.
     pub async fn send(
         &self,
@@ -190,14 +235,27 @@ impl Egress {
         to: SocketAddrV4,
         payload: &[u8],
     ) -> io::Result<()> {
-        let Some(d) = self.dispatcher() else {
-            return Err(io::Error::new(
-                io::ErrorKind::NotConnected,
-                "no dispatcher has forwarded to this node yet",
-            ));
-        };
+        let d = self.route(from)?;
+        self.send_via(d, from, to, payload).await
+    }
+
+    /// [`Egress::send`] through the dispatcher `via` (the one that
+    /// delivered the request this answers).
+    ///
+    /// # Errors
+    /// The send failed.
+    pub async fn send_via(
+        &self,
+        via: SocketAddrV4,
+        from: SocketAddrV4,
+        to: SocketAddrV4,
+        payload: &[u8],
+    ) -> io::Result<()> {
         let frame = encapsulate_reply(from, to, payload).map_err(io::Error::other)?;
-        self.sock.send_to(&frame, SocketAddr::V4(d)).await.map(drop)
+        self.sock
+            .send_to(&frame, SocketAddr::V4(via))
+            .await
+            .map(drop)
     }
 
     /// [`Egress::send`] with the frame built in `frame` (cleared first and
@@ -212,12 +270,7 @@ impl Egress {
         to: SocketAddrV4,
         payload: &[u8],
     ) -> io::Result<()> {
-        let Some(d) = self.dispatcher() else {
-            return Err(io::Error::new(
-                io::ErrorKind::NotConnected,
-                "no dispatcher has forwarded to this node yet",
-            ));
-        };
+        let d = self.route(from)?;
         let repr = DispatchRepr {
             kind: Kind::ToClient,
             src: from,
@@ -264,13 +317,24 @@ mod tests {
         assert_eq!(unpack(0), None);
     }
 
+    async fn recv_frame(s: &tokio::net::UdpSocket) -> DispatchRepr {
+        let mut buf = [0u8; 64];
+        let (n, _) = s.recv_from(&mut buf).await.unwrap();
+        DispatchRepr::parse(&DispatchPacket::new_checked(&buf[..n]).unwrap()).unwrap()
+    }
+
+    fn v4(a: SocketAddr) -> SocketAddrV4 {
+        let SocketAddr::V4(a) = a else { panic!("v4") };
+        a
+    }
+
     #[tokio::test]
     async fn loopback_roundtrip_through_a_fake_dispatcher() {
-        let (mut ingress, egress) = Ingress::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let SocketAddr::V4(at) = ingress.local_addr().unwrap() else {
-            panic!("v4")
-        };
-        assert!(egress.dispatcher().is_none());
+        let (mut ingress, egress) = Ingress::bind("127.0.0.1:0".parse().unwrap(), [vip()])
+            .await
+            .unwrap();
+        let at = v4(ingress.local_addr().unwrap());
+        assert!(egress.dispatcher(vip()).is_none());
         assert_eq!(
             egress.send(vip(), mn(), b"x").await.unwrap_err().kind(),
             io::ErrorKind::NotConnected
@@ -278,23 +342,29 @@ mod tests {
         let disp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         // Garbage first: skipped, not returned.
         disp.send_to(b"junk", at).await.unwrap();
-        let frame = DispatchRepr {
-            kind: Kind::ToNode,
-            src: mn(),
-            dst: vip(),
-        }
-        .to_bytes(b"request")
-        .unwrap();
-        disp.send_to(&frame, at).await.unwrap();
+        let to_node = |dst| {
+            DispatchRepr {
+                kind: Kind::ToNode,
+                src: mn(),
+                dst,
+            }
+            .to_bytes(b"request")
+            .unwrap()
+        };
+        // A frame for a VIP:port no realm has: skipped too.
+        disp.send_to(&to_node("192.0.2.1:435".parse().unwrap()), at)
+            .await
+            .unwrap();
+        disp.send_to(&to_node(vip()), at).await.unwrap();
         let d = ingress.recv().await.unwrap();
         assert_eq!(
             (d.src, d.dst, &d.payload[..]),
             (mn(), vip(), &b"request"[..])
         );
-        let SocketAddr::V4(disp_addr) = disp.local_addr().unwrap() else {
-            panic!("v4")
-        };
+        let disp_addr = v4(disp.local_addr().unwrap());
         assert_eq!(d.dispatcher, disp_addr);
+        assert_eq!(egress.dispatcher(vip()), Some(disp_addr));
+        assert_eq!(egress.dispatcher("192.0.2.1:435".parse().unwrap()), None);
         egress.send(d.dst, d.src, b"reply").await.unwrap();
         let mut buf = [0u8; 64];
         let (n, _) = disp.recv_from(&mut buf).await.unwrap();
@@ -316,5 +386,45 @@ mod tests {
                 &encapsulate_reply(vip(), mn(), payload).unwrap()[..]
             );
         }
+    }
+
+    #[tokio::test]
+    async fn each_realm_answers_through_its_own_dispatcher() {
+        let other: SocketAddrV4 = "203.0.113.1:434".parse().unwrap();
+        let (mut ingress, egress) = Ingress::bind("127.0.0.1:0".parse().unwrap(), [vip(), other])
+            .await
+            .unwrap();
+        let at = v4(ingress.local_addr().unwrap());
+        let a = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let b = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let frame = |dst| {
+            DispatchRepr {
+                kind: Kind::ToNode,
+                src: mn(),
+                dst,
+            }
+            .to_bytes(b"r")
+            .unwrap()
+        };
+        a.send_to(&frame(vip()), at).await.unwrap();
+        ingress.recv().await.unwrap();
+        b.send_to(&frame(other), at).await.unwrap();
+        ingress.recv().await.unwrap();
+        // b forwarded last, but only for `other`: vip()'s replies stay on a.
+        egress.send(vip(), mn(), b"1").await.unwrap();
+        egress.send(other, mn(), b"2").await.unwrap();
+        assert_eq!(recv_frame(&a).await.src, vip());
+        assert_eq!(recv_frame(&b).await.src, other);
+        // A VRRP takeover for vip(): the new Master's first frame moves it.
+        b.send_to(&frame(vip()), at).await.unwrap();
+        ingress.recv().await.unwrap();
+        egress.send(vip(), mn(), b"3").await.unwrap();
+        assert_eq!(recv_frame(&b).await.src, vip());
+        // An explicit route wins over the realm's last dispatcher.
+        egress
+            .send_via(v4(a.local_addr().unwrap()), vip(), mn(), b"4")
+            .await
+            .unwrap();
+        assert_eq!(recv_frame(&a).await.src, vip());
     }
 }

@@ -1,7 +1,8 @@
 //! The daemon around the sans-IO cores (mini-redis's `server::run` shape).
 //!
 //! * one [`net::Endpoint`] per realm (VIP:434), each with a receive task
-//!   that hands batches of datagrams to the driver;
+//!   that hands batches of datagrams to the driver (not in encap mode
+//!   unless `[dispatch] bind_vip`: there the dispatcher holds VIP:434);
 //! * the **driver** task owns the [`Engine`] and the [`Replicator`]: it feeds
 //!   datagrams and applied entries to the engine, moves proposals to the
 //!   replicator, sends replies, fires timers, and turns engine events into
@@ -19,8 +20,10 @@
 //!   ([`crate::advertise`]): priority 0 while draining (admin `Drain`) or
 //!   while it cannot serve (raft: not a member or no known leader; pair:
 //!   secondary). In encap mode the dispatcher's frames arrive on the
-//!   [`crate::ingress`] listener and join the VIP receivers' batches, and
-//!   every reply goes back through the dispatcher;
+//!   [`crate::ingress`] listener and join the batches, and every reply
+//!   goes back through a dispatcher: the one that delivered the request
+//!   when the driver still knows it ([`Arrivals`]), else the one that
+//!   forwarded for the reply's realm VIP last;
 //! * shutdown: SIGTERM/SIGINT stop the receive tasks and the admin server,
 //!   then the driver finishes what is queued and exits (a pair primary
 //!   first sends its priority-0 advertisement [RFC 5798 § 6.4.3]).
@@ -86,9 +89,12 @@ fn wall_now() -> Duration {
         .unwrap_or_default()
 }
 
-/// A batch of datagrams from one endpoint.
+/// A batch of datagrams from one endpoint: (source, destination VIP:port,
+/// payload), and the dispatcher that forwarded it in encap mode (`None`:
+/// straight to a VIP socket).
 struct Batch {
     datagrams: Vec<(SocketAddrV4, SocketAddrV4, Vec<u8>)>,
+    via: Option<SocketAddrV4>,
 }
 
 /// Requests from the admin API to the driver.
@@ -244,8 +250,16 @@ pub async fn run(
     }
 
     // Bind every realm before announcing readiness: a bad VIP fails start-up.
+    // Not in encap mode (unless `bind_vip`): everything arrives on the
+    // encap listener and leaves as `ToClient` frames, and on the
+    // dispatcher's host a VIP:434 socket of ours would take the
+    // dispatcher's datagrams (the kernel delivers to the one bound last).
+    let bind_vip = config
+        .dispatch
+        .as_ref()
+        .is_none_or(crate::config::DispatchSection::binds_vip);
     let mut endpoints: HashMap<SocketAddrV4, Arc<Endpoint>> = HashMap::new();
-    for realm in &config.realm {
+    for realm in config.realm.iter().filter(|_| bind_vip) {
         let addr = SocketAddrV4::new(realm.vip, realm.port);
         let ep =
             Endpoint::bind(addr).with_context(|| format!("realm {}: bind {addr}", realm.name))?;
@@ -280,7 +294,11 @@ pub async fn run(
     if let Some(d) = &config.dispatch {
         if d.mode == DispatchMode::Encap {
             let listen = d.encap_listen();
-            let (ingress, eg) = Ingress::bind(listen)
+            let vips = config
+                .realm
+                .iter()
+                .map(|r| SocketAddrV4::new(r.vip, r.port));
+            let (ingress, eg) = Ingress::bind(listen, vips)
                 .await
                 .with_context(|| format!("[dispatch] encap_listen on {listen}"))?;
             info!(addr = %listen, "dispatcher encap listener");
@@ -299,7 +317,7 @@ pub async fn run(
             adv_tx,
             stop_rx.clone(),
         )));
-        let (d, stop) = (d.clone(), stop_rx.clone());
+        let (d, stop) = (d.advert.clone(), stop_rx.clone());
         info!(to = ?d.advertise_to, source = %d.source, "advertising health to the dispatchers");
         side_tasks.push(tokio::spawn(async move {
             if let Err(e) = advertise::run(d, adv_rx, stop).await {
@@ -433,6 +451,7 @@ pub async fn run(
             published: pub_tx,
             serve: serve_tx,
             egress,
+            arrivals: Arrivals::default(),
             dataplane: dataplane.as_ref().map(|d| d.udp.clone()),
             limiter,
         },
@@ -508,7 +527,7 @@ async fn receive(
                     if datagrams.is_empty() {
                         continue;
                     }
-                    if tx.send(Batch { datagrams }).await.is_err() {
+                    if tx.send(Batch { datagrams, via: None }).await.is_err() {
                         return;
                     }
                 }
@@ -547,7 +566,8 @@ async fn receive_encap(
                         continue;
                     }
                     let datagrams = vec![(d.src, d.dst, d.payload)];
-                    if tx.send(Batch { datagrams }).await.is_err() {
+                    let via = Some(d.dispatcher);
+                    if tx.send(Batch { datagrams, via }).await.is_err() {
                         return;
                     }
                 }
@@ -592,12 +612,60 @@ struct Driver {
     published: watch::Sender<Published>,
     /// Whether this node can serve (dispatcher health priority).
     serve: watch::Sender<bool>,
-    /// Encap mode: every reply goes back through the dispatcher.
+    /// Encap mode: every reply goes back through a dispatcher.
     egress: Option<Egress>,
+    /// Encap mode: where recent requests came in, so replies follow them.
+    arrivals: Arrivals,
     /// RFC 3519 tunnel data goes to the data plane, when it runs.
     dataplane: Option<crate::dataplane::run::UdpIngress>,
     /// Flood resistance (`[registration.limits]`, [`crate::limiter`]).
     limiter: Option<SharedLimiter>,
+}
+
+/// How long [`Arrivals`] remembers a request (between one and two of these):
+/// far longer than a reply waits for its commit (`[registration]
+/// max_commit_ms`); a reply later than that goes through the realm's
+/// latest dispatcher instead.
+const ARRIVALS_KEEP: Duration = Duration::from_secs(5);
+
+/// Encap mode: how each recent registration message came in, by (realm
+/// VIP:port, mobile node): through which dispatcher (`Some`), or straight
+/// to a VIP socket (`None`, with `[dispatch] bind_vip`). Its reply leaves
+/// the same way, so two dispatchers forwarding for one realm at once (a
+/// VRRP takeover in progress) each get back their own mobile nodes'
+/// replies. Two generations swapped every [`ARRIVALS_KEEP`]: bounded by
+/// the request rate, no per-entry timers.
+#[derive(Debug, Default)]
+struct Arrivals {
+    current: HashMap<(SocketAddrV4, SocketAddrV4), Option<SocketAddrV4>>,
+    previous: HashMap<(SocketAddrV4, SocketAddrV4), Option<SocketAddrV4>>,
+    rotated: Option<Instant>,
+}
+
+impl Arrivals {
+    fn record(&mut self, vip: SocketAddrV4, mn: SocketAddrV4, via: Option<SocketAddrV4>) {
+        self.current.insert((vip, mn), via);
+    }
+
+    /// How the last request from `mn` to `vip` came in, if remembered.
+    fn get(&self, vip: SocketAddrV4, mn: SocketAddrV4) -> Option<Option<SocketAddrV4>> {
+        let k = (vip, mn);
+        self.current
+            .get(&k)
+            .or_else(|| self.previous.get(&k))
+            .copied()
+    }
+
+    /// Drops the older generation once per [`ARRIVALS_KEEP`].
+    fn rotate(&mut self, now: Instant) {
+        match self.rotated {
+            Some(t) if now.duration_since(t) < ARRIVALS_KEEP => {}
+            _ => {
+                self.previous = std::mem::take(&mut self.current);
+                self.rotated = Some(now);
+            }
+        }
+    }
 }
 
 /// Pending admin removals, answered when their proposal is applied.
@@ -683,6 +751,7 @@ async fn drive(
             }
             _ = gauges.tick() => {
                 d.update_gauges();
+                d.arrivals.rotate(Instant::now());
                 match &mut d.replicator {
                     Repl::Raft(r) => r.publish_metrics(),
                     Repl::Pair(p) => p.publish_metrics(),
@@ -720,6 +789,9 @@ impl Driver {
                 && dp.offer(*src, *dst, bytes)
             {
                 continue;
+            }
+            if self.egress.is_some() {
+                self.arrivals.record(*dst, *src, batch.via);
             }
             // Locked per datagram, briefly: the receive tasks check too.
             let Some(limiter) = &self.limiter else {
@@ -839,13 +911,24 @@ impl Driver {
         while let Some(t) = self.engine.poll_transmit() {
             if let Some(eg) = &self.egress {
                 // Encap mode: the VIP is the dispatcher's; it sends the
-                // payload from VIP:434 to the mobile node.
-                if let Err(e) = eg.send(t.src, t.dst, &t.payload).await {
-                    debug!(error = %e, dst = %t.dst, "encap send failed");
-                    metrics::counter!(telemetry::REGISTRATION_DROPS, "reason" => "send_error")
-                        .increment(1);
+                // payload from VIP:434 to the mobile node. Back the way the
+                // request came; else through the realm's latest dispatcher.
+                let res = match self.arrivals.get(t.src, t.dst) {
+                    Some(Some(via)) => Some(eg.send_via(via, t.src, t.dst, &t.payload).await),
+                    Some(None) => None,
+                    None => Some(eg.send(t.src, t.dst, &t.payload).await),
+                };
+                match res {
+                    Some(Ok(())) => continue,
+                    Some(Err(e)) => {
+                        debug!(error = %e, dst = %t.dst, "encap send failed");
+                        metrics::counter!(telemetry::REGISTRATION_DROPS, "reason" => "send_error")
+                            .increment(1);
+                        continue;
+                    }
+                    // It reached a VIP socket itself (`bind_vip`).
+                    None => {}
                 }
-                continue;
             }
             let Some(ep) = self.endpoints.get(&t.src) else {
                 warn!(src = %t.src, "reply from an address no endpoint holds");
@@ -1354,5 +1437,41 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arrivals_follow_the_request_and_age_out() {
+        let vip: SocketAddrV4 = "192.0.2.1:434".parse().unwrap();
+        let mn: SocketAddrV4 = "203.0.113.2:40000".parse().unwrap();
+        let (a, b): (SocketAddrV4, SocketAddrV4) = (
+            "198.18.0.2:4343".parse().unwrap(),
+            "198.18.0.3:4343".parse().unwrap(),
+        );
+        let t0 = Instant::now();
+        let mut arr = Arrivals::default();
+        arr.rotate(t0);
+        assert_eq!(arr.get(vip, mn), None);
+        arr.record(vip, mn, Some(a));
+        assert_eq!(arr.get(vip, mn), Some(Some(a)));
+        // Another realm or mobile node is another key.
+        assert_eq!(arr.get("203.0.113.1:434".parse().unwrap(), mn), None);
+        // The latest arrival wins: a direct one (`bind_vip`) too.
+        arr.record(vip, mn, Some(b));
+        assert_eq!(arr.get(vip, mn), Some(Some(b)));
+        arr.record(vip, mn, None);
+        assert_eq!(arr.get(vip, mn), Some(None));
+        arr.record(vip, mn, Some(a));
+        // Kept for at least one period, gone after two.
+        arr.rotate(t0 + ARRIVALS_KEEP / 2);
+        assert_eq!(arr.get(vip, mn), Some(Some(a)));
+        arr.rotate(t0 + ARRIVALS_KEEP);
+        assert_eq!(arr.get(vip, mn), Some(Some(a)));
+        arr.rotate(t0 + ARRIVALS_KEEP * 2);
+        assert_eq!(arr.get(vip, mn), None);
     }
 }

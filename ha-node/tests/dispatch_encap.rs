@@ -15,6 +15,16 @@
 //!   node reaches it from VIP:434 only through the dispatcher; and tunnel
 //!   data the mobile node sends to VIP:434 reaches the correspondent
 //!   through `ToNode` frames and the data plane.
+//! * `two_encap_dispatchers_one_per_realm_share_a_node` (no root): two
+//!   real `dispatcher` processes in encap mode on loopback, one per realm
+//!   VIP, in front of one node with both realms. The node binds no socket
+//!   on either VIP (the test binds both VIP:ports itself after the node
+//!   started), mobile nodes of both realms register at once (with junk
+//!   for both VIPs in between, so the dispatchers' frames interleave) and
+//!   each gets its reply from its own realm's VIP:port; neither dispatcher
+//!   ever gets a reply for the other's VIP; and after the node is killed
+//!   and restarted under the running dispatchers it serves both realms
+//!   again (no "whoever bound VIP:434 last" fight).
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::time::{Duration, Instant};
@@ -23,7 +33,7 @@ use haven_cluster_tests::fleet::{DispatchSpec, NodeSpec, RealmSpec};
 use haven_cluster_tests::mn::{Event, MnConfig, MobileNode};
 use haven_cluster_tests::mnsim::unix_now;
 use haven_cluster_tests::supervisor::{
-    Process, Spec, await_metric, free_port, wait_for, workspace_binary,
+    Process, Spec, await_metric, free_port, metric, scrape, wait_for, workspace_binary,
 };
 use haven_cluster_tests::topo::{self, Topology, in_netns, leftovers};
 use haven_proto::dispatch::{DispatchPacket, DispatchRepr, Kind};
@@ -382,4 +392,257 @@ fn udp_tunnel_data_through_a_real_encap_dispatcher() {
     drop(disp);
     drop(lab);
     assert!(leftovers(&prefix).is_empty(), "namespaces left behind");
+}
+
+// --- two real encap dispatchers, one per realm, on loopback (no root) ---
+
+/// Mobile nodes per realm.
+const PER_REALM: usize = 8;
+
+/// One realm with its own encap dispatcher.
+struct RealmLab {
+    name: &'static str,
+    vip: SocketAddrV4,
+    prefix: &'static str,
+    hoa: Ipv4Addr,
+    disp: Ipv4Addr,
+    disp_encap: u16,
+    health: u16,
+    metrics: u16,
+}
+
+impl RealmLab {
+    fn new(name: &'static str, vip: u8, prefix: &'static str, hoa: Ipv4Addr, disp: u8) -> Self {
+        Self {
+            name,
+            vip: SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, vip), free_port()),
+            prefix,
+            hoa,
+            disp: Ipv4Addr::new(127, 0, 0, disp),
+            disp_encap: free_port(),
+            health: free_port(),
+            metrics: free_port(),
+        }
+    }
+
+    fn metrics_url(&self) -> String {
+        format!("http://127.0.0.1:{}/metrics", self.metrics)
+    }
+
+    fn dispatcher_toml(&self, node: SocketAddrV4) -> String {
+        format!(
+            "[dispatcher]\nvip = \"{}\"\nport = {}\nmode = \"encap\"\nmanage_vip = false\n\
+             address = \"{}\"\nencap_port = {}\n\n\
+             [health]\nlisten_port = {}\nrise = 1\n\n\
+             [metrics]\nlisten = \"127.0.0.1:{}\"\n\n\
+             [[node]]\nid = 1\naddress = \"{}\"\nencap_port = {}\n",
+            self.vip.ip(),
+            self.vip.port(),
+            self.disp,
+            self.disp_encap,
+            self.health,
+            self.metrics,
+            node.ip(),
+            node.port()
+        )
+    }
+}
+
+/// Registers `PER_REALM` mobile nodes of every realm at once, each from its
+/// own socket, with a junk datagram to every VIP between rounds; every
+/// reply must come from the mobile node's own realm VIP:port.
+fn register_everyone(realms: &[RealmLab], noise: &UdpSocket) {
+    let mut mns: Vec<(usize, MobileNode, UdpSocket, bool)> = Vec::new();
+    for (k, r) in realms.iter().enumerate() {
+        for i in 0..PER_REALM {
+            let hoa = Ipv4Addr::from(u32::from(r.hoa) + i as u32);
+            let mut cfg = MnConfig::new(hoa, *r.vip.ip(), Ipv4Addr::LOCALHOST, 256, KEY);
+            cfg.home_agent_port = r.vip.port();
+            let sock = UdpSocket::bind("127.0.0.1:0").expect("bind a mobile node");
+            sock.set_nonblocking(true).expect("nonblocking");
+            let mut mn = MobileNode::new(cfg);
+            mn.register(unix_now());
+            mns.push((k, mn, sock, false));
+        }
+    }
+    let mut buf = [0u8; 4096];
+    let done = wait_for("every mobile node registered", BOUND, || {
+        for r in realms {
+            let _ = noise.send_to(b"\xffjunk", r.vip);
+        }
+        for (k, mn, sock, accepted) in &mut mns {
+            let vip = realms[*k].vip;
+            let now = unix_now();
+            if mn.poll_timeout().is_some_and(|t| t <= now) {
+                mn.handle_timeout(now);
+            }
+            while let Some((dst, bytes)) = mn.poll_transmit() {
+                assert_eq!(dst, vip);
+                sock.send_to(&bytes, dst).expect("send");
+            }
+            while let Ok((n, from)) = sock.recv_from(&mut buf) {
+                assert_eq!(
+                    from,
+                    SocketAddr::V4(vip),
+                    "realm {}: the reply comes from its own VIP:port",
+                    realms[*k].name
+                );
+                let _ = mn.handle(unix_now(), vip, &buf[..n]);
+            }
+            while let Some(ev) = mn.poll_event() {
+                match ev {
+                    Event::Accepted { .. } => *accepted = true,
+                    Event::Denied { code } => panic!("denied: {code:?}"),
+                    Event::GaveUp => panic!("gave up"),
+                    _ => {}
+                }
+            }
+        }
+        mns.iter().all(|m| m.3)
+    });
+    let left: Vec<_> = mns
+        .iter()
+        .filter(|m| !m.3)
+        .map(|m| (realms[m.0].name, m.1.home_address()))
+        .collect();
+    assert!(done.is_ok(), "not registered: {left:?}");
+}
+
+#[test]
+fn two_encap_dispatchers_one_per_realm_share_a_node() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let realms = [
+        RealmLab::new("inner", 141, "198.51.100.0/24", HOA, 144),
+        RealmLab::new(
+            "outer",
+            142,
+            "192.0.2.0/24",
+            Ipv4Addr::new(192, 0, 2, 10),
+            145,
+        ),
+    ];
+    let node = Ipv4Addr::new(127, 0, 0, 143);
+    let encap = SocketAddrV4::new(node, free_port());
+    let lo = |p: u16| SocketAddr::from((Ipv4Addr::LOCALHOST, p));
+    let adverts = realms
+        .iter()
+        // The advert checksum covers the dispatcher's own address.
+        .map(|r| SocketAddrV4::new(r.disp, r.health))
+        .collect();
+    let mut spec = NodeSpec::new(1, lo(free_port()), lo(free_port())).dispatch(DispatchSpec {
+        mode: "encap",
+        encap_listen: Some(encap),
+        ..DispatchSpec::l2(node, adverts, 50)
+    });
+    for r in &realms {
+        spec = spec.realm(
+            RealmSpec {
+                port: r.vip.port(),
+                ..RealmSpec::new(r.name, *r.vip.ip(), r.prefix)
+            }
+            .with_home_address_sas(r.hoa, PER_REALM, 256, KEY),
+        );
+    }
+    let config = spec.write(dir.path()).expect("write");
+    let mut node_proc = Process::spawn(
+        "ha-node-two-realms",
+        Spec::new(env!("CARGO_BIN_EXE_ha-node"))
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "info"),
+        None,
+    )
+    .expect("spawn");
+    let ready = || {
+        await_metric(
+            &spec.metrics_url(),
+            None,
+            "haven_build_info",
+            &[],
+            |v| v == 1.0,
+            BOUND,
+        )
+    };
+    ready().expect("node starts");
+    // Every listener is bound once haven_build_info shows: if the node
+    // held either VIP:port, this plain bind (no SO_REUSEADDR) would fail.
+    for r in &realms {
+        let held = UdpSocket::bind(r.vip);
+        assert!(
+            held.is_ok(),
+            "realm {}: the node holds {} in encap mode: {held:?}",
+            r.name,
+            r.vip
+        );
+    }
+
+    let bin = workspace_binary("haven-dispatcher", "dispatcher").expect("dispatcher binary");
+    let mut dispatchers = Vec::new();
+    for r in &realms {
+        let path = dir.path().join(format!("disp-{}.toml", r.name));
+        std::fs::write(&path, r.dispatcher_toml(encap)).expect("write");
+        dispatchers.push(
+            Process::spawn(
+                &format!("dispatcher-{}", r.name),
+                Spec::new(&bin)
+                    .arg("--config")
+                    .arg(&path)
+                    .env("RUST_LOG", "info"),
+                None,
+            )
+            .expect("spawn dispatcher"),
+        );
+    }
+    let nodes_up = || {
+        for r in &realms {
+            await_metric(
+                &r.metrics_url(),
+                None,
+                "haven_dispatcher_node_up",
+                &[("node", "1")],
+                |v| v == 1.0,
+                BOUND,
+            )
+            .expect("the dispatcher sees the node");
+        }
+    };
+    nodes_up();
+
+    let noise = UdpSocket::bind("127.0.0.146:0").expect("bind the noise source");
+    register_everyone(&realms, &noise);
+    // A reply sent to the other realm's dispatcher would be dropped there
+    // as malformed (its source is not that dispatcher's VIP); none may be.
+    for r in &realms {
+        let mut text = String::new();
+        wait_for("the dispatcher publishes its replies", BOUND, || {
+            text = scrape(&r.metrics_url(), None).unwrap_or_default();
+            metric(&text, "haven_dispatcher_replies_total", &[])
+                .is_some_and(|v| v >= PER_REALM as f64)
+        })
+        .expect("replies counted");
+        assert_eq!(
+            metric(
+                &text,
+                "haven_dispatcher_drops_total",
+                &[("reason", "malformed")]
+            ),
+            Some(0.0),
+            "realm {}: a reply for another VIP reached this dispatcher",
+            r.name
+        );
+    }
+
+    // Killed and restarted under the running dispatchers: nothing to
+    // rebind, both realms answer again.
+    node_proc.sigkill().expect("kill the node");
+    node_proc
+        .wait_exit(Duration::from_secs(5))
+        .expect("node exits");
+    node_proc.restart().expect("restart the node");
+    ready().expect("node restarts");
+    nodes_up();
+    register_everyone(&realms, &noise);
+
+    drop(dispatchers);
+    drop(node_proc);
 }

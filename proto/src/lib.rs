@@ -19,6 +19,8 @@
 //! * [`ip`]: the IPv4/UDP header helpers and the Internet checksum.
 //! * [`udptun`]: RFC 3519 UDP tunnelling (tunnel data message, keepalives).
 //! * [`vrrp`]: RFC 5798 VRRPv3 advertisements.
+//! * [`advert_auth`]: node health adverts with the sync HMAC trailer and a
+//!   sequence number (docs/security.md).
 //! * [`dispatch`]: the dispatcher's encap-mode header (original addresses).
 //! * [`sync`]: the seed 002 figure 13b binding-sync messages (Data Dump
 //!   Request, Data Dump, Data Forward, Ack) with an HMAC-SHA256 trailer.
@@ -31,6 +33,7 @@
 mod error;
 pub use error::{Error, Result};
 
+pub mod advert_auth;
 pub mod dispatch;
 pub mod ip;
 pub mod mip;
