@@ -3,6 +3,7 @@
 //! haven's laboratory (being written).
 
 pub mod bench;
+pub mod datapath;
 pub mod fleet;
 pub mod mn;
 pub mod mnsim;
