@@ -87,6 +87,15 @@ pub struct DispatchConfig {
     /// The key read from `key_file` ([`DispatchConfig::load_key`]).
     #[serde(skip)]
     pub key: Option<Box<[u8]>>,
+    /// `bind_vip`: also bind each realm's VIP:port. Default: true in l2
+    /// mode (the VIP socket is how datagrams arrive), false in encap mode,
+    /// where everything arrives on `encap_listen` and leaves as `ToClient`
+    /// frames; a node on the dispatcher's host must then stay off VIP:434,
+    /// or the kernel hands the dispatcher's datagrams to the node's socket
+    /// (the one bound last). true in encap mode only for mobile nodes that
+    /// reach the node's VIP directly as well.
+    #[serde(default)]
+    pub bind_vip: Option<bool>,
 }
 
 // By hand so the key never reaches a log.
@@ -102,6 +111,7 @@ impl std::fmt::Debug for DispatchConfig {
             .field("encap_listen", &self.encap_listen)
             .field("key_file", &self.key_file)
             .field("key", &self.key.as_ref().map(|k| k.len()))
+            .field("bind_vip", &self.bind_vip)
             .finish()
     }
 }
@@ -163,6 +173,12 @@ pub enum DispatchConfigError {
 }
 
 impl DispatchConfig {
+    /// Whether the daemon binds the realms' VIP:ports (`bind_vip` or its
+    /// mode's default).
+    pub fn binds_vip(&self) -> bool {
+        self.bind_vip.unwrap_or(self.mode == DispatchMode::L2)
+    }
+
     /// Checks ranges.
     pub fn validate(&self) -> Result<(), DispatchConfigError> {
         if self.advertise_to.is_empty() {
@@ -355,6 +371,7 @@ mod tests {
             encap_listen: None,
             key_file: None,
             key: None,
+            bind_vip: None,
         }
     }
 

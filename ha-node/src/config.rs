@@ -59,65 +59,7 @@ pub struct Config {
     pub dataplane: crate::dataplane::DataplaneConfig,
     /// `[dispatch]`: health advertisements to the dispatchers and the
     /// encap-mode listener (DESIGN.md § 5); absent: no dispatcher.
-    pub dispatch: Option<DispatchSection>,
-}
-
-/// `[dispatch]`: [`crate::advertise::DispatchConfig`] (through `Deref`)
-/// plus `bind_vip`, which only the daemon's socket setup reads.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DispatchSection {
-    /// Everything but `bind_vip` (unknown keys still refused).
-    pub advert: crate::advertise::DispatchConfig,
-    /// `bind_vip`: also bind each realm's VIP:port. Default: true in l2
-    /// mode (the VIP socket is how datagrams arrive), false in encap mode,
-    /// where everything arrives on `encap_listen` and leaves as `ToClient`
-    /// frames; a node on the dispatcher's host must then stay off VIP:434,
-    /// or the kernel hands the dispatcher's datagrams to the node's socket
-    /// (the one bound last). true in encap mode only for mobile nodes that
-    /// reach the node's VIP directly as well.
-    pub bind_vip: Option<bool>,
-}
-
-impl DispatchSection {
-    /// Whether the daemon binds the realms' VIP:ports (`bind_vip` or its
-    /// mode's default).
-    pub fn binds_vip(&self) -> bool {
-        self.bind_vip
-            .unwrap_or(self.advert.mode == crate::advertise::DispatchMode::L2)
-    }
-}
-
-impl std::ops::Deref for DispatchSection {
-    type Target = crate::advertise::DispatchConfig;
-    fn deref(&self) -> &Self::Target {
-        &self.advert
-    }
-}
-
-impl std::ops::DerefMut for DispatchSection {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.advert
-    }
-}
-
-impl<'de> Deserialize<'de> for DispatchSection {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::Error as _;
-        // `bind_vip` is taken out, the rest parsed as the advertiser's
-        // section with its `deny_unknown_fields`.
-        let mut t = toml::Table::deserialize(d)?;
-        let bind_vip = match t.remove("bind_vip") {
-            None => None,
-            Some(toml::Value::Boolean(b)) => Some(b),
-            Some(v) => {
-                return Err(D::Error::custom(format!(
-                    "[dispatch] bind_vip must be true or false, not {v}"
-                )));
-            }
-        };
-        let advert = crate::advertise::DispatchConfig::deserialize(t).map_err(D::Error::custom)?;
-        Ok(Self { advert, bind_vip })
-    }
+    pub dispatch: Option<crate::advertise::DispatchConfig>,
 }
 
 /// `[cluster] mode`: how bindings are replicated ([DESIGN.md § 4]).

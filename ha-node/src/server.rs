@@ -257,7 +257,7 @@ pub async fn run(
     let bind_vip = config
         .dispatch
         .as_ref()
-        .is_none_or(crate::config::DispatchSection::binds_vip);
+        .is_none_or(crate::advertise::DispatchConfig::binds_vip);
     let mut endpoints: HashMap<SocketAddrV4, Arc<Endpoint>> = HashMap::new();
     for realm in config.realm.iter().filter(|_| bind_vip) {
         let addr = SocketAddrV4::new(realm.vip, realm.port);
@@ -317,7 +317,7 @@ pub async fn run(
             adv_tx,
             stop_rx.clone(),
         )));
-        let (d, stop) = (d.advert.clone(), stop_rx.clone());
+        let (d, stop) = (d.clone(), stop_rx.clone());
         info!(to = ?d.advertise_to, source = %d.source, "advertising health to the dispatchers");
         side_tasks.push(tokio::spawn(async move {
             if let Err(e) = advertise::run(d, adv_rx, stop).await {
