@@ -248,23 +248,49 @@ pub fn await_metric(
 
 /// A port number not handed out before by this process, currently free for
 /// both TCP and UDP on loopback.
+///
+/// Ports come from below the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`): a port the kernel chose for `bind(0)`
+/// and which we released again can be handed to any other socket that binds
+/// port 0 or connects in the meantime (CI saw exactly that race), while a port
+/// outside the range is only ever taken by someone asking for it by number.
+/// Each process starts at its own offset so concurrent test processes rarely
+/// probe the same ports.
 pub fn free_port() -> u16 {
-    static GIVEN: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
-    let given = GIVEN.get_or_init(|| Mutex::new(HashSet::new()));
-    loop {
-        let Ok(l) = TcpListener::bind("127.0.0.1:0") else {
-            continue;
-        };
-        let Ok(port) = l.local_addr().map(|a| a.port()) else {
-            continue;
-        };
-        if UdpSocket::bind(("127.0.0.1", port)).is_err() {
-            continue;
-        }
-        let mut g = given.lock().unwrap_or_else(PoisonError::into_inner);
-        if g.insert(port) {
+    static NEXT: OnceLock<Mutex<(u16, u16, u16)>> = OnceLock::new();
+    let state = NEXT.get_or_init(|| {
+        let (lo, hi) = non_ephemeral_ports();
+        let span = hi - lo;
+        let start = lo + (std::process::id() as u16).wrapping_mul(331) % span;
+        Mutex::new((lo, span, start))
+    });
+    let mut g = state.lock().unwrap_or_else(PoisonError::into_inner);
+    let (lo, span, _) = *g;
+    for _ in 0..span {
+        let port = g.2;
+        g.2 = lo + (port - lo + 1) % span;
+        let tcp = TcpListener::bind(("127.0.0.1", port));
+        let udp = UdpSocket::bind(("127.0.0.1", port));
+        if tcp.is_ok() && udp.is_ok() {
             return port;
         }
+    }
+    panic!("no free loopback port left in {lo}..{}", lo + span);
+}
+
+/// The ports the kernel never picks by itself: below the ephemeral range if
+/// there is room, else above it.
+fn non_ephemeral_ports() -> (u16, u16) {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| {
+            let mut it = t.split_whitespace().map(|w| w.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        });
+    match range {
+        Some((lo, _)) if lo >= 12_000 => (10_000, lo),
+        Some((_, hi)) if hi <= 63_000 => (hi + 1, 65_535),
+        _ => (10_000, 30_000),
     }
 }
 

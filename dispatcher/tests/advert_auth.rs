@@ -12,6 +12,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use haven_cluster_tests::supervisor::free_port;
 use haven_proto::advert_auth::AuthAdvertRepr;
 use haven_proto::vrrp::VrrpRepr;
 
@@ -25,22 +26,6 @@ fn test_key() -> Vec<u8> {
     let mut k = b"test-only-key:".to_vec();
     k.extend_from_slice(&t.to_be_bytes());
     k
-}
-
-fn free_udp() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn free_tcp() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 struct Kill(Child);
@@ -84,8 +69,8 @@ fn only_authentic_fresh_adverts_bring_nodes_up() {
     let key = test_key();
     let mut wrong = key.clone();
     wrong[0] ^= 1;
-    let health = free_udp();
-    let metrics = free_tcp();
+    let health = free_port();
+    let metrics = free_port();
     let dir = tempfile::tempdir().unwrap();
     let key_path = dir.path().join("advert.key");
     std::fs::write(&key_path, hex(&key)).unwrap();
@@ -97,14 +82,14 @@ fn only_authentic_fresh_adverts_bring_nodes_up() {
          address = \"127.0.0.1\"\nencap_port = {}\n\n\
          [health]\nlisten_port = {health}\nrise = 1\nkey_file = \"advert.key\"\n\n\
          [metrics]\nlisten = \"127.0.0.1:{metrics}\"\n\n",
-        free_udp(),
-        free_udp(),
+        free_port(),
+        free_port(),
     );
     for (i, a) in addrs.iter().enumerate() {
         cfg.push_str(&format!(
             "[[node]]\nid = {}\naddress = \"{a}\"\nencap_port = {}\n\n",
             i + 1,
-            free_udp()
+            free_port()
         ));
     }
     let path = dir.path().join("d.toml");

@@ -10,27 +10,12 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use haven_cluster_tests::supervisor::free_port;
 use haven_proto::dispatch::{DispatchPacket, DispatchRepr, Kind};
 use haven_proto::vrrp::VrrpRepr;
 
 const BIN: &str = env!("CARGO_BIN_EXE_dispatcher");
 const MNS: usize = 40;
-
-fn free_udp(ip: Ipv4Addr) -> u16 {
-    UdpSocket::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn free_tcp() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn v4(a: SocketAddr) -> SocketAddrV4 {
     match a {
@@ -116,10 +101,10 @@ fn scrape(port: u16) -> String {
 
 #[test]
 fn encap_mode_spreads_answers_from_the_vip_and_fails_over() {
-    let vip = SocketAddrV4::new(Ipv4Addr::LOCALHOST, free_udp(Ipv4Addr::LOCALHOST));
-    let health = free_udp(Ipv4Addr::LOCALHOST);
-    let encap_port = free_udp(Ipv4Addr::LOCALHOST);
-    let metrics = free_tcp();
+    let vip = SocketAddrV4::new(Ipv4Addr::LOCALHOST, free_port());
+    let health = free_port();
+    let encap_port = free_port();
+    let metrics = free_port();
     let nodes = [
         FakeNode::new(Ipv4Addr::new(127, 0, 0, 2)),
         FakeNode::new(Ipv4Addr::new(127, 0, 0, 3)),
