@@ -269,6 +269,17 @@ impl DropReason {
     }
 }
 
+/// What [`Engine::handle`] did with a datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handled {
+    /// An authenticated, acceptable request: a command was proposed.
+    Proposed,
+    /// A retransmission of a request still being replicated.
+    Busy,
+    /// Dropped or denied at reception (every other outcome).
+    Refused,
+}
+
 /// Plain counters (STYLE.md § 7).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -556,7 +567,33 @@ impl Engine {
 
     /// A datagram arrived on a realm socket (`src` = the sender as seen,
     /// behind a NAT its mapping; `dst` = the VIP and port it was sent to).
-    pub fn handle(&mut self, now: Duration, src: SocketAddrV4, dst: SocketAddrV4, bytes: &[u8]) {
+    /// Returns what became of it, for the flood limiter (which charges a
+    /// source for refused datagrams only).
+    pub fn handle(
+        &mut self,
+        now: Duration,
+        src: SocketAddrV4,
+        dst: SocketAddrV4,
+        bytes: &[u8],
+    ) -> Handled {
+        let (proposals, busy) = (self.stats.proposals, self.stats.busy);
+        self.handle_datagram(now, src, dst, bytes);
+        if self.stats.proposals != proposals {
+            Handled::Proposed
+        } else if self.stats.busy != busy {
+            Handled::Busy
+        } else {
+            Handled::Refused
+        }
+    }
+
+    fn handle_datagram(
+        &mut self,
+        now: Duration,
+        src: SocketAddrV4,
+        dst: SocketAddrV4,
+        bytes: &[u8],
+    ) {
         self.last_now = self.last_now.max(now);
         self.stats.received += 1;
         let Some(&realm) = self.by_addr.get(&dst) else {

@@ -44,7 +44,7 @@ use crate::binding::{BindingEntry, BindingTable, Encap};
 use crate::cluster::{self, AdminError, RaftInput, RaftNode};
 use crate::command::StateMachine;
 use crate::config::{ClusterMode, Config, RealmId};
-use crate::engine::{Engine, EngineConfig, Event};
+use crate::engine::{Engine, EngineConfig, Event, Handled};
 use crate::ingress::{Egress, Ingress};
 use crate::limiter::Limiter;
 
@@ -809,13 +809,10 @@ impl Driver {
                 .increment(1);
                 continue;
             }
-            let before = self.engine.stats();
-            self.engine.handle(now, *src, *dst, bytes);
-            let after = self.engine.stats();
             // Charged: whatever the engine refused at reception (dropped
             // or denied). Not charged: a proposal (an authenticated,
             // acceptable request) or `Busy` (a retransmission of one).
-            if after.proposals == before.proposals && after.busy == before.busy {
+            if self.engine.handle(now, *src, *dst, bytes) == Handled::Refused {
                 lock(limiter).charge(now, *src.ip());
                 metrics::counter!(telemetry::LIMITER_CHARGED).increment(1);
             }

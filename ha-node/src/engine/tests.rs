@@ -1217,3 +1217,29 @@ fn nai_of_an_mn_known_by_home_address_is_not_trusted() {
     assert_eq!(lab.table().get(INNER, HOA).expect("bound").nai, None);
     assert_eq!(lab.table().home_address_of(INNER, "mn1@example.net"), None);
 }
+
+#[test]
+fn handle_says_what_became_of_a_datagram() {
+    // The flood limiter charges a source only for `Refused` (server.rs).
+    let mut lab = Lab::new();
+    let vip = SocketAddrV4::new(INNER_VIP, 434);
+    let good = signed(&inner_req(&lab, 600, 0), &[]);
+    assert_eq!(
+        lab.e.handle(lab.now, from_coa(), vip, &good),
+        Handled::Proposed
+    );
+    // The same request again while its command is being replicated.
+    assert_eq!(lab.e.handle(lab.now, from_coa(), vip, &good), Handled::Busy);
+    let mut forged = good.clone();
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    assert_eq!(
+        lab.e.handle(lab.now, from_coa(), vip, &forged),
+        Handled::Refused
+    );
+    assert_eq!(
+        lab.e.handle(lab.now, from_coa(), vip, &[1, 2]),
+        Handled::Refused
+    );
+    assert_eq!(lab.pump(), 1, "only the good request was proposed");
+}
