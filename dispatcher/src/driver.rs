@@ -461,6 +461,78 @@ fn ipip_socket() -> io::Result<Socket> {
     Ok(s)
 }
 
+/// Where one received packet goes in the send batch: bytes
+/// `start..start + len` of its buffer, to `dst` (UDP sockets) or as a frame.
+struct Out {
+    start: usize,
+    len: usize,
+    dst: Option<SocketAddrV4>,
+}
+
+impl Out {
+    fn frame(len: usize) -> Self {
+        Out {
+            start: 0,
+            len,
+            dst: None,
+        }
+    }
+}
+
+/// The skeleton every forwarding worker shares: batched receive into
+/// buffers of `room` bytes, nothing forwarded unless `active` (the Master's
+/// job only, when `needs_active`), one table snapshot per batch, `each`
+/// deciding per packet (counting it on its node) or naming the drop reason,
+/// one batched send. No lock or allocation per packet (issue 6 item 5).
+fn forward_loop(
+    sh: &Shared,
+    room: usize,
+    needs_active: bool,
+    mut recv: impl FnMut(&mut [Vec<u8>], &mut [RecvMeta]) -> io::Result<usize>,
+    mut each: impl FnMut(&MaglevTable, &RecvMeta, &mut Vec<u8>) -> Result<Out, Drop>,
+    out: std::os::fd::BorrowedFd<'_>,
+) {
+    let mut bufs = vec![vec![0u8; room]; BATCH];
+    let mut metas = [RecvMeta::default(); BATCH];
+    let mut tx = [TxItem::default(); BATCH];
+    while !sh.stop.load(Ordering::Relaxed) {
+        let Ok(n) = recv(&mut bufs, &mut metas) else {
+            continue;
+        };
+        if needs_active && !sh.active.load(Ordering::Relaxed) {
+            sh.drop_n(Drop::NotActive, n as u64);
+            continue;
+        }
+        let table = sh.table();
+        let mut k = 0;
+        for (i, (m, b)) in metas.iter().zip(bufs.iter_mut()).take(n).enumerate() {
+            match each(&table, m, b) {
+                Ok(o) => {
+                    if let Some(slot) = tx.get_mut(k) {
+                        *slot = TxItem {
+                            buf: i,
+                            start: o.start,
+                            len: o.len,
+                            dst: o.dst,
+                        };
+                        k += 1;
+                    }
+                }
+                Err(why) => sh.drop_n(why, 1),
+            }
+        }
+        send(sh, out, &bufs, tx.get(..k).unwrap_or_default());
+    }
+}
+
+/// The node's MAC, if ARP has resolved it.
+fn node_mac(t: &Target) -> Result<Mac, Drop> {
+    match t.mac.load(Ordering::Relaxed) {
+        0 => Err(Drop::UnresolvedMac),
+        mac => Ok(Mac::from_u64(mac)),
+    }
+}
+
 /// IP-in-IP to the VIP: an Ethernet header to the node chosen by the outer
 /// source in front, the IP packet unchanged (module docs).
 fn ipip_worker(
@@ -471,182 +543,83 @@ fn ipip_worker(
     mtu: usize,
     vip: SocketAddrV4,
 ) {
-    let mut bufs = vec![vec![0u8; frame::ETH_HEADER_LEN + MAX_DATAGRAM]; BATCH];
-    let mut metas = [RecvMeta::default(); BATCH];
-    let mut tx = [TxItem::default(); BATCH];
-    while !sh.stop.load(Ordering::Relaxed) {
-        let n = match sys::recv_batch(raw.as_fd(), &mut bufs, frame::ETH_HEADER_LEN, &mut metas) {
-            Ok(n) => n,
-            Err(_) => continue,
-        };
-        if !sh.active.load(Ordering::Relaxed) {
-            sh.drop_n(Drop::NotActive, n as u64);
-            continue;
+    let room = frame::ETH_HEADER_LEN + MAX_DATAGRAM;
+    let recv = |b: &mut [Vec<u8>], m: &mut [RecvMeta]| {
+        sys::recv_batch(raw.as_fd(), b, frame::ETH_HEADER_LEN, m)
+    };
+    let each = |table: &MaglevTable, m: &RecvMeta, b: &mut Vec<u8>| {
+        if m.truncated || m.len > mtu {
+            return Err(Drop::TooBig);
         }
-        let table = sh.table();
-        let mut k = 0;
-        for (i, (m, b)) in metas.iter().zip(bufs.iter_mut()).take(n).enumerate() {
-            if m.truncated || m.len > mtu {
-                sh.drop_n(Drop::TooBig, 1);
-                continue;
-            }
-            let Some((src, len)) = b
-                .get(frame::ETH_HEADER_LEN..frame::ETH_HEADER_LEN + m.len)
-                .and_then(|p| frame::ipip_to_vip(p, *vip.ip()))
-            else {
-                sh.drop_n(Drop::Malformed, 1);
-                continue;
-            };
-            let Some(t) = table.lookup_addr(src).and_then(|id| sh.target(id)) else {
-                sh.drop_n(Drop::NoHealthyNode, 1);
-                continue;
-            };
-            let mac = t.mac.load(Ordering::Relaxed);
-            if mac == 0 {
-                sh.drop_n(Drop::UnresolvedMac, 1);
-                continue;
-            }
-            if frame::write_eth_header(b, Mac::from_u64(mac), my_mac).is_none() {
-                sh.drop_n(Drop::Malformed, 1);
-                continue;
-            }
-            if let Some(slot) = tx.get_mut(k) {
-                *slot = TxItem {
-                    buf: i,
-                    start: 0,
-                    len: frame::ETH_HEADER_LEN + len,
-                    dst: None,
-                };
-                k += 1;
-            }
-            t.count(Path::Ipip, len);
-        }
-        send(sh, out.as_fd(), &bufs, tx.get(..k).unwrap_or_default());
-    }
+        let (src, len) = b
+            .get(frame::ETH_HEADER_LEN..frame::ETH_HEADER_LEN + m.len)
+            .and_then(|p| frame::ipip_to_vip(p, *vip.ip()))
+            .ok_or(Drop::Malformed)?;
+        let t = table
+            .lookup_addr(src)
+            .and_then(|id| sh.target(id))
+            .ok_or(Drop::NoHealthyNode)?;
+        frame::write_eth_header(b, node_mac(t)?, my_mac).ok_or(Drop::Malformed)?;
+        t.count(Path::Ipip, len);
+        Ok(Out::frame(frame::ETH_HEADER_LEN + len))
+    };
+    forward_loop(sh, room, true, recv, each, out.as_fd());
 }
 
 /// The home-prefix gateway: correspondent frames to a home address, MACs
-/// rewritten to the node chosen by the destination (module docs).
+/// rewritten to the node chosen by the destination (module docs). Only the
+/// Master forwards; a Backup sees these frames only while the router's ARP
+/// entry for the VIP is stale.
 fn home_worker(sh: &Shared, rx: &OwnedFd, out: &OwnedFd, my_mac: Mac, prefixes: &[Prefix]) {
-    let mut bufs = vec![vec![0u8; frame::ETH_HEADER_LEN + MAX_DATAGRAM]; BATCH];
-    let mut metas = [RecvMeta::default(); BATCH];
-    let mut tx = [TxItem::default(); BATCH];
-    while !sh.stop.load(Ordering::Relaxed) {
-        let n = match sys::recv_frames(rx.as_fd(), &mut bufs, &mut metas) {
-            Ok(n) => n,
-            Err(_) => continue,
-        };
-        // Only the Master forwards; a Backup sees these frames only while
-        // the router's ARP entry for the VIP is stale.
-        if !sh.active.load(Ordering::Relaxed) {
-            sh.drop_n(Drop::NotActive, n as u64);
-            continue;
+    let room = frame::ETH_HEADER_LEN + MAX_DATAGRAM;
+    let recv = |b: &mut [Vec<u8>], m: &mut [RecvMeta]| sys::recv_frames(rx.as_fd(), b, m);
+    let each = |table: &MaglevTable, m: &RecvMeta, b: &mut Vec<u8>| {
+        if m.truncated {
+            return Err(Drop::TooBig);
         }
-        let table = sh.table();
-        let mut k = 0;
-        for (i, (m, b)) in metas.iter().zip(bufs.iter_mut()).take(n).enumerate() {
-            if m.truncated {
-                sh.drop_n(Drop::TooBig, 1);
-                continue;
-            }
-            let Some((dst, len)) = b
-                .get(..m.len)
-                .and_then(|f| frame::home_destination(f, prefixes))
-            else {
-                sh.drop_n(Drop::Malformed, 1);
-                continue;
-            };
-            let Some(t) = table.lookup_addr(dst).and_then(|id| sh.target(id)) else {
-                sh.drop_n(Drop::NoHealthyNode, 1);
-                continue;
-            };
-            let mac = t.mac.load(Ordering::Relaxed);
-            if mac == 0 {
-                sh.drop_n(Drop::UnresolvedMac, 1);
-                continue;
-            }
-            // A local sender's checksum offload (veth) leaves the L4
-            // checksum for the egress device; our frame goes out as bytes.
-            if m.csum_not_ready
-                && let Some(pkt) = b.get_mut(frame::ETH_HEADER_LEN..len)
-            {
-                frame::complete_l4_checksum(pkt);
-            }
-            if frame::rewrite_macs(b, Mac::from_u64(mac), my_mac).is_none() {
-                sh.drop_n(Drop::Malformed, 1);
-                continue;
-            }
-            if let Some(slot) = tx.get_mut(k) {
-                *slot = TxItem {
-                    buf: i,
-                    start: 0,
-                    len,
-                    dst: None,
-                };
-                k += 1;
-            }
-            t.count(Path::Home, len - frame::ETH_HEADER_LEN);
+        let (dst, len) = b
+            .get(..m.len)
+            .and_then(|f| frame::home_destination(f, prefixes))
+            .ok_or(Drop::Malformed)?;
+        let t = table
+            .lookup_addr(dst)
+            .and_then(|id| sh.target(id))
+            .ok_or(Drop::NoHealthyNode)?;
+        let mac = node_mac(t)?;
+        // A local sender's checksum offload (veth) leaves the L4 checksum
+        // for the egress device; our frame goes out as bytes.
+        if m.csum_not_ready
+            && let Some(pkt) = b.get_mut(frame::ETH_HEADER_LEN..len)
+        {
+            frame::complete_l4_checksum(pkt);
         }
-        send(sh, out.as_fd(), &bufs, tx.get(..k).unwrap_or_default());
-    }
+        frame::rewrite_macs(b, mac, my_mac).ok_or(Drop::Malformed)?;
+        t.count(Path::Home, len - frame::ETH_HEADER_LEN);
+        Ok(Out::frame(len))
+    };
+    forward_loop(sh, room, true, recv, each, out.as_fd());
 }
 
 /// The l2 forwarding loop (module docs).
 fn l2_worker(sh: &Shared, sock: &UdpSocket, out: &OwnedFd, my_mac: Mac, vip: SocketAddrV4) {
-    let mut bufs = vec![vec![0u8; frame::L2_PAYLOAD_OFFSET + MAX_DATAGRAM]; BATCH];
-    let mut metas = [RecvMeta::default(); BATCH];
-    let mut tx = [TxItem::default(); BATCH];
-    while !sh.stop.load(Ordering::Relaxed) {
-        let n = match sys::recv_batch(
-            sock.as_fd(),
-            &mut bufs,
-            frame::L2_PAYLOAD_OFFSET,
-            &mut metas,
-        ) {
-            Ok(n) => n,
-            Err(_) => continue,
-        };
-        if !sh.active.load(Ordering::Relaxed) {
-            sh.drop_n(Drop::NotActive, n as u64);
-            continue;
+    let room = frame::L2_PAYLOAD_OFFSET + MAX_DATAGRAM;
+    let recv = |b: &mut [Vec<u8>], m: &mut [RecvMeta]| {
+        sys::recv_batch(sock.as_fd(), b, frame::L2_PAYLOAD_OFFSET, m)
+    };
+    let each = |table: &MaglevTable, m: &RecvMeta, b: &mut Vec<u8>| {
+        if m.truncated {
+            return Err(Drop::Malformed);
         }
-        let table = sh.table();
-        let mut k = 0;
-        for (i, (m, b)) in metas.iter().zip(bufs.iter_mut()).take(n).enumerate() {
-            if m.truncated {
-                sh.drop_n(Drop::Malformed, 1);
-                continue;
-            }
-            let Some(t) = table
-                .lookup_flow(*m.src.ip(), m.src.port())
-                .and_then(|id| sh.target(id))
-            else {
-                sh.drop_n(Drop::NoHealthyNode, 1);
-                continue;
-            };
-            let mac = t.mac.load(Ordering::Relaxed);
-            if mac == 0 {
-                sh.drop_n(Drop::UnresolvedMac, 1);
-                continue;
-            }
-            let Some(len) = frame::write_l2_udp(b, Mac::from_u64(mac), my_mac, m.src, vip, m.len)
-            else {
-                sh.drop_n(Drop::Malformed, 1);
-                continue;
-            };
-            if let Some(slot) = tx.get_mut(k) {
-                *slot = TxItem {
-                    buf: i,
-                    start: 0,
-                    len,
-                    dst: None,
-                };
-                k += 1;
-            }
-            t.count(Path::Udp, m.len);
-        }
-        send(sh, out.as_fd(), &bufs, tx.get(..k).unwrap_or_default());
-    }
+        let t = table
+            .lookup_flow(*m.src.ip(), m.src.port())
+            .and_then(|id| sh.target(id))
+            .ok_or(Drop::NoHealthyNode)?;
+        let len = frame::write_l2_udp(b, node_mac(t)?, my_mac, m.src, vip, m.len)
+            .ok_or(Drop::Malformed)?;
+        t.count(Path::Udp, m.len);
+        Ok(Out::frame(len))
+    };
+    forward_loop(sh, room, true, recv, each, out.as_fd());
 }
 
 fn send(sh: &Shared, fd: std::os::fd::BorrowedFd<'_>, bufs: &[Vec<u8>], items: &[TxItem]) {
@@ -664,101 +637,63 @@ fn send(sh: &Shared, fd: std::os::fd::BorrowedFd<'_>, bufs: &[Vec<u8>], items: &
 
 /// The encap forwarding loop: header in front, UDP to the node.
 fn encap_worker(sh: &Shared, sock: &UdpSocket, encap: &UdpSocket, vip: SocketAddrV4) {
-    let mut bufs = vec![vec![0u8; dispatch::HEADER_LEN + MAX_DATAGRAM]; BATCH];
-    let mut metas = [RecvMeta::default(); BATCH];
-    let mut tx = [TxItem::default(); BATCH];
-    while !sh.stop.load(Ordering::Relaxed) {
-        let n = match sys::recv_batch(sock.as_fd(), &mut bufs, dispatch::HEADER_LEN, &mut metas) {
-            Ok(n) => n,
-            Err(_) => continue,
+    let room = dispatch::HEADER_LEN + MAX_DATAGRAM;
+    let recv = |b: &mut [Vec<u8>], m: &mut [RecvMeta]| {
+        sys::recv_batch(sock.as_fd(), b, dispatch::HEADER_LEN, m)
+    };
+    let each = |table: &MaglevTable, m: &RecvMeta, b: &mut Vec<u8>| {
+        if m.truncated {
+            return Err(Drop::Malformed);
+        }
+        let t = table
+            .lookup_flow(*m.src.ip(), m.src.port())
+            .and_then(|id| sh.target(id))
+            .ok_or(Drop::NoHealthyNode)?;
+        let hdr = DispatchRepr {
+            kind: Kind::ToNode,
+            src: m.src,
+            dst: vip,
         };
-        if !sh.active.load(Ordering::Relaxed) {
-            sh.drop_n(Drop::NotActive, n as u64);
-            continue;
-        }
-        let table = sh.table();
-        let mut k = 0;
-        for (i, (m, b)) in metas.iter().zip(bufs.iter_mut()).take(n).enumerate() {
-            if m.truncated {
-                sh.drop_n(Drop::Malformed, 1);
-                continue;
-            }
-            let Some(t) = table
-                .lookup_flow(*m.src.ip(), m.src.port())
-                .and_then(|id| sh.target(id))
-            else {
-                sh.drop_n(Drop::NoHealthyNode, 1);
-                continue;
-            };
-            let hdr = DispatchRepr {
-                kind: Kind::ToNode,
-                src: m.src,
-                dst: vip,
-            };
-            if hdr
-                .emit_header(&mut DispatchPacket::new_unchecked(&mut b[..]))
-                .is_err()
-            {
-                sh.drop_n(Drop::Malformed, 1);
-                continue;
-            }
-            if let Some(slot) = tx.get_mut(k) {
-                *slot = TxItem {
-                    buf: i,
-                    start: 0,
-                    len: dispatch::HEADER_LEN + m.len,
-                    dst: Some(t.encap),
-                };
-                k += 1;
-            }
-            t.count(Path::Udp, m.len);
-        }
-        send(sh, encap.as_fd(), &bufs, tx.get(..k).unwrap_or_default());
-    }
+        hdr.emit_header(&mut DispatchPacket::new_unchecked(&mut b[..]))
+            .map_err(|_| Drop::Malformed)?;
+        t.count(Path::Udp, m.len);
+        Ok(Out {
+            start: 0,
+            len: dispatch::HEADER_LEN + m.len,
+            dst: Some(t.encap),
+        })
+    };
+    forward_loop(sh, room, true, recv, each, encap.as_fd());
 }
 
-/// encap: node replies (`ToClient`) leave from VIP:434 to the mobile node.
+/// encap: node replies (`ToClient`) leave from VIP:434 to the mobile node,
+/// whichever dispatcher is Master (a node answers the one that forwarded).
 fn encap_return(sh: &Shared, encap: &UdpSocket, vip_sock: &UdpSocket, vip: SocketAddrV4) {
-    let mut bufs = vec![vec![0u8; dispatch::HEADER_LEN + MAX_DATAGRAM]; BATCH];
-    let mut metas = [RecvMeta::default(); BATCH];
-    let mut tx = [TxItem::default(); BATCH];
-    while !sh.stop.load(Ordering::Relaxed) {
-        let n = match sys::recv_batch(encap.as_fd(), &mut bufs, 0, &mut metas) {
-            Ok(n) => n,
-            Err(_) => continue,
-        };
-        let mut k = 0;
-        for (i, (m, b)) in metas.iter().zip(bufs.iter()).take(n).enumerate() {
-            // Only nodes may make the dispatcher send from the VIP: anything
-            // else would turn it into an open relay.
-            if !sh.targets.iter().any(|t| t.addr == *m.src.ip()) {
-                sh.drop_n(Drop::UnknownSource, 1);
-                continue;
-            }
-            let parsed = b
-                .get(..m.len)
-                .ok_or(haven_proto::Error::Truncated)
-                .and_then(DispatchPacket::new_checked)
-                .and_then(|p| DispatchRepr::parse(&p));
-            match parsed {
-                Ok(r) if !m.truncated && r.kind == Kind::ToClient && r.src == vip => {
-                    if let Some(slot) = tx.get_mut(k) {
-                        *slot = TxItem {
-                            buf: i,
-                            start: dispatch::HEADER_LEN,
-                            len: m.len - dispatch::HEADER_LEN,
-                            dst: Some(r.dst),
-                        };
-                        k += 1;
-                    }
-                }
-                _ => sh.drop_n(Drop::Malformed, 1),
-            }
+    let room = dispatch::HEADER_LEN + MAX_DATAGRAM;
+    let recv = |b: &mut [Vec<u8>], m: &mut [RecvMeta]| sys::recv_batch(encap.as_fd(), b, 0, m);
+    let each = |_: &MaglevTable, m: &RecvMeta, b: &mut Vec<u8>| {
+        // Only nodes may make the dispatcher send from the VIP: anything
+        // else would turn it into an open relay.
+        if !sh.targets.iter().any(|t| t.addr == *m.src.ip()) {
+            return Err(Drop::UnknownSource);
         }
-        let items = tx.get(..k).unwrap_or_default();
-        sh.replies.fetch_add(k as u64, Ordering::Relaxed);
-        send(sh, vip_sock.as_fd(), &bufs, items);
-    }
+        let r = b
+            .get(..m.len)
+            .ok_or(haven_proto::Error::Truncated)
+            .and_then(DispatchPacket::new_checked)
+            .and_then(|p| DispatchRepr::parse(&p))
+            .map_err(|_| Drop::Malformed)?;
+        if m.truncated || r.kind != Kind::ToClient || r.src != vip {
+            return Err(Drop::Malformed);
+        }
+        sh.replies.fetch_add(1, Ordering::Relaxed);
+        Ok(Out {
+            start: dispatch::HEADER_LEN,
+            len: m.len - dispatch::HEADER_LEN,
+            dst: Some(r.dst),
+        })
+    };
+    forward_loop(sh, room, false, recv, each, vip_sock.as_fd());
 }
 
 /// The control loop's state.
