@@ -18,7 +18,13 @@
 //!   root (a TUN device, a raw VRRP socket) are checked by the root test in
 //!   a network namespace;
 //! * every `haven_*` name those daemons export is in the metrics reference
-//!   of `docs/operations.md`.
+//!   of `docs/operations.md`;
+//! * every example configuration `ops/*.toml` passes its daemon's
+//!   `--check-config`, with the key files it names generated next to it
+//!   (and fails when one of them is readable by others); it uses only the
+//!   documentation and benchmarking address ranges; the per-deployment
+//!   examples write no key inline; and every key the examples show or the
+//!   configuration structs deserialize is in `docs/configuration.md`.
 //!
 //! `promtool` is Debian's `prometheus` package (`scripts/test.sh` installs
 //! it); without it these tests fail and say so.
@@ -937,4 +943,536 @@ fn name_extraction_and_exposition_parsing() {
     assert_eq!(l["haven_a"]["k"].len(), 2);
     assert!(l["haven_a"]["j"].contains("w"));
     assert!(!l.contains_key("haven_b"));
+}
+
+// ------------------------------------------- example configurations ----
+
+/// One line of an example TOML file as the checks below see it.
+#[derive(Debug, Clone, PartialEq)]
+enum TomlLine {
+    /// `[name]` or `[[name]]` (`commented`: written after a `#`).
+    Section { name: String, commented: bool },
+    /// `key = value` in `section` (the value with any trailing comment cut).
+    Key {
+        section: String,
+        key: String,
+        value: String,
+        commented: bool,
+    },
+}
+
+/// A TOML key: letters, digits, `_`, `-`.
+fn toml_ident(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+}
+
+/// The value of `key = value` up to a trailing comment, if it looks like a
+/// TOML value (a string, an array, a boolean or a number): prose such as
+/// `# Master_Down_Interval = 3 x interval` is not a commented-out key.
+fn toml_value(v: &str) -> Option<String> {
+    let v = v.trim();
+    if let Some(rest) = v.strip_prefix('"') {
+        let end = rest.find('"')?;
+        let after = rest[end + 1..].trim();
+        return (after.is_empty() || after.starts_with('#')).then(|| v[..end + 2].to_owned());
+    }
+    if v.starts_with('[') {
+        let end = v.rfind(']')?;
+        let after = v[end + 1..].trim();
+        return (after.is_empty() || after.starts_with('#')).then(|| v[..=end].to_owned());
+    }
+    let token = v.split_whitespace().next()?;
+    let after = v[token.len()..].trim();
+    let scalar = token == "true" || token == "false" || token.parse::<f64>().is_ok();
+    (scalar && (after.is_empty() || after.starts_with('#'))).then(|| token.to_owned())
+}
+
+/// Sections and keys of an example file, commented-out ones included (the
+/// examples show optional settings as `# key = value`).
+fn toml_lines(text: &str) -> Vec<TomlLine> {
+    let mut out = Vec::new();
+    let mut section = String::new();
+    for raw in text.lines() {
+        let mut line = raw.trim();
+        let mut commented = false;
+        while let Some(rest) = line.strip_prefix('#') {
+            commented = true;
+            line = rest.trim();
+        }
+        let header = line
+            .split('#')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        if line.starts_with('[')
+            && !header.is_empty()
+            && header.split('.').all(toml_ident)
+            && line.split('#').next().unwrap_or("").trim().ends_with(']')
+        {
+            section = header.to_owned();
+            out.push(TomlLine::Section {
+                name: section.clone(),
+                commented,
+            });
+            continue;
+        }
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
+        let key = k.trim();
+        if !toml_ident(key) {
+            continue;
+        }
+        if let Some(value) = toml_value(v) {
+            out.push(TomlLine::Key {
+                section: section.clone(),
+                key: key.to_owned(),
+                value,
+                commented,
+            });
+        }
+    }
+    out
+}
+
+/// The top-level `ops/*.toml` files: the daemons' example configurations.
+fn example_configs() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join("ops"))
+        .expect("read ops/")
+        .map(|e| e.expect("ops/ entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Hex of `n` random octets (the test's own throw-away keys).
+fn random_hex(n: usize) -> String {
+    use std::io::Read as _;
+    let mut b = vec![0u8; n];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .expect("/dev/urandom");
+    hex::encode(b)
+}
+
+/// The first usable address of `prefix` ("a.b.c.d/len") plus `offset`.
+fn host_in(prefix: &str, offset: u32) -> Ipv4Addr {
+    let (a, _) = prefix.split_once('/').expect("a prefix");
+    let a: Ipv4Addr = a.parse().expect("a prefix address");
+    Ipv4Addr::from(u32::from(a) + offset)
+}
+
+/// Writes, next to a copy of an example in `dir`, every secret file it
+/// names (uncommented `keys_file`, `key_file`, `token_file`,
+/// `read_token_file`, and the `ca`/`cert`/`key` of a `.tls` section), with
+/// keys made now, mode 0600. Returns the files written, and whether each
+/// is secret (a CA or a certificate is not: no mode is required of it).
+fn write_secret_files(example: &Path, lines: &[TomlLine], dir: &Path) -> Vec<(PathBuf, bool)> {
+    let mut written = Vec::new();
+    // A realm's keys file holds SAs its validation accepts: an NAI for a
+    // pool realm, a fixed home address inside the prefix otherwise.
+    let mut realm: BTreeMap<String, String> = BTreeMap::new();
+    let mut write = |rel: &str, content: String, secret: bool| {
+        assert!(
+            Path::new(rel).is_relative(),
+            "{}: {rel} must be relative to the config file, so the example checks anywhere",
+            example.display()
+        );
+        let p = dir.join(rel);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&p, content).expect("write secret file");
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        written.push((p, secret));
+    };
+    for l in lines {
+        match l {
+            TomlLine::Section {
+                name,
+                commented: false,
+            } if name == "realm" => realm.clear(),
+            TomlLine::Key {
+                section,
+                key,
+                value,
+                commented: false,
+            } => {
+                let rel = value.trim_matches('"');
+                if section == "realm" {
+                    realm.insert(key.clone(), rel.to_owned());
+                }
+                match (section.as_str(), key.as_str()) {
+                    ("realm", "keys_file") => {
+                        let who = if realm.contains_key("pool") {
+                            "nai = \"check-config@example.net\"".to_owned()
+                        } else {
+                            let prefix = realm.get("home_prefix").expect("home_prefix first");
+                            format!("home_address = \"{}\"", host_in(prefix, 10))
+                        };
+                        write(
+                            rel,
+                            format!(
+                                "[[sa]]\n{who}\nspi = 256\nalgorithm = \"hmac-md5\"\nkey_hex = \"{}\"\n",
+                                random_hex(16)
+                            ),
+                            true,
+                        );
+                    }
+                    (_, "key_file" | "token_file" | "read_token_file") => {
+                        write(rel, format!("{}\n", random_hex(32)), true);
+                    }
+                    // `--check-config` reads the PEM files (and checks the
+                    // key's mode) but leaves parsing them to the TLS stack
+                    // at start; ha-node/tests/security.rs runs real ones.
+                    (s, k @ ("ca" | "cert" | "key")) if s.ends_with(".tls") => {
+                        write(
+                            rel,
+                            format!(
+                                "-----BEGIN TEST PLACEHOLDER-----\n{}\n-----END TEST PLACEHOLDER-----\n",
+                                random_hex(24)
+                            ),
+                            k == "key",
+                        );
+                    }
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+    written
+}
+
+/// `--check-config` of `bin` on `config`.
+fn check_config(package: &str, bin: &str, config: &Path) -> Output {
+    let exe = workspace_binary(package, bin).expect("build the daemon");
+    Command::new(exe)
+        .arg("--config")
+        .arg(config)
+        .arg("--check-config")
+        .output()
+        .expect("run --check-config")
+}
+
+/// Every example configuration in `ops/` passes its daemon's
+/// `--check-config` (exit 0) as shipped, with the secret files it names
+/// made by the test next to it; the per-deployment examples are what their
+/// names say (replication mode, l2 dispatch); and a secret file others can
+/// read makes the check fail (exit 64), so the files named are really read.
+#[test]
+fn every_example_config_passes_check_config() {
+    let files = example_configs();
+    let names: Vec<String> = files
+        .iter()
+        .map(|p| p.file_name().expect("name").to_string_lossy().into_owned())
+        .collect();
+    for want in [
+        "dispatcher.example.toml",
+        "ha-node.example.toml",
+        "ha-node.inner.example.toml",
+        "ha-node.outer.example.toml",
+        "ha-node.pair.example.toml",
+    ] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "ops/{want} missing: {names:?}"
+        );
+    }
+    for (path, name) in files.iter().zip(&names) {
+        let (package, bin) = if name.starts_with("ha-node") {
+            ("haven-ha-node", "ha-node")
+        } else if name.starts_with("dispatcher") {
+            ("haven-dispatcher", "dispatcher")
+        } else {
+            panic!("ops/{name}: not a ha-node or dispatcher configuration");
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let copy = dir.path().join(name);
+        std::fs::copy(path, &copy).expect("copy the example");
+        let lines = toml_lines(&read(path));
+        let secrets = write_secret_files(path, &lines, dir.path());
+        let out = check_config(package, bin, &copy);
+        let t = text(&out);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "ops/{name} --check-config:\n{t}"
+        );
+        assert!(t.contains(": ok"), "ops/{name}: {t}");
+        let replication = match name.as_str() {
+            "ha-node.example.toml" => Some("replication: local"),
+            "ha-node.inner.example.toml" | "ha-node.outer.example.toml" => {
+                Some("replication: raft, dispatch L2 to ")
+            }
+            "ha-node.pair.example.toml" => Some("replication: pair, dispatch L2 to "),
+            _ => None,
+        };
+        if let Some(r) = replication {
+            assert!(t.contains(r), "ops/{name}: want {r:?} in\n{t}");
+        }
+        if name.contains(".inner.") || name.contains(".outer.") || name.contains(".pair.") {
+            assert!(
+                secrets.len() >= 2,
+                "ops/{name}: a deployment example keeps its keys in files: {secrets:?}"
+            );
+        }
+        // Control: each secret file readable by others must be refused.
+        for (first, _) in secrets.iter().filter(|(_, secret)| *secret) {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(first, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+            let out = check_config(package, bin, &copy);
+            let t = text(&out);
+            assert_eq!(
+                out.status.code(),
+                Some(64),
+                "ops/{name} with {} mode 0644 must be refused:\n{t}",
+                first.display()
+            );
+            assert!(t.contains("0644"), "ops/{name}: {t}");
+            std::fs::set_permissions(first, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        }
+    }
+}
+
+/// Whether `a` may appear in the tree (rule: documentation and benchmarking
+/// ranges, loopback, the wildcard, and the VRRP group 224.0.0.18).
+fn allowed_address(a: Ipv4Addr) -> bool {
+    let o = a.octets();
+    a.is_loopback()
+        || a.is_unspecified()
+        || a == Ipv4Addr::new(224, 0, 0, 18)
+        || matches!(o, [192, 0, 2, _] | [198, 51, 100, _] | [203, 0, 113, _])
+        || (o[0] == 198 && (o[1] == 18 || o[1] == 19))
+}
+
+/// Every dotted-quad IPv4 address in `text`.
+fn ipv4_literals(text: &str) -> Vec<Ipv4Addr> {
+    let b = text.as_bytes();
+    let part = |c: u8| c.is_ascii_digit() || c == b'.';
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if !b[i].is_ascii_digit() || (i > 0 && (part(b[i - 1]) || b[i - 1].is_ascii_alphabetic())) {
+            i += 1;
+            continue;
+        }
+        let mut end = i;
+        while end < b.len() && part(b[end]) {
+            end += 1;
+        }
+        let s = text[i..end].trim_end_matches('.');
+        if s.split('.').count() == 4 {
+            if let Ok(a) = s.parse::<Ipv4Addr>() {
+                out.push(a);
+            }
+        }
+        i = end;
+    }
+    out
+}
+
+/// The example configurations use only the documentation and benchmarking
+/// ranges, and the per-deployment ones write no key: every key is a file
+/// reference.
+#[test]
+fn example_configs_hold_no_keys_and_only_documentation_addresses() {
+    assert_eq!(
+        ipv4_literals("a 192.0.2.1:434, 10.0.0.1/8 v1.2.3 1.2.3.4.5 x198.18.0.1 203.0.113.9."),
+        [
+            Ipv4Addr::new(192, 0, 2, 1),
+            Ipv4Addr::new(10, 0, 0, 1),
+            Ipv4Addr::new(203, 0, 113, 9)
+        ]
+    );
+    assert!(!allowed_address(Ipv4Addr::new(10, 0, 0, 1)));
+    assert!(!allowed_address(Ipv4Addr::new(198, 20, 0, 1)));
+    for path in example_configs() {
+        let name = path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        let text = read(&path);
+        let addrs = ipv4_literals(&text);
+        assert!(addrs.len() >= 3, "ops/{name}: {addrs:?}");
+        let bad: Vec<_> = addrs.iter().filter(|a| !allowed_address(**a)).collect();
+        assert!(
+            bad.is_empty(),
+            "ops/{name} uses addresses outside the allowed ranges: {bad:?}"
+        );
+        if !(name.contains(".inner.") || name.contains(".outer.") || name.contains(".pair.")) {
+            continue;
+        }
+        for l in toml_lines(&text) {
+            if let TomlLine::Key {
+                section,
+                key,
+                commented: false,
+                ..
+            } = l
+            {
+                assert!(
+                    key != "key_hex",
+                    "ops/{name}: [{section}] {key} written inline; use a file"
+                );
+            }
+        }
+    }
+}
+
+/// Every section and key the example files show, and every field of the
+/// configuration structs the daemons deserialize, is named in
+/// docs/configuration.md.
+#[test]
+fn configuration_reference_names_every_key() {
+    let doc = read(&repo().join("docs/configuration.md"));
+    let named = |s: &str| doc.contains(&format!("`{s}`"));
+    let mut missing = BTreeSet::new();
+    for path in example_configs() {
+        let name = path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        let lines = toml_lines(&read(&path));
+        assert!(lines.len() >= 10, "ops/{name}: {lines:?}");
+        for l in lines {
+            match l {
+                TomlLine::Section { name: s, .. } => {
+                    if !(named(&format!("[{s}]")) || named(&format!("[[{s}]]"))) {
+                        missing.insert(format!("ops/{name}: section [{s}]"));
+                    }
+                }
+                TomlLine::Key { section, key, .. } => {
+                    if !named(&key) {
+                        missing.insert(format!("ops/{name}: [{section}] {key}"));
+                    }
+                }
+            }
+        }
+    }
+    let sources = [
+        "ha-node/src/config.rs",
+        "ha-node/src/advertise.rs",
+        "ha-node/src/dataplane/mod.rs",
+        "dispatcher/src/config.rs",
+    ];
+    let mut fields = 0;
+    for src in sources {
+        for f in deserialized_fields(&read(&repo().join(src))) {
+            fields += 1;
+            // A table field is named by its section: `[[realm.sa]]`.
+            if !(named(&f) || doc.contains(&format!(".{f}]")) || doc.contains(&format!("[{f}]"))) {
+                missing.insert(format!("{src}: field {f}"));
+            }
+        }
+    }
+    assert!(fields >= 80, "found only {fields} configuration fields");
+    assert!(
+        missing.is_empty(),
+        "not in docs/configuration.md: {missing:#?}"
+    );
+}
+
+/// The TOML names of the fields of every `pub struct` deriving
+/// `Deserialize` in `src` (not `#[serde(skip)]`; `rename` honoured; structs
+/// deserialized through `try_from` a string have no fields of their own).
+fn deserialized_fields(src: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut derive = false;
+    let mut via_string = false;
+    let mut in_struct = false;
+    let mut skip = false;
+    let mut rename: Option<String> = None;
+    for line in src.lines().map(str::trim) {
+        if line.starts_with("#[derive(") {
+            derive = line.contains("Deserialize");
+            via_string = false;
+            continue;
+        }
+        if line.starts_with("#[serde(") {
+            if !in_struct {
+                via_string |= line.contains("try_from");
+                continue;
+            }
+            skip |= line.contains("skip");
+            if let Some(r) = line.split("rename = \"").nth(1) {
+                rename = r.split('"').next().map(str::to_owned);
+            }
+            continue;
+        }
+        if line.starts_with("pub struct ") && line.ends_with('{') {
+            in_struct = derive && !via_string;
+            derive = false;
+            continue;
+        }
+        // Any other item ends the attributes seen so far.
+        if [
+            "pub enum ",
+            "enum ",
+            "struct ",
+            "pub struct ",
+            "impl",
+            "fn ",
+            "pub fn ",
+        ]
+        .iter()
+        .any(|p| line.starts_with(p))
+        {
+            derive = false;
+            via_string = false;
+        }
+        if in_struct && line == "}" {
+            in_struct = false;
+            continue;
+        }
+        if in_struct {
+            if let Some(rest) = line.strip_prefix("pub ") {
+                if let Some((name, _)) = rest.split_once(':') {
+                    if !skip && toml_ident(name) {
+                        out.push(rename.take().unwrap_or_else(|| name.to_owned()));
+                    }
+                    skip = false;
+                    rename = None;
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn example_file_scanner_reads_sections_keys_and_struct_fields() {
+    let l = toml_lines(
+        "[a]\nx = 1 # c\n# y = \"v\"\n# Master_Down_Interval = 3 x interval\n\
+         # # z = [\"q\"]\n# [a.tls]\n# ca = \"f\"\n# [\"198.19.0.0/16\"] for\n[[b]]\nw = true\n",
+    );
+    let keys: Vec<String> = l
+        .iter()
+        .filter_map(|t| match t {
+            TomlLine::Key {
+                section,
+                key,
+                commented,
+                ..
+            } => Some(format!(
+                "{section}.{key}{}",
+                if *commented { "#" } else { "" }
+            )),
+            TomlLine::Section { .. } => None,
+        })
+        .collect();
+    assert_eq!(keys, ["a.x", "a.y#", "a.z#", "a.tls.ca#", "b.w"]);
+    let f = deserialized_fields(
+        "#[derive(Debug, Deserialize)]\n#[serde(default)]\npub struct A {\n    /// d\n    pub a: u8,\n\
+         #[serde(skip)]\n    pub b: u8,\n    #[serde(default, rename = \"node\")]\n    pub nodes: u8,\n}\n\
+         #[derive(Deserialize)]\n#[serde(try_from = \"String\")]\npub struct P {\n    pub addr: u8,\n}\n\
+         #[derive(Debug)]\npub struct Q {\n    pub q: u8,\n}\n",
+    );
+    assert_eq!(f, ["a", "node"]);
 }
