@@ -196,8 +196,12 @@ pub struct PairSection {
     /// default; Master_Down_Interval ≈ 3.6 s) [RFC 5798 § 5.2.7].
     pub advert_interval_cs: u16,
     /// HMAC-SHA256 key shared by both nodes, hex, at least 16 octets.
-    /// Required.
+    /// Required, here or as `key_file`.
     pub key_hex: Key,
+    /// The same key in a file (relative to the configuration file's
+    /// directory; mode 0600; hex, whitespace trimmed, or else raw octets), so
+    /// that the configuration itself holds no secret. Not with `key_hex`.
+    pub key_file: Option<PathBuf>,
     /// Re-send unacknowledged forwards after this many ms (20).
     pub forward_retransmit_ms: u32,
     /// Go on alone (degraded) after a forward stayed unacknowledged this
@@ -217,6 +221,7 @@ impl Default for PairSection {
             priority: 100,
             advert_interval_cs: 100,
             key_hex: Key::default(),
+            key_file: None,
             forward_retransmit_ms: 20,
             forward_timeout_ms: 0,
             max_datagram: 1400,
@@ -673,6 +678,11 @@ struct KeysFile {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
+    /// `[cluster.pair]` has both `key_hex` and `key_file`.
+    #[error(
+        "[cluster.pair] sets both key_hex and key_file; keep one (key_file keeps the secret out of the configuration)"
+    )]
+    PairKeyTwice,
     /// A `[dataplane]` setting the kernel or the tunnels would refuse.
     #[error(transparent)]
     Dataplane(#[from] crate::dataplane::DataplaneConfigError),
@@ -980,6 +990,15 @@ impl Config {
         }
         if let Some(d) = &mut cfg.dispatch {
             d.load_key(base)?;
+        }
+        if let Some(f) = &cfg.cluster.pair.key_file {
+            if !cfg.cluster.pair.key_hex.as_bytes().is_empty() {
+                return Err(ConfigError::PairKeyTwice);
+            }
+            let path = base.join(f);
+            check_private(&path)?;
+            let raw = read_bytes(&path)?;
+            cfg.cluster.pair.key_hex = Key::new(hex::decode(raw.trim_ascii()).unwrap_or(raw));
         }
         for realm in &mut cfg.realm {
             if let Some(kf) = &realm.keys_file {
@@ -1982,6 +2001,39 @@ mod tests {
             "{e}"
         );
         assert!(!e.to_string().contains("s3cret"));
+    }
+
+    #[test]
+    fn pair_key_from_a_private_file() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("pair.key");
+        std::fs::write(&key, format!("{KEY}\n")).expect("write");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let node = |extra: &str| {
+            let cfg = dir.path().join("node.toml");
+            std::fs::write(
+                &cfg,
+                format!(
+                    "[cluster]\nmode = \"pair\"\nlisten = \"198.18.0.11:4343\"\n\
+                     [cluster.pair]\npeer = \"198.18.0.12:4343\"\nkey_file = \"pair.key\"\n{extra}\
+                     [[realm]]\nname = \"a\"\nvip = \"192.0.2.1\"\nhome_prefix = \"198.51.100.0/24\"\n"
+                ),
+            )
+            .expect("write");
+            Config::load(&cfg)
+        };
+        let c = node("").expect("loads");
+        assert_eq!(c.cluster.pair.key_hex.as_bytes(), hex::decode(KEY).unwrap());
+        assert!(matches!(
+            node(&format!("key_hex = \"{KEY}\"\n")),
+            Err(ConfigError::PairKeyTwice)
+        ));
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        assert!(matches!(
+            node(""),
+            Err(ConfigError::KeysFileMode { mode: 0o640, .. })
+        ));
     }
 
     #[test]
