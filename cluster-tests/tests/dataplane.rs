@@ -26,24 +26,23 @@
 //! the namespaces; everything waits on conditions with bounds.
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use haven_cluster_tests::datapath::{
-    inner_udp, raw_ipip, raw_send, record_tunnel_data, tunnel_data, udp_in,
+    self, flow, inner_udp, raw_ipip, raw_recv, raw_send, spawn_dataplane_node, stream, tunnel_data,
+    tunnel_reader, udp_in,
 };
 use haven_cluster_tests::fleet::{NodeSpec, RealmSpec};
-use haven_cluster_tests::mn::{Event, MnConfig, MobileNode};
+use haven_cluster_tests::mn::{MnConfig, MobileNode};
 use haven_cluster_tests::mnsim::{DATA_SRC_PORT, DataSink, data_payload, unix_now};
-use haven_cluster_tests::supervisor::{
-    Process, Spec, await_metric, metric, scrape, wait_for, workspace_binary,
-};
+use haven_cluster_tests::supervisor::{Process, await_metric, metric, scrape, wait_for};
 use haven_cluster_tests::topo::{self, Lab, in_netns, leftovers, racks};
 use haven_proto::ip::{self, Ipv4Packet, UdpPacket};
-use haven_proto::udptun::{self, Kind, TunnelDataPacket, TunnelDataRepr};
+use haven_proto::udptun::{self, TunnelDataPacket, TunnelDataRepr};
 
 const KEY: &[u8] = b"dataplane-test-key";
 const SPI: u32 = 1000;
@@ -106,29 +105,9 @@ fn rig() -> Rig {
         .with_home_address_sas(HOME_BASE, 8, SPI, KEY),
     );
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("node-1.toml");
-    let toml = format!("{}\n[dataplane]\nenabled = true\n", spec.toml());
-    std::fs::write(&config, toml).unwrap();
-    let bin = workspace_binary("haven-ha-node", "ha-node").expect("ha-node binary");
-    let node = Process::spawn(
-        "ha-node-1",
-        Spec::new(bin)
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "info"),
-        Some(&node_ns),
-    )
-    .expect("start ha-node");
+    let node = spawn_dataplane_node(&spec, dir.path(), &node_ns, "info").expect("start ha-node");
     let url = spec.metrics_url();
-    await_metric(
-        &url,
-        Some(&node_ns),
-        "haven_build_info",
-        &[],
-        |v| v == 1.0,
-        Duration::from_secs(20),
-    )
-    .expect("ha-node up");
+    datapath::await_ready(&spec, &node_ns).expect("ha-node up");
     Rig {
         node,
         lab,
@@ -163,94 +142,27 @@ impl Rig {
 }
 
 /// Registers `core` over `sock` (registration replies to the core; tunnel
-/// data seen meanwhile to `sink`). Returns the accepted home address.
+/// data seen meanwhile to `sink`, when given). Returns the accepted home
+/// address.
 fn register(
     core: &mut MobileNode,
     sock: &UdpSocket,
-    sink: &Mutex<DataSink>,
+    sink: Option<&Mutex<DataSink>>,
 ) -> Result<Ipv4Addr, String> {
-    let start = Instant::now();
-    core.register(unix_now());
-    let mut buf = vec![0u8; 65_536];
-    while start.elapsed() < BOUND {
-        while let Some((dst, bytes)) = core.poll_transmit() {
-            sock.send_to(&bytes, dst).map_err(|e| e.to_string())?;
-        }
-        while let Some(ev) = core.poll_event() {
-            match ev {
-                Event::Accepted { home_address, .. } => return Ok(home_address),
-                Event::Denied { code } => return Err(format!("denied: {code:?}")),
-                Event::GaveUp => return Err("gave up".into()),
-                _ => {}
-            }
-        }
-        match sock.recv_from(&mut buf) {
-            Ok((n, SocketAddr::V4(from))) => {
-                let d = &buf[..n];
-                match udptun::classify(d) {
-                    Kind::RegistrationReply => {
-                        let _ = core.handle(unix_now(), from, d);
-                    }
-                    Kind::TunnelData => record_tunnel_data(sink, d),
-                    _ => {}
-                }
-            }
-            Ok(_) => {}
-            Err(_) => core.handle_timeout(unix_now()),
-        }
-    }
-    Err("no reply within the bound".into())
+    datapath::register(core, sock, sink, BOUND)
 }
 
-/// Reads tunnel data from `sock` into `sink` until `stop`.
-fn reader(
-    sock: UdpSocket,
-    sink: Arc<Mutex<DataSink>>,
-    stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut buf = vec![0u8; 65_536];
-        while !stop.load(Ordering::Relaxed) {
-            if let Ok((n, _)) = sock.recv_from(&mut buf)
-                && udptun::classify(&buf[..n]) == Kind::TunnelData
-            {
-                record_tunnel_data(&sink, &buf[..n]);
-            }
-        }
-    })
-}
-
-/// Sends `data_payload(flow, seq..)` to `dst` from `sock` at `pps` until
-/// `stop`.
-fn stream(
+/// `data_payload(flow, seq..)` to `dst` from `sock` at `pps` until `stop`.
+fn data_stream(
     sock: UdpSocket,
     dst: SocketAddrV4,
     flow: u32,
     pps: u32,
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<u64> {
-    std::thread::spawn(move || {
-        let period = Duration::from_secs(1) / pps;
-        let mut seq = 0u64;
-        let mut next = Instant::now();
-        while !stop.load(Ordering::Relaxed) {
-            let _ = sock.send_to(&data_payload(flow, seq, unix_now(), 64), dst);
-            seq += 1;
-            next += period;
-            if let Some(w) = next.checked_duration_since(Instant::now()) {
-                std::thread::sleep(w);
-            }
-        }
-        seq
+    stream(sock, dst, pps, stop, move |seq| {
+        data_payload(flow, seq, unix_now(), 64)
     })
-}
-
-fn flow(sink: &Mutex<DataSink>, id: u32) -> Option<haven_cluster_tests::mnsim::FlowStats> {
-    sink.lock()
-        .unwrap()
-        .flows()
-        .into_iter()
-        .find(|f| f.mn == id)
 }
 
 #[test]
@@ -272,13 +184,13 @@ fn udp_tunnel_both_ways_spoofing_and_a_move() {
     cfg.udp_tunnel = true;
     cfg.reverse_tunnel = true;
     let mut core = MobileNode::new(cfg);
-    assert_eq!(register(&mut core, &sock, &at_mn), Ok(HOA_UDP));
+    assert_eq!(register(&mut core, &sock, Some(&at_mn)), Ok(HOA_UDP));
 
     let stop = Arc::new(AtomicBool::new(false));
-    let read1 = reader(sock.try_clone().unwrap(), at_mn.clone(), stop.clone());
+    let read1 = tunnel_reader(sock.try_clone().unwrap(), at_mn.clone(), stop.clone());
     // cn → HoA, 200 packets per second.
     let cn_sock = udp_in(&cn_ns, SocketAddrV4::new(racks::plan::CN, 0));
-    let fwd = stream(
+    let fwd = data_stream(
         cn_sock,
         SocketAddrV4::new(HOA_UDP, MN_PORT),
         1,
@@ -324,8 +236,8 @@ fn udp_tunnel_both_ways_spoofing_and_a_move() {
 
     // (e) The MN moves: a new socket, so a new NAT mapping; the same CoA.
     let sock2 = udp_in(&mn_ns, SocketAddrV4::new(racks::plan::MN, 0));
-    assert_eq!(register(&mut core, &sock2, &at_mn), Ok(HOA_UDP));
-    let read2 = reader(sock2.try_clone().unwrap(), at_mn.clone(), stop.clone());
+    assert_eq!(register(&mut core, &sock2, Some(&at_mn)), Ok(HOA_UDP));
+    let read2 = tunnel_reader(sock2.try_clone().unwrap(), at_mn.clone(), stop.clone());
     let before = flow(&at_mn, 1).unwrap().received;
     wait_for("the stream follows the move", BOUND, || {
         flow(&at_mn, 1).is_some_and(|f| f.received >= before + 100)
@@ -647,13 +559,6 @@ fn ping_both_ways(rig: &Rig, sock: &UdpSocket) {
     .expect("echo packets counted");
 }
 
-fn raw_recv(fd: &OwnedFd, buf: &mut [u8]) -> Option<usize> {
-    // SAFETY: `buf` is a live, exclusively borrowed buffer of `buf.len()`
-    // writable bytes.
-    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-    usize::try_from(n).ok()
-}
-
 /// Per (outer destination, flow): packets received on `mn2`'s raw socket.
 type Copies = Arc<Mutex<std::collections::HashMap<(Ipv4Addr, u32), DataSink>>>;
 
@@ -706,7 +611,6 @@ fn ip_in_ip_and_simultaneous_bindings() {
     let cn_sink = in_netns(&cn_ns, || DataSink::spawn(cn))
         .expect("cn namespace")
         .expect("cn sink");
-    let unused = Mutex::new(DataSink::new());
 
     // (b) A mobile node on a plain link: its source is its care-of address,
     // so the binding is IP in IP.
@@ -714,7 +618,7 @@ fn ip_in_ip_and_simultaneous_bindings() {
     let mut cfg = MnConfig::new(HOA_IPIP, racks::plan::VIP, MN2, SPI, KEY);
     cfg.reverse_tunnel = true;
     let mut core = MobileNode::new(cfg);
-    assert_eq!(register(&mut core, &sock, &unused), Ok(HOA_IPIP));
+    assert_eq!(register(&mut core, &sock, None), Ok(HOA_IPIP));
 
     // (d) Another with two simultaneous care-of addresses (S bit).
     let sock_a = udp_in(&mn2_ns, SocketAddrV4::new(MN2, 0));
@@ -725,8 +629,8 @@ fn ip_in_ip_and_simultaneous_bindings() {
         MobileNode::new(c)
     };
     let (mut core_a, mut core_b) = (two(MN2), two(MN2_B));
-    assert_eq!(register(&mut core_a, &sock_a, &unused), Ok(HOA_TWO));
-    assert_eq!(register(&mut core_b, &sock_b, &unused), Ok(HOA_TWO));
+    assert_eq!(register(&mut core_a, &sock_a, None), Ok(HOA_TWO));
+    assert_eq!(register(&mut core_b, &sock_b, None), Ok(HOA_TWO));
 
     let raw = in_netns(&mn2_ns, raw_ipip)
         .expect("mn2 namespace")
@@ -735,14 +639,14 @@ fn ip_in_ip_and_simultaneous_bindings() {
     let copies: Copies = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let reader = ipip_reader(raw, copies.clone(), stop.clone());
-    let s1 = stream(
+    let s1 = data_stream(
         udp_in(&cn_ns, SocketAddrV4::new(racks::plan::CN, 0)),
         SocketAddrV4::new(HOA_IPIP, MN_PORT),
         10,
         200,
         stop.clone(),
     );
-    let s2 = stream(
+    let s2 = data_stream(
         udp_in(&cn_ns, SocketAddrV4::new(racks::plan::CN, 0)),
         SocketAddrV4::new(HOA_TWO, MN_PORT),
         11,
@@ -923,17 +827,16 @@ fn oversize_packets_fragmented_without_df_refused_with_df() {
     }
     let rig = rig();
     let (mn_ns, mn2_ns, cn_ns) = (rig.ns("mn"), rig.ns("mn2"), rig.ns("cn"));
-    let unused = Mutex::new(DataSink::new());
 
     // The UDP-tunnelling MN behind the NAT and the IP-in-IP one on mn2.
     let sock = udp_in(&mn_ns, SocketAddrV4::new(racks::plan::MN, 0));
     let mut cfg = MnConfig::new(HOA_UDP, racks::plan::VIP, racks::plan::MN, SPI, KEY);
     cfg.udp_tunnel = true;
     let mut core = MobileNode::new(cfg);
-    assert_eq!(register(&mut core, &sock, &unused), Ok(HOA_UDP));
+    assert_eq!(register(&mut core, &sock, None), Ok(HOA_UDP));
     let sock2 = udp_in(&mn2_ns, SocketAddrV4::new(MN2, 0));
     let mut core2 = MobileNode::new(MnConfig::new(HOA_IPIP, racks::plan::VIP, MN2, SPI, KEY));
-    assert_eq!(register(&mut core2, &sock2, &unused), Ok(HOA_IPIP));
+    assert_eq!(register(&mut core2, &sock2, None), Ok(HOA_IPIP));
     let raw = in_netns(&mn2_ns, raw_ipip)
         .expect("mn2 namespace")
         .expect("raw socket");

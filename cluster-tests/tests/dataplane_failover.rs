@@ -30,24 +30,24 @@
 //!   interface the dispatcher exits 69 naming the sysctl to set.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use haven_cluster_tests::datapath::{
-    inner_udp, raw_ipip, raw_send, record_tunnel_data, tunnel_data, udp_in,
+    self, flow, inner_udp, raw_ipip, raw_recv, raw_send, received, spawn_dataplane_node, stream,
+    tunnel_data, tunnel_reader, udp_in,
 };
 use haven_cluster_tests::fleet::{ClusterSpec, DispatchSpec, NodeSpec, RealmSpec};
-use haven_cluster_tests::mn::{Event, MnConfig, MobileNode};
-use haven_cluster_tests::mnsim::{DATA_SRC_PORT, DataSink, FlowStats, data_payload, unix_now};
+use haven_cluster_tests::mn::{MnConfig, MobileNode};
+use haven_cluster_tests::mnsim::{DATA_SRC_PORT, DataSink, data_payload, unix_now};
 use haven_cluster_tests::supervisor::{
     Process, Spec, await_metric, metric, scrape, wait_for, workspace_binary,
 };
 use haven_cluster_tests::topo::{self, Lab, Topology, in_netns, leftovers, racks};
 use haven_proto::ip::{self, Ipv4Packet};
-use haven_proto::udptun::{self, Kind};
 
 const VIP: Ipv4Addr = racks::plan::VIP;
 const HA: SocketAddrV4 = SocketAddrV4::new(VIP, 434);
@@ -167,7 +167,6 @@ fn rig() -> Rig {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let ha_node = workspace_binary("haven-ha-node", "ha-node").expect("ha-node binary");
     let raft = |i: u8| SocketAddr::from((racks::node_addr(i), 7400));
     let peers: Vec<(u64, SocketAddr)> = (1..=3u8).map(|i| (u64::from(i), raft(i))).collect();
     let mut nodes = Vec::new();
@@ -191,32 +190,14 @@ fn rig() -> Rig {
             100,
         ))
         .cluster(ClusterSpec::raft("dp", raft(i), &data, peers.clone()));
-        let config = dir.path().join(format!("node-{i}.toml"));
-        let toml = format!("{}\n[dataplane]\nenabled = true\n", spec.toml());
-        std::fs::write(&config, toml).unwrap();
-        let p = Process::spawn(
-            &format!("ha-node-{i}"),
-            Spec::new(&ha_node)
-                .arg("--config")
-                .arg(&config)
-                .env("RUST_LOG", "info,raft=warn"),
-            Some(&ns),
-        )
-        .expect("start ha-node");
+        let p =
+            spawn_dataplane_node(&spec, dir.path(), &ns, "info,raft=warn").expect("start ha-node");
         nodes.push(Some(p));
         node_ns.push(ns);
         specs.push(spec);
     }
     for (spec, ns) in specs.iter().zip(&node_ns) {
-        await_metric(
-            &spec.metrics_url(),
-            Some(ns),
-            "haven_build_info",
-            &[],
-            |v| v == 1.0,
-            Duration::from_secs(20),
-        )
-        .expect("ha-node up");
+        datapath::await_ready(spec, ns).expect("ha-node up");
     }
 
     let mut cfg = format!(
@@ -349,50 +330,7 @@ fn the_one_that_grew(before: &[f64], after: &[f64]) -> Option<usize> {
 
 /// Registers `core` over `sock`; returns the accepted home address.
 fn register(core: &mut MobileNode, sock: &UdpSocket) -> Result<Ipv4Addr, String> {
-    let start = Instant::now();
-    core.register(unix_now());
-    let mut buf = vec![0u8; 65_536];
-    while start.elapsed() < BOUND {
-        while let Some((dst, bytes)) = core.poll_transmit() {
-            sock.send_to(&bytes, dst).map_err(|e| e.to_string())?;
-        }
-        while let Some(ev) = core.poll_event() {
-            match ev {
-                Event::Accepted { home_address, .. } => return Ok(home_address),
-                Event::Denied { code } => return Err(format!("denied: {code:?}")),
-                Event::GaveUp => return Err("gave up".into()),
-                _ => {}
-            }
-        }
-        match sock.recv_from(&mut buf) {
-            Ok((n, SocketAddr::V4(from)))
-                if udptun::classify(&buf[..n]) == Kind::RegistrationReply =>
-            {
-                let _ = core.handle(unix_now(), from, &buf[..n]);
-            }
-            Ok(_) => {}
-            Err(_) => core.handle_timeout(unix_now()),
-        }
-    }
-    Err("no reply within the bound".into())
-}
-
-/// Reads tunnel data from `sock` into `sink` until `stop`.
-fn tunnel_reader(
-    sock: UdpSocket,
-    sink: Arc<Mutex<DataSink>>,
-    stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut buf = vec![0u8; 65_536];
-        while !stop.load(Ordering::Relaxed) {
-            if let Ok((n, _)) = sock.recv_from(&mut buf)
-                && udptun::classify(&buf[..n]) == Kind::TunnelData
-            {
-                record_tunnel_data(&sink, &buf[..n]);
-            }
-        }
-    })
+    datapath::register(core, sock, None, BOUND)
 }
 
 /// Plain UDP datagrams on `sock` (cn's sink) into `sink` until `stop`.
@@ -411,43 +349,6 @@ fn plain_reader(
     })
 }
 
-/// Sends `make(seq)` to `dst` on `sock` at `pps` until `stop`; returns the
-/// count sent.
-fn stream(
-    sock: UdpSocket,
-    dst: SocketAddrV4,
-    pps: u32,
-    stop: Arc<AtomicBool>,
-    make: impl Fn(u64) -> Vec<u8> + Send + 'static,
-) -> std::thread::JoinHandle<u64> {
-    std::thread::spawn(move || {
-        let period = Duration::from_secs(1) / pps;
-        let mut seq = 0u64;
-        let mut next = Instant::now();
-        while !stop.load(Ordering::Relaxed) {
-            let _ = sock.send_to(&make(seq), dst);
-            seq += 1;
-            next += period;
-            if let Some(w) = next.checked_duration_since(Instant::now()) {
-                std::thread::sleep(w);
-            }
-        }
-        seq
-    })
-}
-
-fn flow(sink: &Mutex<DataSink>, id: u32) -> Option<FlowStats> {
-    sink.lock()
-        .unwrap()
-        .flows()
-        .into_iter()
-        .find(|f| f.mn == id)
-}
-
-fn received(sink: &Mutex<DataSink>, id: u32) -> u64 {
-    flow(sink, id).map_or(0, |f| f.received)
-}
-
 /// IP-in-IP packets from the VIP on `fd` into `sink` (inner UDP) until
 /// `stop`.
 fn ipip_reader(
@@ -458,10 +359,9 @@ fn ipip_reader(
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 65_536];
         while !stop.load(Ordering::Relaxed) {
-            // SAFETY: `buf` is a live, exclusively borrowed buffer of
-            // `buf.len()` writable bytes.
-            let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            let Ok(n) = usize::try_from(n) else { continue };
+            let Some(n) = raw_recv(&fd, &mut buf) else {
+                continue;
+            };
             let Ok(outer) = Ipv4Packet::new_checked(&buf[..n]) else {
                 continue;
             };

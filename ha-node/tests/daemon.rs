@@ -6,14 +6,16 @@
 //! conditions with bounds, and every spawned daemon is killed when its
 //! [`Process`] drops.
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::Duration;
 
 use haven_cluster_tests::fleet::{NodeSpec, RealmSpec};
 use haven_cluster_tests::mnsim::{self, HomeMode, SimConfig};
-use haven_cluster_tests::supervisor::{Process, Spec, await_metric, free_port, wait_for};
+use haven_cluster_tests::supervisor::{Process, await_metric, free_port, wait_for};
+
+mod common;
+use common::node::{self, BOUND, check_config, havenctl, loopback};
 
 const KEY: &[u8] = b"daemon-test-key!";
 const HOA: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 5);
@@ -21,12 +23,6 @@ const HOA: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 5);
 const EX_USAGE: i32 = 64;
 /// BSD sysexits' EX_UNAVAILABLE: `havenctl` cannot reach the node.
 const EX_UNAVAILABLE: i32 = 69;
-/// Longest wait for a daemon to start or stop.
-const BOUND: Duration = Duration::from_secs(20);
-
-fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
-}
 
 /// A one-realm node on loopback, every port free.
 fn spec(vip: Ipv4Addr) -> NodeSpec {
@@ -39,16 +35,6 @@ fn spec(vip: Ipv4Addr) -> NodeSpec {
     )
 }
 
-/// `ha-node --config PATH --check-config`.
-fn check_config(path: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ha-node"))
-        .arg("--config")
-        .arg(path)
-        .arg("--check-config")
-        .output()
-        .expect("run ha-node")
-}
-
 /// Writes `text` as a config file in `dir`.
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
@@ -59,41 +45,14 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 /// Starts the daemon for `spec`; does not wait for it.
 fn spawn(spec: &NodeSpec, dir: &Path) -> Process {
     let config = spec.write(dir).expect("write the config");
-    Process::spawn(
-        "ha-node",
-        Spec::new(env!("CARGO_BIN_EXE_ha-node"))
-            .arg("--config")
-            .arg(config)
-            .env("RUST_LOG", "info"),
-        None,
-    )
-    .expect("spawn ha-node")
+    node::spawn("ha-node", &config, "info", None)
 }
 
 /// Starts the daemon and waits for its metrics endpoint.
 fn start(spec: &NodeSpec, dir: &Path) -> Process {
     let p = spawn(spec, dir);
-    await_metric(
-        &spec.metrics_url(),
-        None,
-        "haven_build_info",
-        &[],
-        |v| v == 1.0,
-        BOUND,
-    )
-    .expect("ha-node serves metrics");
+    node::await_ready(spec, None).expect("ha-node serves metrics");
     p
-}
-
-/// `havenctl --admin ADMIN --json ARGS`.
-fn havenctl(admin: SocketAddr, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_havenctl"))
-        .arg("--admin")
-        .arg(admin.to_string())
-        .arg("--json")
-        .args(args)
-        .output()
-        .expect("run havenctl")
 }
 
 fn json(out: &Output) -> serde_json::Value {
@@ -237,6 +196,18 @@ fn bad_configs_exit_64_with_the_reason() {
 
 // ------------------------------------------------------------ start-up ----
 
+/// The daemon for `s` exits 1 at start-up, its log naming `what` and the
+/// address "in use".
+fn assert_start_fails_in_use(s: &NodeSpec, what: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = spawn(s, dir.path());
+    let st = p.wait_exit(BOUND).expect("ha-node exits");
+    assert_eq!(st.code(), Some(1), "{}", p.log());
+    let log = p.log();
+    assert!(log.contains(what), "{log}");
+    assert!(log.contains("in use"), "{log}");
+}
+
 /// An admin address someone else holds: the daemon exits non-zero at once
 /// and says which listener failed.
 #[test]
@@ -244,16 +215,7 @@ fn taken_admin_address_fails_start_up() {
     let taken = TcpListener::bind("127.0.0.1:0").expect("listener");
     let mut s = spec(Ipv4Addr::new(127, 0, 0, 22));
     s.admin = taken.local_addr().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut p = spawn(&s, dir.path());
-    let st = p.wait_exit(BOUND).expect("ha-node exits");
-    assert_eq!(st.code(), Some(1), "{}", p.log());
-    let log = p.log();
-    assert!(
-        log.contains(&format!("admin listener on {}", s.admin)),
-        "{log}"
-    );
-    assert!(log.contains("in use"), "{log}");
+    assert_start_fails_in_use(&s, &format!("admin listener on {}", s.admin));
 }
 
 /// A realm port held by another UDP socket (bound without SO_REUSEADDR,
@@ -266,16 +228,7 @@ fn taken_realm_port_fails_start_up() {
     let taken = std::net::UdpSocket::bind((vip, 0)).expect("udp socket");
     let mut s = spec(vip);
     s.realms[0].port = taken.local_addr().unwrap().port();
-    let dir = tempfile::tempdir().unwrap();
-    let mut p = spawn(&s, dir.path());
-    let st = p.wait_exit(BOUND).expect("ha-node exits");
-    assert_eq!(st.code(), Some(1), "{}", p.log());
-    let log = p.log();
-    assert!(
-        log.contains(&format!("realm inner: bind {vip}:{}", s.realms[0].port)),
-        "{log}"
-    );
-    assert!(log.contains("in use"), "{log}");
+    assert_start_fails_in_use(&s, &format!("realm inner: bind {vip}:{}", s.realms[0].port));
 }
 
 // ----------------------------------------------------------- admin API ----

@@ -29,34 +29,31 @@
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::time::{Duration, Instant};
 
+use haven_cluster_tests::datapath::{udp_in, write_dataplane_config};
 use haven_cluster_tests::fleet::{DispatchSpec, NodeSpec, RealmSpec};
 use haven_cluster_tests::mn::{Event, MnConfig, MobileNode};
 use haven_cluster_tests::mnsim::unix_now;
 use haven_cluster_tests::supervisor::{
     Process, Spec, await_metric, free_port, metric, scrape, wait_for, workspace_binary,
 };
-use haven_cluster_tests::topo::{self, Topology, in_netns, leftovers};
+use haven_cluster_tests::topo::{self, Topology, leftovers};
 use haven_proto::dispatch::{DispatchPacket, DispatchRepr, Kind};
 use haven_proto::ip::{self, Ipv4Packet, UdpPacket};
 use haven_proto::udptun::{self, TunnelDataPacket, TunnelDataRepr};
 
 const KEY: &[u8] = b"dispatch-encap-key";
 const HOA: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
-const BOUND: Duration = Duration::from_secs(20);
+
+mod common;
+use common::node::{self, BOUND, loopback};
 
 #[test]
 fn encap_frames_in_replies_back_through_the_dispatcher() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let disp = UdpSocket::bind("127.0.0.1:0").expect("bind the fake dispatcher");
-    disp.set_read_timeout(Some(Duration::from_millis(200)))
-        .expect("timeout");
-    let SocketAddr::V4(disp_addr) = disp.local_addr().expect("addr") else {
-        panic!("v4")
-    };
+    let (disp, disp_addr) = node::fake_dispatcher();
     let vip = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 121), free_port());
     let encap = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 122), free_port());
-    let lo = |p: u16| SocketAddr::from((Ipv4Addr::LOCALHOST, p));
-    let spec = NodeSpec::new(1, lo(free_port()), lo(free_port()))
+    let spec = NodeSpec::new(1, loopback(free_port()), loopback(free_port()))
         .realm(
             RealmSpec {
                 port: vip.port(),
@@ -70,24 +67,8 @@ fn encap_frames_in_replies_back_through_the_dispatcher() {
             ..DispatchSpec::l2(*encap.ip(), vec![disp_addr], 50)
         });
     let config = spec.write(dir.path()).expect("write");
-    let _node = Process::spawn(
-        "ha-node-encap",
-        Spec::new(env!("CARGO_BIN_EXE_ha-node"))
-            .arg("--config")
-            .arg(config)
-            .env("RUST_LOG", "info"),
-        None,
-    )
-    .expect("spawn");
-    await_metric(
-        &spec.metrics_url(),
-        None,
-        "haven_build_info",
-        &[],
-        |v| v == 1.0,
-        BOUND,
-    )
-    .expect("node starts");
+    let _node = node::spawn("ha-node-encap", &config, "info", None);
+    node::await_ready(&spec, None).expect("node starts");
 
     // The mobile node as the dispatcher sees it (after a NAT).
     let mn_addr: SocketAddrV4 = "203.0.113.2:40000".parse().expect("addr");
@@ -155,15 +136,6 @@ const NODE_ENCAP: u16 = 4342;
 const DISP_METRICS: &str = "http://127.0.0.1:9500/metrics";
 const CN_PORT: u16 = 9000;
 const MN_PORT: u16 = 7000;
-
-fn sock_in(ns: &str, bind: SocketAddrV4) -> UdpSocket {
-    let s = in_netns(ns, || UdpSocket::bind(bind))
-        .expect("enter namespace")
-        .expect("bind");
-    s.set_read_timeout(Some(Duration::from_millis(20)))
-        .expect("timeout");
-    s
-}
 
 /// The inner IPv4/UDP source, destination and payload of tunnel data.
 fn inner_of(d: &[u8]) -> Option<(SocketAddrV4, SocketAddrV4, Vec<u8>)> {
@@ -258,31 +230,10 @@ fn udp_tunnel_data_through_a_real_encap_dispatcher() {
         encap_listen: Some(SocketAddrV4::new(NODE, NODE_ENCAP)),
         ..DispatchSpec::l2(NODE, vec![SocketAddrV4::new(DISP, DISP_HEALTH)], 50)
     });
-    let node_cfg = dir.path().join("node-1.toml");
-    std::fs::write(
-        &node_cfg,
-        format!("{}\n[dataplane]\nenabled = true\n", spec.toml()),
-    )
-    .expect("write");
-    let node = Process::spawn(
-        "ha-node-encap-dp",
-        Spec::new(env!("CARGO_BIN_EXE_ha-node"))
-            .arg("--config")
-            .arg(&node_cfg)
-            .env("RUST_LOG", "info"),
-        Some(&node_ns),
-    )
-    .expect("spawn ha-node");
+    let node_cfg = write_dataplane_config(&spec, dir.path()).expect("write");
+    let node = node::spawn("ha-node-encap-dp", &node_cfg, "info", Some(&node_ns));
     let url = spec.metrics_url();
-    await_metric(
-        &url,
-        Some(&node_ns),
-        "haven_build_info",
-        &[],
-        |v| v == 1.0,
-        BOUND,
-    )
-    .expect("node starts");
+    node::await_ready(&spec, Some(&node_ns)).expect("node starts");
     await_metric(
         DISP_METRICS,
         Some(&disp_ns),
@@ -295,7 +246,7 @@ fn udp_tunnel_data_through_a_real_encap_dispatcher() {
 
     // Register through the dispatcher, UDP tunnelling forced (no NAT here:
     // the F bit [RFC 3519 § 3.1]), reverse tunnelling on.
-    let mn_sock = sock_in(&mn_ns, SocketAddrV4::new(MN, 0));
+    let mn_sock = udp_in(&mn_ns, SocketAddrV4::new(MN, 0));
     let mut cfg = MnConfig::new(HOA, LAB_VIP, MN, 256, KEY);
     cfg.udp_tunnel = true;
     cfg.force_udp_tunnel = true;
@@ -330,7 +281,7 @@ fn udp_tunnel_data_through_a_real_encap_dispatcher() {
 
     // Forward: cn → HoA enters the node's TUN and must reach the MN as
     // tunnel data from VIP:434, through the dispatcher.
-    let cn_sock = sock_in(&cn_ns, SocketAddrV4::new(CN, CN_PORT));
+    let cn_sock = udp_in(&cn_ns, SocketAddrV4::new(CN, CN_PORT));
     let to_mn = SocketAddrV4::new(HOA, MN_PORT);
     let mut got = None;
     wait_for("forward tunnel data at the MN", BOUND, || {
@@ -523,17 +474,17 @@ fn two_encap_dispatchers_one_per_realm_share_a_node() {
     ];
     let node = Ipv4Addr::new(127, 0, 0, 143);
     let encap = SocketAddrV4::new(node, free_port());
-    let lo = |p: u16| SocketAddr::from((Ipv4Addr::LOCALHOST, p));
     let adverts = realms
         .iter()
         // The advert checksum covers the dispatcher's own address.
         .map(|r| SocketAddrV4::new(r.disp, r.health))
         .collect();
-    let mut spec = NodeSpec::new(1, lo(free_port()), lo(free_port())).dispatch(DispatchSpec {
-        mode: "encap",
-        encap_listen: Some(encap),
-        ..DispatchSpec::l2(node, adverts, 50)
-    });
+    let mut spec =
+        NodeSpec::new(1, loopback(free_port()), loopback(free_port())).dispatch(DispatchSpec {
+            mode: "encap",
+            encap_listen: Some(encap),
+            ..DispatchSpec::l2(node, adverts, 50)
+        });
     for r in &realms {
         spec = spec.realm(
             RealmSpec {
@@ -544,26 +495,8 @@ fn two_encap_dispatchers_one_per_realm_share_a_node() {
         );
     }
     let config = spec.write(dir.path()).expect("write");
-    let mut node_proc = Process::spawn(
-        "ha-node-two-realms",
-        Spec::new(env!("CARGO_BIN_EXE_ha-node"))
-            .arg("--config")
-            .arg(config)
-            .env("RUST_LOG", "info"),
-        None,
-    )
-    .expect("spawn");
-    let ready = || {
-        await_metric(
-            &spec.metrics_url(),
-            None,
-            "haven_build_info",
-            &[],
-            |v| v == 1.0,
-            BOUND,
-        )
-    };
-    ready().expect("node starts");
+    let mut node_proc = node::spawn("ha-node-two-realms", &config, "info", None);
+    node::await_ready(&spec, None).expect("node starts");
     // Every listener is bound once haven_build_info shows: if the node
     // held either VIP:port, this plain bind (no SO_REUSEADDR) would fail.
     for r in &realms {
@@ -639,7 +572,7 @@ fn two_encap_dispatchers_one_per_realm_share_a_node() {
         .wait_exit(Duration::from_secs(5))
         .expect("node exits");
     node_proc.restart().expect("restart the node");
-    ready().expect("node restarts");
+    node::await_ready(&spec, None).expect("node restarts");
     nodes_up();
     register_everyone(&realms, &noise);
 

@@ -17,9 +17,7 @@ use std::time::{Duration, Instant};
 use haven_cluster_tests::fleet::{NodeSpec, RealmSpec};
 use haven_cluster_tests::mn::{Discard, Event, MnConfig, MobileNode};
 use haven_cluster_tests::mnsim::{self, HomeMode, SimConfig, unix_now};
-use haven_cluster_tests::supervisor::{
-    Process, Spec, await_metric, free_port, metric, scrape, wait_for,
-};
+use haven_cluster_tests::supervisor::{Process, await_metric, free_port, metric, scrape, wait_for};
 use haven_proto::mip::ReplyCode;
 use haven_proto::mip::auth::{self, Algorithm};
 use haven_proto::mip::ext::{
@@ -36,6 +34,9 @@ const MN_ADDR: Ipv4Addr = Ipv4Addr::LOCALHOST;
 const OUTCOME: Duration = Duration::from_secs(15);
 /// Longest wait for the node to reflect a change in its admin API/metrics.
 const SETTLE: Duration = Duration::from_secs(10);
+
+mod common;
+use common::node;
 
 // ------------------------------------------------------------ the node ----
 
@@ -57,24 +58,8 @@ impl Node {
         .realm(realm);
         let dir = tempfile::tempdir().expect("tempdir");
         let config = spec.write(dir.path()).expect("write the config");
-        let proc = Process::spawn(
-            "ha-node",
-            Spec::new(env!("CARGO_BIN_EXE_ha-node"))
-                .arg("--config")
-                .arg(&config)
-                .env("RUST_LOG", "info"),
-            None,
-        )
-        .expect("spawn ha-node");
-        await_metric(
-            &spec.metrics_url(),
-            None,
-            "haven_build_info",
-            &[],
-            |v| v == 1.0,
-            Duration::from_secs(20),
-        )
-        .expect("ha-node serves metrics");
+        let proc = node::spawn("ha-node", &config, "info", None);
+        node::await_ready(&spec, None).expect("ha-node serves metrics");
         Node {
             spec,
             _proc: proc,
@@ -93,13 +78,7 @@ impl Node {
 
     /// `havenctl --admin ... --json ARGS`.
     fn havenctl(&self, args: &[&str]) -> Output {
-        std::process::Command::new(env!("CARGO_BIN_EXE_havenctl"))
-            .arg("--admin")
-            .arg(self.spec.admin.to_string())
-            .arg("--json")
-            .args(args)
-            .output()
-            .expect("run havenctl")
+        node::havenctl(self.spec.admin, args)
     }
 
     /// `havenctl bindings show REALM HOA`: `None` when the node has none.

@@ -18,34 +18,44 @@
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use haven_cluster_tests::fleet::{DispatchSpec, NodeSpec, PairSpec, RealmSpec};
-use haven_cluster_tests::mn::{Event, MnConfig, MobileNode};
-use haven_cluster_tests::mnsim::unix_now;
-use haven_cluster_tests::supervisor::{
-    Process, Spec, await_metric, free_port, metric, scrape, wait_for,
-};
-use haven_proto::grpc::{self, admin_client::AdminClient};
+use haven_cluster_tests::supervisor::{Process, await_metric, free_port, wait_for};
+use haven_proto::grpc;
 use haven_proto::sync::{SyncRepr, SyncType};
 use haven_proto::vrrp::VrrpRepr;
+
+mod common;
+use common::load::{Load, LoadConfig, assert_acknowledged_present, await_identical};
+use common::node::{self, BOUND, Timeouts, admin, bindings, loopback, scrape_metric};
 
 const KEY: &[u8] = b"pair-cluster-key";
 const SYNC_KEY: &[u8] = b"pair-sync-hmac-key-0123";
 const SPI: u32 = 256;
 const LOAD_BASE: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 0);
 const LOAD: usize = 16;
-const BOUND: Duration = Duration::from_secs(20);
+/// Admin calls (Status, Drain) on loopback.
+const ADMIN: Timeouts = Timeouts {
+    connect: Duration::from_millis(300),
+    call: Duration::from_secs(2),
+};
+/// `LOAD` mobile nodes registering back to back with a new care-of
+/// address each time, to the current target; a registration without a
+/// reply after 3 tries (0.3 + 0.6 + 0.6 s) is abandoned, and one still
+/// outstanding when the target changes moves to the new target.
+const LOAD_CONFIG: LoadConfig = LoadConfig {
+    count: LOAD,
+    base: LOAD_BASE,
+    spi: SPI,
+    key: KEY,
+    initial_timeout: Duration::from_millis(300),
+    max_timeout: Duration::from_millis(600),
+    move_outstanding: true,
+};
 /// 100 ms adverts: Master_Down_Interval = 300 ms + Skew_Time
 /// [RFC 5798 § 6.1] (22 ms at priority 200, 61 ms at 100).
 const ADVERT_CS: u16 = 10;
-
-fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
-}
 
 struct Node {
     spec: NodeSpec,
@@ -84,345 +94,44 @@ fn specs(base: u8) -> Vec<(NodeSpec, SocketAddrV4, SocketAddrV4)> {
         .collect()
 }
 
-fn spawn(spec: &NodeSpec, dir: &Path) -> Process {
-    let config = spec.write(dir).expect("write the config");
-    let p = Process::spawn(
-        &format!("ha-node-{}", spec.id),
-        Spec::new(env!("CARGO_BIN_EXE_ha-node"))
-            .arg("--config")
-            .arg(config)
-            .env("RUST_LOG", "info"),
-        None,
-    )
-    .expect("spawn ha-node");
-    await_metric(
-        &spec.metrics_url(),
-        None,
-        "haven_build_info",
-        &[],
-        |v| v == 1.0,
-        BOUND,
-    )
-    .expect("node starts");
-    p
-}
-
-fn status(spec: &NodeSpec) -> Option<grpc::StatusReply> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .ok()?;
-    rt.block_on(async {
-        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", spec.admin))
-            .ok()?
-            .connect_timeout(Duration::from_millis(300))
-            .timeout(Duration::from_secs(2))
-            .connect()
-            .await
-            .ok()?;
-        AdminClient::new(ch)
-            .status(grpc::StatusRequest {})
-            .await
-            .ok()
-            .map(tonic::Response::into_inner)
-    })
-}
-
-fn drain(spec: &NodeSpec, on: bool) -> Option<bool> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .ok()?;
-    rt.block_on(async {
-        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", spec.admin))
-            .ok()?
-            .connect()
-            .await
-            .ok()?;
-        AdminClient::new(ch)
-            .drain(grpc::DrainRequest { drain: on })
-            .await
-            .ok()
-            .map(|r| r.into_inner().draining)
-    })
-}
-
-fn role(spec: &NodeSpec) -> String {
-    status(spec).map(|s| s.role).unwrap_or_default()
-}
-
-/// `havenctl bindings list --json`: home address → care-of address.
-fn bindings(spec: &NodeSpec) -> Option<HashMap<Ipv4Addr, Ipv4Addr>> {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_havenctl"))
-        .arg("--admin")
-        .arg(spec.admin.to_string())
-        .args(["--json", "bindings", "list"])
-        .output()
-        .expect("run havenctl");
-    if !out.status.success() {
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    Some(
-        v.as_array()?
-            .iter()
-            .filter_map(|b| {
-                let hoa = b["home_address"].as_str()?.parse().ok()?;
-                let coa = b["care_of"][0]["care_of_address"].as_str()?.parse().ok()?;
-                Some((hoa, coa))
-            })
-            .collect(),
-    )
-}
-
-fn scrape_metric(spec: &NodeSpec, name: &str, labels: &[(&str, &str)]) -> f64 {
-    scrape(&spec.metrics_url(), None)
-        .ok()
-        .and_then(|t| metric(&t, name, labels))
-        .unwrap_or(0.0)
-}
-
-// ---------------------------------------------------------------- load ----
-
-#[derive(Debug, Default)]
-struct Seen {
-    /// (acknowledged at, by node, registration started at).
-    acks: Vec<(Instant, u64, Instant)>,
-    /// Each mobile node now: (last acknowledged care-of address, care-of
-    /// addresses sent since, unacknowledged).
-    now: HashMap<Ipv4Addr, (Option<Ipv4Addr>, Vec<Ipv4Addr>)>,
-}
-
-#[derive(Debug, Clone)]
-struct MnEnd {
-    hoa: Ipv4Addr,
-    acked: Option<Ipv4Addr>,
-    later: Vec<Ipv4Addr>,
-}
-
-struct Load {
-    stop: Arc<AtomicBool>,
-    target: Arc<Mutex<Option<(u64, SocketAddrV4)>>>,
-    seen: Arc<Mutex<Seen>>,
-    handle: Option<JoinHandle<Vec<MnEnd>>>,
-}
-
-impl Load {
-    fn start(target: (u64, SocketAddrV4)) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let target = Arc::new(Mutex::new(Some(target)));
-        let seen = Arc::new(Mutex::new(Seen::default()));
-        let (s, t, v) = (stop.clone(), target.clone(), seen.clone());
-        let handle = std::thread::spawn(move || run_load(&s, &t, &v));
-        Load {
-            stop,
-            target,
-            seen,
-            handle: Some(handle),
-        }
-    }
-
-    fn set_target(&self, t: Option<(u64, SocketAddrV4)>) {
-        *self.target.lock().unwrap_or_else(PoisonError::into_inner) = t;
-    }
-
-    /// What every mobile node saw so far.
-    fn snapshot(&self) -> Vec<MnEnd> {
-        let s = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-        s.now
-            .iter()
-            .map(|(hoa, (acked, later))| MnEnd {
-                hoa: *hoa,
-                acked: *acked,
-                later: later.clone(),
-            })
-            .collect()
-    }
-
-    fn acks(&self) -> usize {
-        self.seen
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .acks
-            .len()
-    }
-
-    fn first_ack_started_after(&self, t: Instant) -> Option<Instant> {
-        let s = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-        s.acks
-            .iter()
-            .filter(|(_, _, started)| *started > t)
-            .map(|(at, _, _)| *at)
-            .min()
-    }
-
-    fn await_more(&self, n: usize, what: &str) {
-        let from = self.acks();
-        wait_for(what, BOUND, || self.acks() >= from + n).expect(what);
-    }
-
-    fn finish(mut self) -> Vec<MnEnd> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.handle
-            .take()
-            .expect("running")
-            .join()
-            .expect("load thread")
-    }
-}
-
-impl Drop for Load {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
-}
-
-struct LoadMn {
-    hoa: Ipv4Addr,
-    sock: UdpSocket,
-    core: Option<(MobileNode, u64, Instant)>,
-    seq: u32,
-    acked: Option<Ipv4Addr>,
-    later: Vec<Ipv4Addr>,
-}
-
-/// `LOAD` mobile nodes registering back to back with a new care-of
-/// address each time, to the current target; a registration without a
-/// reply after 3 tries (0.3 + 0.6 + 0.6 s) is abandoned and the next one
-/// goes to the then current target.
-fn run_load(
-    stop: &AtomicBool,
-    target: &Mutex<Option<(u64, SocketAddrV4)>>,
-    seen: &Mutex<Seen>,
-) -> Vec<MnEnd> {
-    let mut mns: Vec<LoadMn> = (0..LOAD)
-        .map(|i| {
-            let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
-            sock.set_nonblocking(true).expect("nonblocking");
-            LoadMn {
-                hoa: Ipv4Addr::from(u32::from(LOAD_BASE) + i as u32),
-                sock,
-                core: None,
-                seq: 0,
-                acked: None,
-                later: Vec::new(),
+/// Starts both nodes of [`specs`]`(base)`, each spec first passed through
+/// `edit` with its sync address.
+fn start_pair(
+    base: u8,
+    dir: &Path,
+    edit: impl Fn(NodeSpec, SocketAddrV4) -> NodeSpec,
+) -> Vec<Node> {
+    specs(base)
+        .into_iter()
+        .map(|(spec, vip, sync)| {
+            let spec = edit(spec, sync);
+            let proc = node::start(&spec, dir, "info");
+            Node {
+                spec,
+                vip,
+                sync,
+                proc,
             }
-        })
-        .collect();
-    let mut buf = [0u8; 2048];
-    let mut drain_until: Option<Instant> = None;
-    loop {
-        let stopping = stop.load(Ordering::Relaxed);
-        if stopping && drain_until.is_none() {
-            drain_until = Some(Instant::now() + Duration::from_secs(3));
-        }
-        if drain_until.is_some_and(|d| Instant::now() >= d)
-            || (stopping && mns.iter().all(|m| m.core.is_none()))
-        {
-            break;
-        }
-        let now = unix_now();
-        let mut busy = false;
-        let current = *target.lock().unwrap_or_else(PoisonError::into_inner);
-        for (i, m) in mns.iter_mut().enumerate() {
-            // Behind the dispatcher a retransmission reaches whichever node
-            // is primary now; here the client moves its outstanding
-            // registration to the new target (its care-of address stays in
-            // `later`: it may have committed before the old primary died).
-            if !stopping
-                && let (Some((node, _)), Some((_, busy_with, _))) = (current, &m.core)
-                && *busy_with != node
-            {
-                m.core = None;
-            }
-            if m.core.is_none() && !stopping {
-                let Some((node, vip)) = current else {
-                    continue;
-                };
-                m.seq += 1;
-                let coa = Ipv4Addr::new(198, 19, i as u8, (m.seq % 250 + 1) as u8);
-                let mut c = MnConfig::new(m.hoa, *vip.ip(), coa, SPI, KEY);
-                c.home_agent_port = vip.port();
-                c.initial_timeout = Duration::from_millis(300);
-                c.max_timeout = Duration::from_millis(600);
-                c.max_attempts = 3;
-                let mut core = MobileNode::new(c);
-                core.register(now);
-                m.later.push(coa);
-                m.core = Some((core, node, Instant::now()));
-                seen.lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .now
-                    .insert(m.hoa, (m.acked, m.later.clone()));
-            }
-            let Some((core, node, began)) = m.core.as_mut() else {
-                continue;
-            };
-            while let Ok((n, from)) = m.sock.recv_from(&mut buf) {
-                busy = true;
-                if let SocketAddr::V4(from) = from {
-                    let _ = core.handle(now, from, &buf[..n]);
-                }
-            }
-            if core.poll_timeout().is_some_and(|t| t <= now) {
-                core.handle_timeout(now);
-            }
-            while let Some((dst, bytes)) = core.poll_transmit() {
-                let _ = m.sock.send_to(&bytes, dst);
-            }
-            let mut done = false;
-            while let Some(ev) = core.poll_event() {
-                match ev {
-                    Event::Accepted { .. } => {
-                        m.acked = Some(core.care_of_address());
-                        m.later.clear();
-                        let mut s = seen.lock().unwrap_or_else(PoisonError::into_inner);
-                        s.acks.push((Instant::now(), *node, *began));
-                        s.now.insert(m.hoa, (m.acked, Vec::new()));
-                        done = true;
-                    }
-                    Event::GaveUp | Event::Denied { .. } => done = true,
-                    _ => {}
-                }
-            }
-            if done {
-                m.core = None;
-            }
-        }
-        if !busy {
-            // Pacing of the generator's own poll loop, not a wait for a
-            // condition of the system under test.
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-    mns.into_iter()
-        .map(|m| MnEnd {
-            hoa: m.hoa,
-            acked: m.acked,
-            later: m.later,
         })
         .collect()
 }
 
-/// Every acknowledged registration is in `table`; returns how many were
-/// checked.
-fn assert_acknowledged_present(table: &HashMap<Ipv4Addr, Ipv4Addr>, mns: &[MnEnd]) -> usize {
-    let mut checked = 0;
-    for m in mns {
-        let Some(a) = m.acked else { continue };
-        checked += 1;
-        let got = table.get(&m.hoa).copied();
-        assert!(
-            got == Some(a) || got.is_some_and(|g| m.later.contains(&g)),
-            "acknowledged {} -> {a} lost: the node holds {got:?} (later attempts {:?})",
-            m.hoa,
-            m.later
-        );
-    }
-    checked
+fn status(spec: &NodeSpec) -> Option<grpc::StatusReply> {
+    node::status_in(spec, None, ADMIN)
+}
+
+fn drain(spec: &NodeSpec, on: bool) -> Option<bool> {
+    admin(spec, ADMIN, |mut c| async move {
+        Ok(c.drain(grpc::DrainRequest { drain: on })
+            .await?
+            .into_inner()
+            .draining)
+    })
+    .ok()
+}
+
+fn role(spec: &NodeSpec) -> String {
+    status(spec).map(|s| s.role).unwrap_or_default()
 }
 
 /// The node with role "primary", once exactly one of `nodes` reports it.
@@ -448,24 +157,13 @@ fn await_single_primary(nodes: &[&Node]) -> u64 {
 #[test]
 fn sigkill_primary_loses_no_acknowledged_binding_and_it_rejoins_as_secondary() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut nodes: Vec<Node> = specs(60)
-        .into_iter()
-        .map(|(spec, vip, sync)| {
-            let proc = spawn(&spec, dir.path());
-            Node {
-                spec,
-                vip,
-                sync,
-                proc,
-            }
-        })
-        .collect();
+    let mut nodes = start_pair(60, dir.path(), |spec, _| spec);
     let st = status(&nodes[0].spec).expect("status");
     assert_eq!(st.mode, grpc::ReplicationMode::Pair as i32);
 
     let primary = await_single_primary(&[&nodes[0], &nodes[1]]);
     let (p, s) = if primary == 1 { (0, 1) } else { (1, 0) };
-    let load = Load::start((nodes[p].spec.id, nodes[p].vip));
+    let load = Load::start(LOAD_CONFIG, vec![(nodes[p].spec.id, nodes[p].vip)]);
     load.await_more(200, "acknowledgements from the primary");
     // Synchronous replication: the secondary acknowledged every one
     // before the primary applied it and replied.
@@ -539,7 +237,7 @@ fn sigkill_primary_loses_no_acknowledged_binding_and_it_rejoins_as_secondary() {
     // acknowledged before the kill.
     let killed = Instant::now();
     nodes[p].proc.sigkill().expect("kill the primary");
-    load.set_target(None);
+    load.set_targets(Vec::new());
     wait_for("the secondary takes over", BOUND, || {
         role(&nodes[s].spec) == "primary"
     })
@@ -554,7 +252,7 @@ fn sigkill_primary_loses_no_acknowledged_binding_and_it_rejoins_as_secondary() {
         "every mobile node had an acknowledgement"
     );
     let resumed = Instant::now();
-    load.set_target(Some((nodes[s].spec.id, nodes[s].vip)));
+    load.set_targets(vec![(nodes[s].spec.id, nodes[s].vip)]);
     wait_for("an acknowledgement from the new primary", BOUND, || {
         load.first_ack_started_after(resumed).is_some()
     })
@@ -591,17 +289,9 @@ fn sigkill_primary_loses_no_acknowledged_binding_and_it_rejoins_as_secondary() {
     load.await_more(100, "acknowledgements with the pair whole again");
 
     let mns = load.finish();
-    let mut table = HashMap::new();
-    wait_for("both nodes to list the same bindings", BOUND, || {
-        match (bindings(&nodes[0].spec), bindings(&nodes[1].spec)) {
-            (Some(a), Some(b)) if a == b => {
-                table = a;
-                true
-            }
-            _ => false,
-        }
-    })
-    .expect("identical bindings");
+    let table = await_identical("both nodes to list the same bindings", || {
+        nodes.iter().map(|n| bindings(&n.spec)).collect()
+    });
     let checked = assert_acknowledged_present(&table, &mns);
     assert_eq!(checked, LOAD, "every mobile node was acknowledged");
     assert_eq!(table.len(), LOAD);
@@ -621,59 +311,34 @@ fn sigkill_primary_loses_no_acknowledged_binding_and_it_rejoins_as_secondary() {
 fn bad_pair_config_exits_64() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (spec, _, _) = specs(80).remove(0);
-    let good = spec.write(dir.path()).expect("write");
-    let ok = std::process::Command::new(env!("CARGO_BIN_EXE_ha-node"))
-        .arg("--config")
-        .arg(&good)
-        .arg("--check-config")
-        .output()
-        .expect("run");
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
+    let key = format!("key_hex = \"{}\"", hex::encode(SYNC_KEY));
+    let summary = node::assert_edits_refused(
+        &spec,
+        dir.path(),
+        &[
+            (
+                "priority = 200",
+                "priority = 255",
+                "priority must be 1..=254",
+            ),
+            (
+                &key,
+                "key_hex = \"00112233\"",
+                "key must be at least 16 octets",
+            ),
+            (
+                "[cluster.pair]\npeer = ",
+                "[cluster.pair]\n# peer = ",
+                "peer",
+            ),
+            (
+                "advert_interval_cs = 10\n",
+                "advert_interval_cs = 0\n",
+                "advert_interval_cs",
+            ),
+        ],
     );
-    assert!(
-        String::from_utf8_lossy(&ok.stdout).contains("replication: pair"),
-        "{}",
-        String::from_utf8_lossy(&ok.stdout)
-    );
-    let text = std::fs::read_to_string(&good).expect("read");
-    for (from, to, needle) in [
-        (
-            "priority = 200",
-            "priority = 255",
-            "priority must be 1..=254",
-        ),
-        (
-            &format!("key_hex = \"{}\"", hex::encode(SYNC_KEY)) as &str,
-            "key_hex = \"00112233\"",
-            "key must be at least 16 octets",
-        ),
-        (
-            "[cluster.pair]\npeer = ",
-            "[cluster.pair]\n# peer = ",
-            "peer",
-        ),
-        (
-            "advert_interval_cs = 10\n",
-            "advert_interval_cs = 0\n",
-            "advert_interval_cs",
-        ),
-    ] {
-        assert!(text.contains(from), "{from:?} in {text}");
-        let bad = dir.path().join("bad.toml");
-        std::fs::write(&bad, text.replacen(from, to, 1)).expect("write");
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ha-node"))
-            .arg("--config")
-            .arg(&bad)
-            .arg("--check-config")
-            .output()
-            .expect("run");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(64), "{to}: {err}");
-        assert!(err.contains(needle), "{to}: {err}");
-    }
+    assert!(summary.contains("replication: pair"), "{summary}");
 }
 
 /// The dispatcher's view of a pair (DESIGN.md § 5, `pair/mod.rs`
@@ -684,25 +349,10 @@ fn bad_pair_config_exits_64() {
 #[test]
 fn secondary_and_draining_nodes_advertise_priority_zero() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let disp = UdpSocket::bind("127.0.0.1:0").expect("bind the fake dispatcher");
-    disp.set_read_timeout(Some(Duration::from_millis(200)))
-        .expect("timeout");
-    let SocketAddr::V4(disp_addr) = disp.local_addr().expect("addr") else {
-        panic!("v4")
-    };
-    let nodes: Vec<Node> = specs(100)
-        .into_iter()
-        .map(|(spec, vip, sync)| {
-            let spec = spec.dispatch(DispatchSpec::l2(*sync.ip(), vec![disp_addr], 50));
-            let proc = spawn(&spec, dir.path());
-            Node {
-                spec,
-                vip,
-                sync,
-                proc,
-            }
-        })
-        .collect();
+    let (disp, disp_addr) = node::fake_dispatcher();
+    let nodes = start_pair(100, dir.path(), |spec, sync| {
+        spec.dispatch(DispatchSpec::l2(*sync.ip(), vec![disp_addr], 50))
+    });
     let primary = await_single_primary(&[&nodes[0], &nodes[1]]);
     // Latest advertised priority by source address, after the condition.
     let mut latest: HashMap<Ipv4Addr, u8> = HashMap::new();

@@ -27,8 +27,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use haven_ha_node::binding::{CareOf, Encap};
-use haven_ha_node::command::{ApplyResult, Command, RealmParams, StateMachine};
+use haven_ha_node::command::{ApplyResult, Command};
 use haven_ha_node::config::RealmId;
 use haven_ha_node::pair::{
     FLAG_PRIMARY, PairConfig, PairReplicator, PairStats, Replication, Role, centiseconds,
@@ -37,27 +36,8 @@ use haven_ha_node::replicate::{ProposeError, Replicator, RequestId};
 use haven_proto::sync::{self, DataBlock, MAC_LEN, Subtype, SyncRepr, SyncType};
 use haven_proto::vrrp::VrrpRepr;
 
-/// SplitMix64 (Steele, Lea, Flood 2014).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.below(hi - lo + 1)
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
+mod common;
+use common::sim::{self, Rng, machine};
 
 const KEY: &[u8] = b"haven-pair-sim-key-0123456789";
 const INTERVAL_CS: u16 = 10;
@@ -68,28 +48,8 @@ const ADDRS: [SocketAddrV4; 2] = [
 ];
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
 
-fn machine() -> StateMachine {
-    StateMachine::new(vec![RealmParams {
-        pool: None,
-        max_bindings: 1,
-    }])
-}
-
 fn register(n: u32) -> Command {
-    Command::Register {
-        realm: RealmId(0),
-        home_address: hoa(n),
-        nai: None,
-        care_of: CareOf {
-            coa: Ipv4Addr::new(203, 0, 113, 1),
-            registered_at: Duration::from_secs(1_000),
-            lifetime: 600,
-            encap: Encap::IpInIp,
-            reverse_tunnel: false,
-        },
-        identification: u64::from(n),
-        simultaneous: false,
-    }
+    sim::register(hoa(n), n)
 }
 
 fn hoa(n: u32) -> Ipv4Addr {

@@ -16,38 +16,40 @@
 //! its [`Process`] drops. The scenarios run one at a time (a mutex), since
 //! each starts three or four daemons.
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use haven_cluster_tests::fleet::{ClusterSpec, NodeSpec, RealmSpec};
-use haven_cluster_tests::mn::{Event, MnConfig, MobileNode};
-use haven_cluster_tests::mnsim::{self, HomeMode, SimConfig, unix_now};
-use haven_cluster_tests::supervisor::{
-    Process, Spec, await_metric, free_port, metric, scrape, wait_for,
+use haven_cluster_tests::mnsim::{self, HomeMode, SimConfig};
+use haven_cluster_tests::supervisor::{Process, Spec, await_metric, free_port, scrape, wait_for};
+use haven_cluster_tests::topo::{self, Topology, leftovers, racks};
+use haven_proto::grpc;
+
+mod common;
+use common::load::{Load, LoadConfig, MnEnd, assert_acknowledged_present, await_identical};
+use common::node::{
+    self, BOUND, Table, Timeouts, admin, bindings, bindings_in, loopback, scrape_metric, status_in,
 };
-use haven_cluster_tests::topo::{self, Topology, in_netns, leftovers, racks};
-use haven_proto::grpc::{self, admin_client::AdminClient};
 
 const KEY: &[u8] = b"raft-cluster-key";
 const SPI: u32 = 256;
+const LOG: &str = "info,raft=warn";
 /// Home addresses of the continuous load's mobile nodes.
 const LOAD_BASE: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 0);
 /// Home addresses of the throughput burst.
 const BURST_BASE: Ipv4Addr = Ipv4Addr::new(198, 18, 16, 0);
 const BURST: usize = 1000;
-const BOUND: Duration = Duration::from_secs(20);
+/// Admin calls: membership changes commit through the log.
+const ADMIN: Timeouts = Timeouts {
+    connect: Duration::from_millis(500),
+    call: Duration::from_secs(15),
+};
 
 /// One scenario at a time: each runs several daemons on a small machine.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
-}
 
 // ------------------------------------------------------------- cluster ----
 
@@ -105,26 +107,7 @@ fn specs(
 }
 
 fn spawn(spec: &NodeSpec, dir: &Path) -> Process {
-    let config = spec.write(dir).expect("write the config");
-    let p = Process::spawn(
-        &format!("ha-node-{}", spec.id),
-        Spec::new(env!("CARGO_BIN_EXE_ha-node"))
-            .arg("--config")
-            .arg(config)
-            .env("RUST_LOG", "info,raft=warn"),
-        None,
-    )
-    .expect("spawn ha-node");
-    await_metric(
-        &spec.metrics_url(),
-        None,
-        "haven_build_info",
-        &[],
-        |v| v == 1.0,
-        BOUND,
-    )
-    .expect("node starts");
-    p
+    node::start(spec, dir, LOG)
 }
 
 impl Cluster {
@@ -151,15 +134,7 @@ impl Cluster {
     fn restart(&mut self, id: u64) {
         let n = self.nodes.get_mut(&id).expect("node id");
         n.proc.restart().expect("restart");
-        await_metric(
-            &n.spec.metrics_url(),
-            None,
-            "haven_build_info",
-            &[],
-            |v| v == 1.0,
-            BOUND,
-        )
-        .expect("node restarts");
+        node::await_ready(&n.spec, None).expect("node restarts");
     }
 
     fn launch_joiner(&mut self, id: u64) {
@@ -190,92 +165,8 @@ impl Cluster {
 
 // ------------------------------------------------------------ admin API ---
 
-fn admin<T, F>(
-    spec: &NodeSpec,
-    f: impl FnOnce(AdminClient<tonic::transport::Channel>) -> F,
-) -> Result<T, String>
-where
-    F: std::future::Future<Output = Result<T, tonic::Status>>,
-{
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    rt.block_on(async {
-        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", spec.admin))
-            .map_err(|e| e.to_string())?
-            .connect_timeout(Duration::from_millis(500))
-            .timeout(Duration::from_secs(15))
-            .connect()
-            .await
-            .map_err(|e| e.to_string())?;
-        f(AdminClient::new(ch))
-            .await
-            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
-    })
-}
-
 fn status(spec: &NodeSpec) -> Option<grpc::StatusReply> {
-    status_in(spec, None)
-}
-
-/// Status of a node whose admin API listens inside namespace `ns`.
-fn status_in(spec: &NodeSpec, ns: Option<&str>) -> Option<grpc::StatusReply> {
-    let call = || {
-        admin(spec, |mut c| async move {
-            Ok(c.status(grpc::StatusRequest {}).await?.into_inner())
-        })
-        .ok()
-    };
-    match ns {
-        Some(ns) => in_netns(ns, call).ok().flatten(),
-        None => call(),
-    }
-}
-
-/// `havenctl bindings list --json`: home address → care-of address.
-/// (`None` when havenctl fails: callers poll within a bound.)
-fn bindings(spec: &NodeSpec) -> Option<HashMap<Ipv4Addr, Ipv4Addr>> {
-    bindings_in(spec, None)
-}
-
-fn bindings_in(spec: &NodeSpec, ns: Option<&str>) -> Option<HashMap<Ipv4Addr, Ipv4Addr>> {
-    let mut cmd = match ns {
-        Some(ns) => {
-            let mut c = std::process::Command::new("ip");
-            c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_havenctl")]);
-            c
-        }
-        None => std::process::Command::new(env!("CARGO_BIN_EXE_havenctl")),
-    };
-    let out = cmd
-        .arg("--admin")
-        .arg(spec.admin.to_string())
-        .args(["--json", "bindings", "list"])
-        .output()
-        .expect("run havenctl");
-    if !out.status.success() {
-        eprintln!("havenctl: {}", String::from_utf8_lossy(&out.stderr));
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    let rows = v
-        .as_array()?
-        .iter()
-        .filter_map(|b| {
-            let hoa = b["home_address"].as_str()?.parse().ok()?;
-            let coa = b["care_of"][0]["care_of_address"].as_str()?.parse().ok()?;
-            Some((hoa, coa))
-        })
-        .collect();
-    Some(rows)
-}
-
-fn scrape_metric(spec: &NodeSpec, name: &str, labels: &[(&str, &str)]) -> f64 {
-    scrape(&spec.metrics_url(), None)
-        .ok()
-        .and_then(|t| metric(&t, name, labels))
-        .unwrap_or(0.0)
+    status_in(spec, None, ADMIN)
 }
 
 /// Drops counted for `reason` on a node (summed over realm labels).
@@ -305,274 +196,29 @@ fn proc_state(pid: u32) -> Option<char> {
 
 // ---------------------------------------------------------------- load ----
 
-/// What the load saw, shared while it runs.
-#[derive(Debug, Default)]
-struct Seen {
-    /// Acknowledgements: when, by which node, and when the client started
-    /// that registration.
-    acks: Vec<(Instant, u64, Instant)>,
-    /// Transactions abandoned (no reply after every try to one node).
-    abandoned: u64,
-}
-
-/// One mobile node of the load at the end.
-#[derive(Debug, Clone)]
-struct MnEnd {
-    hoa: Ipv4Addr,
-    /// The care-of address last acknowledged.
-    acked: Option<Ipv4Addr>,
-    /// Care-of addresses sent after it, unacknowledged.
-    later: Vec<Ipv4Addr>,
-    /// Longest time between two acknowledgements (or start and the first).
-    worst_gap: Duration,
-}
-
-struct Load {
-    stop: Arc<AtomicBool>,
-    targets: Arc<Mutex<Vec<(u64, SocketAddrV4)>>>,
-    seen: Arc<Mutex<Seen>>,
-    handle: Option<JoinHandle<Vec<MnEnd>>>,
-}
-
-struct LoadMn {
-    hoa: Ipv4Addr,
-    sock: UdpSocket,
-    core: Option<(MobileNode, u64, Instant)>,
-    seq: u32,
-    acked: Option<Ipv4Addr>,
-    later: Vec<Ipv4Addr>,
-    last_ack: Instant,
-    worst_gap: Duration,
-}
-
-impl Load {
-    /// `count` mobile nodes registering back to back, each registration to
-    /// a node of `targets` (round robin), with a new care-of address each
-    /// time. A registration without a reply after 3 tries (0.4 + 0.8 +
-    /// 0.8 s) is abandoned and retried at the next target.
-    fn start(count: usize, targets: Vec<(u64, SocketAddrV4)>) -> Load {
-        Self::start_in(count, targets, None)
+/// `count` mobile nodes registering back to back, each registration to
+/// a node of the targets (round robin), with a new care-of address each
+/// time. A registration without a reply after 3 tries (0.4 + 0.8 + 0.8 s)
+/// is abandoned and retried at the next target.
+fn load_of(count: usize) -> LoadConfig {
+    LoadConfig {
+        count,
+        base: LOAD_BASE,
+        spi: SPI,
+        key: KEY,
+        initial_timeout: Duration::from_millis(400),
+        max_timeout: Duration::from_millis(800),
+        move_outstanding: false,
     }
-
-    /// [`Load::start`] with the mobile nodes' sockets inside namespace `ns`.
-    fn start_in(count: usize, targets: Vec<(u64, SocketAddrV4)>, ns: Option<String>) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let targets = Arc::new(Mutex::new(targets));
-        let seen = Arc::new(Mutex::new(Seen::default()));
-        let (s, t, v) = (stop.clone(), targets.clone(), seen.clone());
-        let handle = std::thread::spawn(move || match ns {
-            Some(ns) => in_netns(&ns, || run_load(count, &s, &t, &v)).expect("enter the namespace"),
-            None => run_load(count, &s, &t, &v),
-        });
-        Load {
-            stop,
-            targets,
-            seen,
-            handle: Some(handle),
-        }
-    }
-
-    fn set_targets(&self, t: Vec<(u64, SocketAddrV4)>) {
-        *self.targets.lock().unwrap_or_else(PoisonError::into_inner) = t;
-    }
-
-    fn acks(&self) -> usize {
-        self.seen
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .acks
-            .len()
-    }
-
-    fn acks_by(&self, node: u64) -> usize {
-        let s = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-        s.acks.iter().filter(|(_, n, _)| *n == node).count()
-    }
-
-    /// The first acknowledgement of a registration started after `t`.
-    fn first_ack_started_after(&self, t: Instant) -> Option<Instant> {
-        let s = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-        s.acks
-            .iter()
-            .filter(|(_, _, started)| *started > t)
-            .map(|(at, _, _)| *at)
-            .min()
-    }
-
-    /// Waits for `n` more acknowledgements than now.
-    fn await_more(&self, n: usize, what: &str) {
-        let from = self.acks();
-        wait_for(what, BOUND, || self.acks() >= from + n).expect(what);
-    }
-
-    fn finish(mut self) -> Vec<MnEnd> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.handle
-            .take()
-            .expect("running")
-            .join()
-            .expect("load thread")
-    }
-}
-
-impl Drop for Load {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
-}
-
-fn run_load(
-    count: usize,
-    stop: &AtomicBool,
-    targets: &Mutex<Vec<(u64, SocketAddrV4)>>,
-    seen: &Mutex<Seen>,
-) -> Vec<MnEnd> {
-    let started = Instant::now();
-    let mut mns: Vec<LoadMn> = (0..count)
-        .map(|i| {
-            let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
-            sock.set_nonblocking(true).expect("nonblocking");
-            LoadMn {
-                hoa: Ipv4Addr::from(u32::from(LOAD_BASE) + i as u32),
-                sock,
-                core: None,
-                seq: 0,
-                acked: None,
-                later: Vec::new(),
-                last_ack: started,
-                worst_gap: Duration::ZERO,
-            }
-        })
-        .collect();
-    let mut buf = [0u8; 2048];
-    let mut rr = 0usize;
-    // After `stop`, outstanding registrations may still finish (bounded).
-    let mut drain_until: Option<Instant> = None;
-    loop {
-        let stopping = stop.load(Ordering::Relaxed);
-        if stopping && drain_until.is_none() {
-            drain_until = Some(Instant::now() + Duration::from_secs(3));
-        }
-        if drain_until.is_some_and(|d| Instant::now() >= d)
-            || (stopping && mns.iter().all(|m| m.core.is_none()))
-        {
-            break;
-        }
-        let now = unix_now();
-        let mut busy = false;
-        for (i, m) in mns.iter_mut().enumerate() {
-            if m.core.is_none() && !stopping {
-                let t = targets
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .clone();
-                if t.is_empty() {
-                    continue;
-                }
-                rr += 1;
-                let (node, vip) = t[(rr + i) % t.len()];
-                m.seq += 1;
-                let coa = Ipv4Addr::new(198, 19, i as u8, (m.seq % 250 + 1) as u8);
-                let mut c = MnConfig::new(m.hoa, *vip.ip(), coa, SPI, KEY);
-                c.home_agent_port = vip.port();
-                c.initial_timeout = Duration::from_millis(400);
-                c.max_timeout = Duration::from_millis(800);
-                c.max_attempts = 3;
-                let mut core = MobileNode::new(c);
-                core.register(now);
-                m.later.push(coa);
-                m.core = Some((core, node, Instant::now()));
-            }
-            let Some((core, node, began)) = m.core.as_mut() else {
-                continue;
-            };
-            loop {
-                match m.sock.recv_from(&mut buf) {
-                    Ok((n, SocketAddr::V4(from))) => {
-                        busy = true;
-                        let _ = core.handle(now, from, &buf[..n]);
-                    }
-                    Ok(_) => {}
-                    Err(_) => break,
-                }
-            }
-            if core.poll_timeout().is_some_and(|t| t <= now) {
-                core.handle_timeout(now);
-            }
-            while let Some((dst, bytes)) = core.poll_transmit() {
-                let _ = m.sock.send_to(&bytes, dst);
-            }
-            let mut done = false;
-            while let Some(ev) = core.poll_event() {
-                match ev {
-                    Event::Accepted { .. } => {
-                        let at = Instant::now();
-                        m.worst_gap = m.worst_gap.max(at - m.last_ack);
-                        m.last_ack = at;
-                        m.acked = Some(core.care_of_address());
-                        m.later.clear();
-                        seen.lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .acks
-                            .push((at, *node, *began));
-                        done = true;
-                    }
-                    Event::GaveUp | Event::Denied { .. } => {
-                        seen.lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .abandoned += 1;
-                        done = true;
-                    }
-                    _ => {}
-                }
-            }
-            if done {
-                m.core = None;
-            }
-        }
-        if !busy {
-            // Pacing of the generator's own poll loop, not a wait for a
-            // condition of the system under test.
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-    mns.into_iter()
-        .map(|m| MnEnd {
-            hoa: m.hoa,
-            acked: m.acked,
-            later: m.later,
-            worst_gap: m.worst_gap,
-        })
-        .collect()
 }
 
 /// Waits until the nodes `ids` hold identical binding tables, then checks
 /// that every acknowledged registration is in them.
-fn assert_converged(c: &Cluster, ids: &[u64], mns: &[MnEnd]) -> HashMap<Ipv4Addr, Ipv4Addr> {
-    let mut last = HashMap::new();
-    wait_for("the live nodes to hold the same bindings", BOUND, || {
-        let views: Option<Vec<_>> = ids.iter().map(|id| bindings(&c.node(*id).spec)).collect();
-        let Some(views) = views else { return false };
-        let same = views.windows(2).all(|w| w[0] == w[1]);
-        last = views.into_iter().next().unwrap_or_default();
-        same
-    })
-    .expect("converged");
-    let mut acked = 0;
-    for m in mns {
-        let Some(a) = m.acked else { continue };
-        acked += 1;
-        let got = last.get(&m.hoa).copied();
-        assert!(
-            got == Some(a) || got.is_some_and(|g| m.later.contains(&g)),
-            "acknowledged {} -> {a} lost: nodes hold {got:?} (later attempts {:?})",
-            m.hoa,
-            m.later
-        );
-    }
+fn assert_converged(c: &Cluster, ids: &[u64], mns: &[MnEnd]) -> Table {
+    let last = await_identical("the live nodes to hold the same bindings", || {
+        ids.iter().map(|id| bindings(&c.node(*id).spec)).collect()
+    });
+    let acked = assert_acknowledged_present(&last, mns);
     assert!(acked > 0, "the load registered nothing");
     last
 }
@@ -601,7 +247,7 @@ fn sigkill_follower_then_leader_loses_no_acknowledged_binding() {
         s.reg_per_sec, s.latency_ms.p50, s.latency_ms.p99
     );
 
-    let load = Load::start(24, c.targets(&all));
+    let load = Load::start(load_of(24), c.targets(&all));
     load.await_more(100, "acknowledgements from the 3-node cluster");
 
     // A follower dies; the log moves on and is compacted (snapshot_every
@@ -676,11 +322,7 @@ fn sigkill_follower_then_leader_loses_no_acknowledged_binding() {
     load.set_targets(c.targets(&all));
     load.await_more(50, "acknowledgements with every node back");
 
-    let ab = load
-        .seen
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .abandoned;
+    let ab = load.abandoned();
     let mns = load.finish();
     let table = assert_converged(&c, &all, &mns);
     // The burst's bindings survived both crashes too.
@@ -726,15 +368,14 @@ fn minority_node_acknowledges_nothing_then_converges() {
     }
     let stopped = Instant::now();
     let spec = c.node(lone).spec.clone();
-    let load = Load::start(8, c.targets(&[lone]));
+    let load = Load::start(load_of(8), c.targets(&[lone]));
     wait_for("the minority node to drop requests", BOUND, || {
         drops(&spec, "commit_timeout") + drops(&spec, "replication_unavailable") >= 8.0
     })
     .expect("drops counted");
     {
-        let seen = load.seen.lock().unwrap_or_else(PoisonError::into_inner);
-        let acks: Vec<_> = seen
-            .acks
+        let acks: Vec<_> = load
+            .ack_log()
             .iter()
             .map(|(at, n, began)| (*n, *at - stopped, *began - stopped))
             .collect();
@@ -743,11 +384,7 @@ fn minority_node_acknowledges_nothing_then_converges() {
             "a minority node acknowledged registrations (node, acked, started after the stop): {acks:?}"
         );
     }
-    let abandoned = load
-        .seen
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .abandoned;
+    let abandoned = load.abandoned();
     println!(
         "minority node {lone}: 0 acknowledged, {abandoned} registrations abandoned by clients, {} dropped",
         drops(&spec, "commit_timeout") + drops(&spec, "replication_unavailable")
@@ -781,7 +418,7 @@ fn fourth_node_joins_and_one_leaves_while_serving() {
     let mut c = Cluster::start(30, 3, 1, 64);
     let founders = [1, 2, 3];
     let leader = c.await_leader(&founders);
-    let load = Load::start(16, c.targets(&founders));
+    let load = Load::start(load_of(16), c.targets(&founders));
     load.await_more(100, "acknowledgements before the join");
 
     c.launch_joiner(4);
@@ -796,7 +433,7 @@ fn fourth_node_joins_and_one_leaves_while_serving() {
         .collect();
     order.push(leader);
     for id in order {
-        let r = admin(&c.node(id).spec, |mut cl| {
+        let r = admin(&c.node(id).spec, ADMIN, |mut cl| {
             let address = addr.clone();
             async move {
                 Ok(cl
@@ -833,7 +470,7 @@ fn fourth_node_joins_and_one_leaves_while_serving() {
         .expect("a follower");
     let remaining: Vec<u64> = serving.iter().copied().filter(|id| *id != gone).collect();
     load.set_targets(c.targets(&remaining));
-    let members = admin(&c.node(leader).spec, |mut cl| async move {
+    let members = admin(&c.node(leader).spec, ADMIN, |mut cl| async move {
         Ok(cl
             .remove_member(grpc::RemoveMemberRequest { node_id: gone })
             .await?
@@ -843,11 +480,7 @@ fn fourth_node_joins_and_one_leaves_while_serving() {
     .expect("RemoveMember");
     assert!(!members.contains(&gone));
     load.await_more(50, "acknowledgements after the removal");
-    let ab = load
-        .seen
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .abandoned;
+    let ab = load.abandoned();
     let mns = load.finish();
     assert_converged(&c, &remaining, &mns);
     assert_eq!(ab, 0, "a registration went unanswered by a serving node");
@@ -876,7 +509,7 @@ fn fourth_node_joins_and_one_leaves_while_serving() {
         st.members,
         scrape_metric(&gone_spec, "haven_raft_member", &[])
     );
-    let probe = Load::start(1, c.targets(&[gone]));
+    let probe = Load::start(load_of(1), c.targets(&[gone]));
     wait_for("the removed node to drop a request", BOUND, || {
         drops(&gone_spec, "not_member")
             + drops(&gone_spec, "commit_timeout")
@@ -896,54 +529,32 @@ fn fourth_node_joins_and_one_leaves_while_serving() {
 fn bad_cluster_config_exits_64_and_unusable_log_fails_start() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (spec, _) = specs(40, 3, 0, 64, dir.path()).remove(0);
-    let good = spec.write(dir.path()).expect("write");
-    let ok = std::process::Command::new(env!("CARGO_BIN_EXE_ha-node"))
-        .arg("--config")
-        .arg(&good)
-        .arg("--check-config")
-        .output()
-        .expect("run");
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
+    node::assert_edits_refused(
+        &spec,
+        dir.path(),
+        &[
+            (
+                "cluster_id = \"lab\"",
+                "cluster_id = \"\"",
+                "needs a cluster_id",
+            ),
+            (
+                "heartbeat_ticks = 2",
+                "heartbeat_ticks = 10",
+                "less than election_ticks",
+            ),
+            (
+                "[[cluster.peer]]\nid = 1\n",
+                "[[cluster.peer]]\nid = 9\n",
+                "must list this node",
+            ),
+            (
+                "snapshot_every = 64",
+                "snapshot_every = 0",
+                "snapshot_every must be at least 1",
+            ),
+        ],
     );
-    let text = std::fs::read_to_string(&good).expect("read");
-    for (from, to, needle) in [
-        (
-            "cluster_id = \"lab\"",
-            "cluster_id = \"\"",
-            "needs a cluster_id",
-        ),
-        (
-            "heartbeat_ticks = 2",
-            "heartbeat_ticks = 10",
-            "less than election_ticks",
-        ),
-        (
-            "[[cluster.peer]]\nid = 1\n",
-            "[[cluster.peer]]\nid = 9\n",
-            "must list this node",
-        ),
-        (
-            "snapshot_every = 64",
-            "snapshot_every = 0",
-            "snapshot_every must be at least 1",
-        ),
-    ] {
-        assert!(text.contains(from), "{from:?} in {text}");
-        let bad = dir.path().join("bad.toml");
-        std::fs::write(&bad, text.replacen(from, to, 1)).expect("write");
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ha-node"))
-            .arg("--config")
-            .arg(&bad)
-            .arg("--check-config")
-            .output()
-            .expect("run");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(64), "{to}: {err}");
-        assert!(err.contains(needle), "{to}: {err}");
-    }
     // A data_dir that cannot be a directory: the node refuses to start
     // (exit 1) rather than run without a durable log.
     let file = dir.path().join("not-a-dir");
@@ -1022,31 +633,15 @@ fn nftables_partition_of_the_leader_acknowledges_nothing() {
         let sub = dir.path().join(format!("n{i}"));
         std::fs::create_dir_all(&sub).expect("mkdir");
         let config = spec.write(&sub).expect("config");
-        let proc = Process::spawn(
-            &format!("ha-node-{i}"),
-            Spec::new(env!("CARGO_BIN_EXE_ha-node"))
-                .arg("--config")
-                .arg(config)
-                .env("RUST_LOG", "info,raft=warn"),
-            Some(&ns),
-        )
-        .expect("spawn");
-        await_metric(
-            &spec.metrics_url(),
-            Some(&ns),
-            "haven_build_info",
-            &[],
-            |v| v == 1.0,
-            BOUND,
-        )
-        .expect("node starts");
+        let proc = node::spawn(&format!("ha-node-{i}"), &config, LOG, Some(&ns));
+        node::await_ready(&spec, Some(&ns)).expect("node starts");
         nodes.insert(u64::from(i), (spec, ns, proc));
     }
     let leader_seen = |ids: &[u64]| -> Vec<u64> {
         ids.iter()
             .map(|id| {
                 let (spec, ns, _) = &nodes[id];
-                status_in(spec, Some(ns)).map_or(0, |s| s.leader_id)
+                status_in(spec, Some(ns), ADMIN).map_or(0, |s| s.leader_id)
             })
             .collect()
     };
@@ -1058,7 +653,7 @@ fn nftables_partition_of_the_leader_acknowledges_nothing() {
     })
     .expect("leader");
     let (lspec, lns, _) = &nodes[&leader];
-    let load = Load::start_in(8, vec![(leader, vip)], Some(lns.clone()));
+    let load = Load::start_in(load_of(8), vec![(leader, vip)], Some(lns.clone()));
     load.await_more(50, "acknowledgements before the partition");
 
     lab.partition(&racks::node_name(leader as u8))
@@ -1083,7 +678,7 @@ fn nftables_partition_of_the_leader_acknowledges_nothing() {
     );
     // Check-quorum demotes the cut-off leader [Raft thesis § 6.2].
     wait_for("the cut-off leader to step down", BOUND, || {
-        status_in(lspec, Some(lns)).is_some_and(|s| s.role != "leader")
+        status_in(lspec, Some(lns), ADMIN).is_some_and(|s| s.role != "leader")
     })
     .expect("demoted");
 
@@ -1098,28 +693,13 @@ fn nftables_partition_of_the_leader_acknowledges_nothing() {
         (load.first_ack_started_after(healed).expect("ack") - healed).as_secs_f64() * 1000.0
     );
     let mns = load.finish();
-    let mut last = HashMap::new();
-    wait_for("the three nodes to hold the same bindings", BOUND, || {
-        let views: Option<Vec<_>> = nodes
+    let last = await_identical("the three nodes to hold the same bindings", || {
+        nodes
             .values()
             .map(|(spec, ns, _)| bindings_in(spec, Some(ns)))
-            .collect();
-        let Some(views) = views else { return false };
-        let same = views.windows(2).all(|w| w[0] == w[1]);
-        last = views.into_iter().next().unwrap_or_default();
-        same
-    })
-    .expect("converged");
-    for m in &mns {
-        if let Some(a) = m.acked {
-            let got = last.get(&m.hoa).copied();
-            assert!(
-                got == Some(a) || got.is_some_and(|g| m.later.contains(&g)),
-                "acknowledged {} -> {a} lost: {got:?}",
-                m.hoa
-            );
-        }
-    }
+            .collect()
+    });
+    assert_acknowledged_present(&last, &mns);
     drop(nodes);
     drop(lab);
     assert!(

@@ -17,58 +17,23 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::Ipv4Addr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use haven_ha_node::binding::{CareOf, Encap};
-use haven_ha_node::command::{Command, RealmParams, StateMachine};
+use haven_ha_node::command::Command;
 use haven_ha_node::config::RealmId;
 use haven_ha_node::raft::{RaftConfig, RaftReplicator, RaftStore, Role};
 use haven_ha_node::replicate::{ProposeError, Replicator, RequestId};
 use raft::eraftpb::{Message, MessageType};
 
-/// SplitMix64 (Steele, Lea, Flood 2014): tiny, seedable, good enough.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
-
-fn machine() -> StateMachine {
-    StateMachine::new(vec![RealmParams {
-        pool: None,
-        max_bindings: 1,
-    }])
-}
+mod common;
+use common::sim::{self, Rng, machine};
 
 fn register(n: u32) -> Command {
     // Unique home addresses in 198.18.0.0/15; never removed, never expired.
-    let home_address = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + n);
-    Command::Register {
-        realm: RealmId(0),
-        home_address,
-        nai: None,
-        care_of: CareOf {
-            coa: Ipv4Addr::new(203, 0, 113, 1),
-            registered_at: Duration::from_secs(1_000),
-            lifetime: 600,
-            encap: Encap::IpInIp,
-            reverse_tunnel: false,
-        },
-        identification: u64::from(n),
-        simultaneous: false,
-    }
+    sim::register(
+        Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + n),
+        n,
+    )
 }
 
 #[derive(Default, Debug, Clone, Copy)]
