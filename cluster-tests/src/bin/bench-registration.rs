@@ -3,7 +3,7 @@
 //! one run (DESIGN.md § 9; issue "Benchmarks", item 1).
 //!
 //! ```text
-//! cargo run --release -p haven-cluster-tests --bin bench-registration -- [--mobile-nodes N] [--window W] [--sockets S] [--nodes 1,3]
+//! cargo run --release -p haven-cluster-tests --bin bench-registration -- [--mobile-nodes N] [--window W] [--sockets S] [--nodes 1,3] [--hop off|on|both]
 //! ```
 //!
 //! For each cluster size the real release `ha-node`s start on loopback
@@ -20,6 +20,14 @@
 //! * `refresh`: every mobile node re-registers (an update of an existing
 //!   binding, the steady state of a home agent).
 //!
+//! `--hop on` measures the same behind the dispatcher (issue "Benchmarks",
+//! item 1): the nodes in network namespaces behind one l2 (DSR)
+//! dispatcher ([`lab::DispatchedLab`]), the load in the `mn` namespace
+//! sending to the VIP from `--sockets` source ports, which the dispatcher
+//! spreads by Maglev (unevenly for a few ports). Needs root. `--hop both`
+//! runs both paths for every cluster size and prints the ratio; the default
+//! (`off`) is the loopback run alone.
+//!
 //! A reply counts when its authenticator verifies. Printed and appended to
 //! `target/bench-results/registration.jsonl`: registrations per second,
 //! p50/p99/p99.9 latency, denials, retransmissions, and every node's
@@ -31,18 +39,21 @@
 //! in-process by `ha-node/tests/binding_memory.rs` (memory) and left for a
 //! run with a subscriber backend that does not need one SA per line.
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Parser;
-use haven_cluster_tests::bench::{Recorder, quantile, release_binary, rss_bytes};
+use haven_cluster_tests::bench::lab::{self, DispatchedLab, LabOptions};
+use haven_cluster_tests::bench::{
+    ClosedLoop, LoopPhase, Recorder, quantile, release_binary, rss_bytes,
+};
 use haven_cluster_tests::fleet::{ClusterSpec, NodeSpec, RealmSpec};
-use haven_cluster_tests::mn::{Event, MnConfig, MobileNode};
-use haven_cluster_tests::mnsim::unix_now;
-use haven_cluster_tests::supervisor::{Process, Spec, await_metric, free_port, metric, scrape};
+use haven_cluster_tests::supervisor::{
+    Process, Spec, await_metric, free_port, metric, scrape, wait_for,
+};
+use haven_cluster_tests::topo::{self, in_netns};
 
 const KEY: &[u8] = b"bench-registration-key";
 const SPI: u32 = 4000;
@@ -71,6 +82,10 @@ struct Args {
     /// Cluster sizes to measure, in order (1 = local mode, else raft).
     #[arg(long, value_delimiter = ',', default_value = "1,3")]
     nodes: Vec<usize>,
+    /// The dispatcher hop: off (loopback, straight to the nodes), on
+    /// (through one dispatcher in namespaces; root), or both in one run.
+    #[arg(long, value_enum, default_value_t = Hop::Off)]
+    hop: Hop,
 }
 
 struct Node {
@@ -153,190 +168,200 @@ fn start_cluster(bin: &Path, count: usize, mns: usize, dir: &Path) -> anyhow::Re
     Ok(nodes)
 }
 
-/// What one phase measured.
-#[derive(Debug, Default)]
-struct Phase {
-    wall: Duration,
-    latencies: Vec<Duration>,
-    denied: usize,
-    gave_up: usize,
-    retransmits: usize,
+/// Where the load enters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Hop {
+    /// Loopback, straight to each node's socket (the default).
+    Off,
+    /// Through one dispatcher in network namespaces (root).
+    On,
+    /// Both, in this run, with the ratio.
+    Both,
 }
 
-impl Phase {
-    fn rate(&self) -> f64 {
-        self.latencies.len() as f64 / self.wall.as_secs_f64().max(1e-9)
-    }
+/// One measured cluster: its processes (pids for RSS) and how to read its
+/// binding counts and leader.
+struct Measured {
+    pids: Vec<Option<u32>>,
+    bindings: Box<dyn Fn(usize) -> f64>,
+    leader: Option<f64>,
 }
 
-/// The load generator: mobile-node cores over a few shared sockets,
-/// closed-loop with `window` requests in flight. Replies are matched to
-/// their mobile node by the home address field (RFC 5944 § 3.4: octets
-/// 4..8 of a Registration Reply).
-struct Load {
-    mns: Vec<MobileNode>,
-    socks: Vec<UdpSocket>,
-    window: usize,
+/// What one (path, cluster size) run measured.
+struct Run {
+    path: &'static str,
+    count: usize,
+    phases: Vec<(&'static str, LoopPhase)>,
 }
 
-impl Load {
-    fn new(targets: &[SocketAddrV4], count: usize, sockets: usize) -> anyhow::Result<Self> {
-        let mns = (0..count)
-            .map(|i| {
-                let t = targets[i % targets.len()];
-                let mut c = MnConfig::new(
-                    Ipv4Addr::from(HOME_BASE + i as u32),
-                    *t.ip(),
-                    CARE_OF,
-                    SPI,
-                    KEY,
-                );
-                c.home_agent_port = t.port();
-                c.lifetime = 1800;
-                c.max_attempts = 8;
-                MobileNode::new(c)
-            })
-            .collect();
-        let socks = (0..sockets.max(1))
-            .map(|_| {
-                let s = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
-                s.set_nonblocking(true)?;
-                Ok(s)
-            })
-            .collect::<std::io::Result<Vec<_>>>()?;
-        Ok(Self {
-            mns,
-            socks,
-            window: 256,
-        })
+fn measure(
+    load: &mut ClosedLoop,
+    m: &Measured,
+    args: &Args,
+    path: &'static str,
+    count: usize,
+    rec: &mut Recorder,
+) -> anyhow::Result<Run> {
+    let rss0: Vec<u64> = m
+        .pids
+        .iter()
+        .map(|p| p.and_then(rss_bytes).unwrap_or(0))
+        .collect();
+    let mut phases = Vec::new();
+    for phase in ["register", "refresh"] {
+        let mut ph = load.phase();
+        ph.latencies.sort_unstable();
+        phases.push((phase, ph));
     }
-
-    fn flush(&mut self, i: usize, ph: &mut Phase, inflight: &mut usize) {
-        let Some(mn) = self.mns.get_mut(i) else {
-            return;
-        };
-        while let Some((to, bytes)) = mn.poll_transmit() {
-            if let Some(s) = self.socks.get(i % self.socks.len()) {
-                // A full socket buffer is a loss the retransmission covers.
-                let _ = s.send_to(&bytes, to);
-            }
-        }
-        while let Some(ev) = mn.poll_event() {
-            match ev {
-                Event::Sent { attempt, .. } if attempt > 1 => ph.retransmits += 1,
-                Event::Accepted { latency, .. } => {
-                    ph.latencies.push(latency);
-                    *inflight -= 1;
-                }
-                Event::Denied { .. } => {
-                    ph.denied += 1;
-                    *inflight -= 1;
-                }
-                Event::GaveUp => {
-                    ph.gave_up += 1;
-                    *inflight -= 1;
-                }
-                _ => {}
-            }
-        }
+    for (phase, ph) in &phases {
+        println!(
+            "{count} node(s), {path}, {phase}: {} accepted in {:.1} s, {} denied, {} gave up, {} retransmissions",
+            ph.latencies.len(),
+            ph.wall.as_secs_f64(),
+            ph.denied,
+            ph.gave_up,
+            ph.retransmits
+        );
     }
-
-    /// Every mobile node (re-)registers once; returns what was seen.
-    fn phase(&mut self) -> Phase {
-        let mut ph = Phase::default();
-        let total = self.mns.len();
-        let (mut next, mut inflight) = (0usize, 0usize);
-        let mut waiting: Vec<usize> = Vec::with_capacity(self.window);
-        let mut buf = vec![0u8; 2048];
-        let mut fds: Vec<libc::pollfd> = self
-            .socks
-            .iter()
-            .map(|s| libc::pollfd {
-                fd: s.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            })
-            .collect();
-        let started = Instant::now();
-        let mut last_scan = Instant::now();
-        while next < total || inflight > 0 {
-            while inflight < self.window && next < total {
-                if let Some(mn) = self.mns.get_mut(next) {
-                    mn.register(unix_now());
-                }
-                inflight += 1;
-                waiting.push(next);
-                self.flush(next, &mut ph, &mut inflight);
-                next += 1;
-            }
-            // SAFETY: `fds` is a valid array of `fds.len()` pollfd structs.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 5) };
-            if n > 0 {
-                for k in 0..self.socks.len() {
-                    if fds.get(k).is_none_or(|f| f.revents == 0) {
-                        continue;
-                    }
-                    while let Some(Ok((len, from))) =
-                        self.socks.get(k).map(|s| s.recv_from(&mut buf))
-                    {
-                        let (Some(hoa), SocketAddr::V4(from)) = (buf.get(4..8), from) else {
-                            continue;
-                        };
-                        let hoa = u32::from_be_bytes([hoa[0], hoa[1], hoa[2], hoa[3]]);
-                        let i = hoa.wrapping_sub(HOME_BASE) as usize;
-                        let Some(mn) = self.mns.get_mut(i) else {
-                            continue;
-                        };
-                        let _ = mn.handle(unix_now(), from, buf.get(..len).unwrap_or_default());
-                        self.flush(i, &mut ph, &mut inflight);
-                    }
-                }
-            }
-            if last_scan.elapsed() >= Duration::from_millis(50) {
-                last_scan = Instant::now();
-                let now = unix_now();
-                let mut still = Vec::with_capacity(waiting.len());
-                for i in waiting.drain(..) {
-                    let Some(mn) = self.mns.get_mut(i) else {
-                        continue;
-                    };
-                    if mn.poll_timeout().is_some_and(|t| t <= now) {
-                        mn.handle_timeout(now);
-                    }
-                    let before = inflight;
-                    self.flush(i, &mut ph, &mut inflight);
-                    if inflight == before
-                        && self.mns.get(i).is_some_and(|m| {
-                            m.state() == haven_cluster_tests::mn::State::Registering
-                        })
-                    {
-                        still.push(i);
-                    }
-                }
-                waiting = still;
-            }
-            // Completed ones leave `waiting` at the next scan.
-        }
-        ph.wall = started.elapsed();
-        ph
-    }
-}
-
-/// Waits until every node reports `want` bindings; returns how long it took.
-fn await_replicated(nodes: &[Node], want: usize) -> anyhow::Result<Duration> {
+    // Every mobile node the register phase saw accepted has a binding.
+    let want = phases.first().map_or(0, |(_, ph)| ph.latencies.len());
     let t = Instant::now();
-    for n in nodes {
-        await_metric(
-            &n.spec.metrics_url(),
-            None,
-            "haven_bindings",
-            &[("realm", "bench")],
-            |v| v as usize == want,
+    for i in 0..m.pids.len() {
+        wait_for(
+            &format!("node {} to hold every binding", i + 1),
             Duration::from_secs(120),
+            || (m.bindings)(i) as usize >= want,
         )
-        .with_context(|| format!("node {} never reached {want} bindings", n.spec.id))?;
+        .with_context(|| {
+            format!(
+                "node {} never reached {want} bindings (has {})",
+                i + 1,
+                (m.bindings)(i)
+            )
+        })?;
     }
-    Ok(t.elapsed())
+    let sync = t.elapsed();
+    let rss1: Vec<u64> = m
+        .pids
+        .iter()
+        .map(|p| p.and_then(rss_bytes).unwrap_or(0))
+        .collect();
+    let per_binding = rss1
+        .iter()
+        .zip(&rss0)
+        .map(|(a, b)| a.saturating_sub(*b) as f64 / args.mobile_nodes as f64)
+        .fold(0.0f64, f64::max);
+    println!(
+        "{count} node(s), {path}: all {want} acknowledged bindings on every node {:.2} s after the last reply; \
+         max RSS growth {per_binding:.0} B/binding{}",
+        sync.as_secs_f64(),
+        m.leader
+            .map_or(String::new(), |l| format!("; raft leader {l}"))
+    );
+    let suffix = if path == "direct" { "" } else { "_dispatcher" };
+    rec.figure(
+        &format!("rss_growth_per_binding_{count}_nodes{suffix}"),
+        per_binding,
+        "bytes",
+        serde_json::json!({ "mobile_nodes": args.mobile_nodes, "nodes": count, "path": path }),
+    )?;
+    Ok(Run {
+        path,
+        count,
+        phases,
+    })
+}
+
+fn run_direct(
+    bin: &Path,
+    count: usize,
+    args: &Args,
+    dir: &Path,
+    rec: &mut Recorder,
+) -> anyhow::Result<Run> {
+    let nodes = start_cluster(bin, count, args.mobile_nodes, dir)?;
+    let targets: Vec<SocketAddrV4> = nodes.iter().map(|n| n.target).collect();
+    let mut load = ClosedLoop::new(
+        &targets,
+        Ipv4Addr::from(HOME_BASE),
+        args.mobile_nodes,
+        args.sockets,
+        (SPI, KEY),
+        1800,
+        CARE_OF,
+    )?;
+    load.window = args.window.max(1);
+    let urls: Vec<String> = nodes.iter().map(|n| n.spec.metrics_url()).collect();
+    let leader = urls
+        .iter()
+        .filter_map(|u| scrape(u, None).ok())
+        .filter_map(|t| metric(&t, "haven_raft_leader_id", &[]))
+        .next();
+    let m = Measured {
+        pids: nodes.iter().map(|n| n.proc.pid()).collect(),
+        bindings: Box::new(move |i| {
+            urls.get(i)
+                .and_then(|u| scrape(u, None).ok())
+                .and_then(|t| metric(&t, "haven_bindings", &[("realm", "bench")]))
+                .unwrap_or(-1.0)
+        }),
+        leader,
+    };
+    let run = measure(&mut load, &m, args, "direct", count, rec)?;
+    for mut n in nodes {
+        let _ = n.proc.sigkill();
+    }
+    Ok(run)
+}
+
+/// The same load through one dispatcher hop: the nodes behind an l2
+/// (DSR) dispatcher in namespaces, the load generator in `mn` sending to
+/// the VIP from `--sockets` source ports, which the dispatcher spreads
+/// over the nodes by Maglev (unevenly for few ports).
+fn run_hop(count: usize, args: &Args, rec: &mut Recorder) -> anyhow::Result<Run> {
+    let lab = DispatchedLab::start(&LabOptions {
+        nodes: u8::try_from(count).context("at most 255 nodes")?,
+        home_prefix: "198.18.0.0/15".to_owned(),
+        home_base: Ipv4Addr::from(HOME_BASE),
+        homes: args.mobile_nodes,
+        spi: SPI,
+        key: KEY.to_vec(),
+        dataplane: false,
+        max_lifetime_secs: 1800,
+        expire: Duration::from_secs(900),
+    })?;
+    let (mobile_nodes, sockets, window) = (args.mobile_nodes, args.sockets, args.window.max(1));
+    let mut load = in_netns(&lab.ns("mn")?, move || {
+        ClosedLoop::new(
+            &[SocketAddrV4::new(lab::VIP, 434)],
+            Ipv4Addr::from(HOME_BASE),
+            mobile_nodes,
+            sockets,
+            (SPI, KEY),
+            1800,
+            lab::MN,
+        )
+    })??;
+    load.window = window;
+    let leader = if count > 1 {
+        lab.node_metric(1, "haven_raft_leader_id")
+    } else {
+        None
+    };
+    let ns = lab.node_ns.clone();
+    let m = Measured {
+        pids: lab.nodes.iter().map(Process::pid).collect(),
+        bindings: Box::new(move |i| {
+            ns.get(i)
+                .and_then(|ns| scrape(lab::NODE_METRICS, Some(ns)).ok())
+                .and_then(|t| metric(&t, "haven_bindings", &[("realm", "bench")]))
+                .unwrap_or(-1.0)
+        }),
+        leader,
+    };
+    let run = measure(&mut load, &m, args, "dispatcher", count, rec)?;
+    drop(lab);
+    Ok(run)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -345,54 +370,20 @@ fn main() -> anyhow::Result<()> {
         (1..=MAX_MNS).contains(&args.mobile_nodes),
         "--mobile-nodes must be 1..={MAX_MNS} (home addresses come from 198.18.0.0/15)"
     );
+    anyhow::ensure!(
+        args.hop == Hop::Off || topo::is_root(),
+        "--hop on/both needs root (network namespaces)"
+    );
     let bin = release_binary("haven-ha-node", "ha-node")?;
     let mut rec = Recorder::open("registration")?;
     let dir = tempfile::tempdir()?;
-    let mut rows = Vec::new();
+    let mut runs = Vec::new();
     for &count in &args.nodes {
-        let nodes = start_cluster(&bin, count, args.mobile_nodes, dir.path())?;
-        let targets: Vec<SocketAddrV4> = nodes.iter().map(|n| n.target).collect();
-        let rss0: Vec<u64> = nodes
-            .iter()
-            .map(|n| n.proc.pid().and_then(rss_bytes).unwrap_or(0))
-            .collect();
-        let mut load = Load::new(&targets, args.mobile_nodes, args.sockets)?;
-        load.window = args.window.max(1);
-        for phase in ["register", "refresh"] {
-            let mut ph = load.phase();
-            ph.latencies.sort_unstable();
-            rows.push((count, phase, ph));
+        if args.hop != Hop::On {
+            runs.push(run_direct(&bin, count, &args, dir.path(), &mut rec)?);
         }
-        let sync = await_replicated(&nodes, args.mobile_nodes)?;
-        let rss1: Vec<u64> = nodes
-            .iter()
-            .map(|n| n.proc.pid().and_then(rss_bytes).unwrap_or(0))
-            .collect();
-        let per_binding = rss1
-            .iter()
-            .zip(&rss0)
-            .map(|(a, b)| a.saturating_sub(*b) as f64 / args.mobile_nodes as f64)
-            .fold(0.0f64, f64::max);
-        let leader = nodes
-            .iter()
-            .filter_map(|n| scrape(&n.spec.metrics_url(), None).ok())
-            .filter_map(|t| metric(&t, "haven_raft_leader_id", &[]))
-            .next();
-        println!(
-            "{count} node(s): all {} bindings on every node {:.2} s after the last reply; \
-             max RSS growth {per_binding:.0} B/binding{}",
-            args.mobile_nodes,
-            sync.as_secs_f64(),
-            leader.map_or(String::new(), |l| format!("; raft leader {l}"))
-        );
-        rec.figure(
-            &format!("rss_growth_per_binding_{count}_nodes"),
-            per_binding,
-            "bytes",
-            serde_json::json!({ "mobile_nodes": args.mobile_nodes, "nodes": count }),
-        )?;
-        for mut n in nodes {
-            let _ = n.proc.sigkill();
+        if args.hop != Hop::Off {
+            runs.push(run_hop(count, &args, &mut rec)?);
         }
     }
     println!();
@@ -404,67 +395,111 @@ fn main() -> anyhow::Result<()> {
         rec.cores()
     );
     println!(
-        "{:>5} {:>8} {:>10} {:>9} {:>9} {:>9} {:>7} {:>7} {:>8}",
-        "nodes", "phase", "reg/s", "p50 ms", "p99 ms", "p99.9 ms", "denied", "gaveup", "retrans"
+        "{:>5} {:>10} {:>8} {:>10} {:>9} {:>9} {:>9} {:>7} {:>7} {:>8}",
+        "nodes",
+        "path",
+        "phase",
+        "reg/s",
+        "p50 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "denied",
+        "gaveup",
+        "retrans"
     );
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    for (count, phase, ph) in &rows {
-        let (p50, p99, p999) = (
-            quantile(&ph.latencies, 0.5),
-            quantile(&ph.latencies, 0.99),
-            quantile(&ph.latencies, 0.999),
-        );
-        println!(
-            "{count:>5} {phase:>8} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>7} {:>7} {:>8}",
-            ph.rate(),
-            ms(p50),
-            ms(p99),
-            ms(p999),
-            ph.denied,
-            ph.gave_up,
-            ph.retransmits
-        );
-        let extra = serde_json::json!({
-            "nodes": count,
-            "phase": phase,
-            "mobile_nodes": args.mobile_nodes,
-            "window": args.window,
-            "sockets": args.sockets,
-            "denied": ph.denied,
-            "gave_up": ph.gave_up,
-            "retransmits": ph.retransmits,
-        });
-        rec.figure(
-            &format!("registrations_per_second_{count}_nodes_{phase}"),
-            ph.rate(),
-            "registrations/s",
-            extra.clone(),
-        )?;
-        for (q, v) in [("p50", p50), ("p99", p99), ("p999", p999)] {
+    for run in &runs {
+        let count = run.count;
+        let suffix = if run.path == "direct" {
+            ""
+        } else {
+            "_dispatcher"
+        };
+        for (phase, ph) in &run.phases {
+            let (p50, p99, p999) = (
+                quantile(&ph.latencies, 0.5),
+                quantile(&ph.latencies, 0.99),
+                quantile(&ph.latencies, 0.999),
+            );
+            println!(
+                "{count:>5} {:>10} {phase:>8} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>7} {:>7} {:>8}",
+                run.path,
+                ph.rate(),
+                ms(p50),
+                ms(p99),
+                ms(p999),
+                ph.denied,
+                ph.gave_up,
+                ph.retransmits
+            );
+            let extra = serde_json::json!({
+                "nodes": count,
+                "phase": phase,
+                "path": run.path,
+                "mobile_nodes": args.mobile_nodes,
+                "window": args.window,
+                "sockets": args.sockets,
+                "denied": ph.denied,
+                "gave_up": ph.gave_up,
+                "retransmits": ph.retransmits,
+            });
             rec.figure(
-                &format!("registration_latency_{q}_{count}_nodes_{phase}"),
-                ms(v),
-                "ms",
+                &format!("registrations_per_second_{count}_nodes_{phase}{suffix}"),
+                ph.rate(),
+                "registrations/s",
                 extra.clone(),
+            )?;
+            for (q, v) in [("p50", p50), ("p99", p99), ("p999", p999)] {
+                rec.figure(
+                    &format!("registration_latency_{q}_{count}_nodes_{phase}{suffix}"),
+                    ms(v),
+                    "ms",
+                    extra.clone(),
+                )?;
+            }
+        }
+    }
+    let rate = |path: &str, count: Option<usize>| {
+        runs.iter()
+            .filter(|r| r.path == path && count.is_none_or(|c| r.count == c))
+            .filter(|r| count.is_some() || r.count > 1)
+            .find_map(|r| {
+                r.phases
+                    .iter()
+                    .find(|(p, _)| *p == "register")
+                    .map(|(_, ph)| (r.count, ph.rate()))
+            })
+    };
+    for path in ["direct", "dispatcher"] {
+        if let (Some((_, one)), Some((n, many))) = (rate(path, Some(1)), rate(path, None)) {
+            let ratio = many / one.max(1e-9);
+            println!("{path}: replicated ({n} nodes) / single node throughput: {ratio:.3}");
+            let name = if path == "direct" {
+                "replicated_to_single_throughput_ratio".to_owned()
+            } else {
+                "replicated_to_single_throughput_ratio_dispatcher".to_owned()
+            };
+            rec.figure(
+                &name,
+                ratio,
+                "ratio",
+                serde_json::json!({ "nodes": n, "path": path }),
             )?;
         }
     }
-    let pairs: Vec<_> = rows.iter().filter(|r| r.1 == "register").collect();
-    if let (Some(one), Some(three)) = (
-        pairs.iter().find(|r| r.0 == 1),
-        pairs.iter().find(|r| r.0 > 1),
-    ) {
-        let ratio = three.2.rate() / one.2.rate().max(1e-9);
-        println!(
-            "replicated ({} nodes) / single node throughput: {ratio:.3}",
-            three.0
-        );
-        rec.figure(
-            "replicated_to_single_throughput_ratio",
-            ratio,
-            "ratio",
-            serde_json::json!({ "nodes": three.0 }),
-        )?;
+    for &count in &args.nodes {
+        if let (Some((_, d)), Some((_, h))) =
+            (rate("direct", Some(count)), rate("dispatcher", Some(count)))
+        {
+            let ratio = h / d.max(1e-9);
+            println!("{count} node(s): through the dispatcher / direct throughput: {ratio:.3}");
+            rec.figure(
+                &format!("dispatcher_to_direct_throughput_ratio_{count}_nodes"),
+                ratio,
+                "ratio",
+                serde_json::json!({ "nodes": count }),
+            )?;
+        }
     }
     println!("results appended to {}", rec.path().display());
     Ok(())
