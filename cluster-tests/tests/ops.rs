@@ -1476,3 +1476,34 @@ fn example_file_scanner_reads_sections_keys_and_struct_fields() {
     );
     assert_eq!(f, ["a", "node"]);
 }
+
+/// A `[[bin]]` with `test = false` is not built as a test harness by the
+/// suite's `cargo test --all-targets` (a compile and link saved per
+/// binary), so a `#[test]` in it would silently never run.
+#[test]
+fn binaries_without_a_test_harness_have_no_tests() {
+    let mut checked = 0;
+    for krate in ["ha-node", "dispatcher", "cluster-tests"] {
+        let manifest = read(&repo().join(krate).join("Cargo.toml"));
+        for entry in manifest.split("[[bin]]").skip(1) {
+            let entry = entry.split("\n[").next().unwrap_or_default();
+            let field = |key: &str| {
+                entry.lines().find_map(|l| {
+                    let (k, v) = l.split_once('=')?;
+                    (k.trim() == key).then(|| v.trim().trim_matches('"').to_owned())
+                })
+            };
+            if field("test").as_deref() != Some("false") {
+                continue;
+            }
+            let path = field("path").expect("[[bin]] with test = false names its path");
+            let source = read(&repo().join(krate).join(&path));
+            assert!(
+                !source.contains("#[test]"),
+                "{krate}/{path} has #[test]s but test = false in {krate}/Cargo.toml: they never run"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 10, "only {checked} binaries checked");
+}
