@@ -10,7 +10,8 @@
 //!   the peer is down the message is dropped and the driver is told
 //!   ([`Inbound::Unreachable`]), which is what raft expects of a lossy
 //!   network. The task batches whatever is queued into one `RaftBatch` on
-//!   one stream, and reconnects with exponential backoff (50 ms … 2 s).
+//!   one stream, finds a silent connection by HTTP/2 pings (0.5 s, 1 s
+//!   timeout) and reconnects with exponential backoff (50 ms … 0.5 s).
 //!
 //! With `[cluster.tls]` ([`crate::tls`]) both halves use mutual TLS: a
 //! client verifies that the server holds the certificate of the peer it
@@ -308,6 +309,14 @@ impl RaftTransport for RaftService {
     }
 }
 
+/// HTTP/2 ping interval and ack timeout on every peer stream.
+const KEEPALIVE: Duration = Duration::from_millis(500);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_millis(1000);
+/// Reconnect attempts back off to this: about an election timeout, so a
+/// node whose partition healed is back within one election (a cluster has
+/// a handful of peers; a connect attempt every half second costs nothing).
+const MAX_BACKOFF: Duration = Duration::from_millis(500);
+
 struct PeerClient {
     from: u64,
     to: u64,
@@ -349,7 +358,7 @@ impl PeerClient {
                     },
                 }
             }
-            backoff = (backoff * 2).min(Duration::from_secs(2));
+            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 
@@ -364,8 +373,17 @@ impl PeerClient {
     async fn connect(
         &self,
     ) -> Result<RaftTransportClient<tonic::transport::Channel>, tonic::transport::Error> {
+        // HTTP/2 pings find a connection that went silent (a partition drops
+        // packets, it sends no reset): without them the stream stays "up"
+        // while TCP retransmits with a backoff of seconds, and a healed
+        // partition is noticed only at TCP's next retry (5 s seen in the
+        // chaos test). With them the call fails within about
+        // KEEPALIVE + KEEPALIVE_TIMEOUT and the task reconnects.
         let mut ep = tonic::transport::Endpoint::from_shared(self.addr.clone())?
             .connect_timeout(Duration::from_millis(500))
+            .http2_keep_alive_interval(KEEPALIVE)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
             .tcp_nodelay(true);
         if let Some(tls) = &self.tls {
             ep = ep.tls_config(tls.clone())?;
