@@ -228,6 +228,31 @@ impl DispatchSpec {
     }
 }
 
+/// The `[dataplane]` section: the user-space data plane on a TUN device per
+/// realm, routes for each home prefix into it (DESIGN.md § 6;
+/// `ha-node/src/dataplane/mod.rs`). Needs CAP_NET_ADMIN, so namespace runs
+/// only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataplaneSpec {
+    /// TUN name prefix; realm `i` gets `<tun_name><i>`.
+    pub tun_name: String,
+    /// MTU of the path to care-of addresses.
+    pub tunnel_mtu: u16,
+    /// ICMP Host Unreachable for home addresses without a binding.
+    pub icmp_unreachable: bool,
+}
+
+impl Default for DataplaneSpec {
+    /// `ha-node`'s defaults (`havtun`, 1500, ICMP on).
+    fn default() -> Self {
+        Self {
+            tun_name: "havtun".to_owned(),
+            tunnel_mtu: 1500,
+            icmp_unreachable: true,
+        }
+    }
+}
+
 /// A TOML basic string holding `s`.
 fn toml_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
@@ -266,6 +291,8 @@ pub struct NodeSpec {
     /// `[admin] token_file` (full access) and `read_token_file`.
     pub admin_token_file: Option<PathBuf>,
     pub admin_read_token_file: Option<PathBuf>,
+    /// `[dataplane]`; `None`: registrations only (the node's default).
+    pub dataplane: Option<DataplaneSpec>,
 }
 
 impl NodeSpec {
@@ -285,7 +312,14 @@ impl NodeSpec {
             admin_tls: None,
             admin_token_file: None,
             admin_read_token_file: None,
+            dataplane: None,
         }
+    }
+
+    /// Runs the data plane.
+    pub fn dataplane(mut self, dataplane: DataplaneSpec) -> Self {
+        self.dataplane = Some(dataplane);
+        self
     }
 
     /// Runs the node in pair mode.
@@ -380,6 +414,12 @@ impl NodeSpec {
                 let _ = writeln!(t, "encap_listen = \"{l}\"");
             }
             t.push('\n');
+        }
+        if let Some(d) = &self.dataplane {
+            let _ = writeln!(t, "[dataplane]\nenabled = true");
+            let _ = writeln!(t, "tun_name = {}", toml_string(&d.tun_name));
+            let _ = writeln!(t, "tunnel_mtu = {}", d.tunnel_mtu);
+            let _ = writeln!(t, "icmp_unreachable = {}\n", d.icmp_unreachable);
         }
         for r in &self.realms {
             let _ = writeln!(t, "[[realm]]");
@@ -512,6 +552,24 @@ mod tests {
         assert_eq!(t.matches("[[realm.sa]]").count(), 2);
         assert!(!t.contains("[cluster]"), "local mode by default");
         assert!(!t.contains("[dispatch]"));
+        assert!(!t.contains("[dataplane]"), "registrations only by default");
+    }
+
+    #[test]
+    fn renders_the_dataplane_section() {
+        let a = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+        let t = NodeSpec::new(1, a(4340), a(9434))
+            .dataplane(DataplaneSpec {
+                tunnel_mtu: 1400,
+                ..DataplaneSpec::default()
+            })
+            .toml();
+        assert!(
+            t.contains(
+                "[dataplane]\nenabled = true\ntun_name = \"havtun\"\ntunnel_mtu = 1400\nicmp_unreachable = true\n"
+            ),
+            "{t}"
+        );
     }
 
     #[test]

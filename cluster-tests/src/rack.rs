@@ -6,18 +6,31 @@
 //!  mn 198.19.0.2/.3 ── nat (nftables masquerade) ── inet ── rtr ──rack switch 198.18.0.0/24──
 //!     disp-a 198.18.0.2, disp-b 198.18.0.3: one dispatcher process per realm VIP each,
 //!         VRRP pairs (vrid 7: inner 192.0.2.1, vrid 8: outer 192.0.2.2), l2 DSR
-//!     node-1..3 198.18.0.11-13: ha-node in raft mode, both VIPs on lo (arp_ignore)
+//!     node-1..3 198.18.0.11-13: ha-node in raft mode, both VIPs on lo (arp_ignore),
+//!         [dataplane] on (a TUN per realm, the home prefixes routed into it)
+//!  cn 198.18.1.2 ── rtr: the correspondent node; rtr routes each home prefix
+//!         via its realm's VIP, so the dispatchers are the home prefixes' gateway
 //! ```
 //!
 //! * realm `inner`: fixed home addresses 198.51.100.10.. (RFC 5944 § 3.6);
 //! * realm `outer`: dynamic home addresses from 198.18.128.10-250 by NAI
 //!   (RFC 2794);
+//! * [`RackOptions::wide`]: /20 home prefixes instead (198.18.16.0/20 and
+//!   198.18.128.0/20) for a few thousand mobile nodes per realm;
 //! * one mnsim fleet per realm in `mn`, behind the NAT, with UDP tunnelling
 //!   (RFC 3519). Mobile node *i* of the outer fleet is the same client as
 //!   mobile node *i* of the inner fleet (same LAN address, same key): the
 //!   first `min(inner, outer)` clients are dual clients, registered in both
 //!   realms. Every mobile node re-registers at 80 % of its lifetime and
-//!   moves once (a new care-of address, the other LAN address).
+//!   moves once (a new care-of address, the other LAN address);
+//! * data plane (namespace rack): every mobile node sends
+//!   [`RackOptions::data_rate`] packets/s to the correspondent through its
+//!   RFC 3519 tunnel (VIP:434 → dispatcher → a node, decapsulated and routed
+//!   to `cn`); the [`Correspondent`] echoes each one back to the home
+//!   address (→ rtr → the dispatcher's gateway path → a node's TUN → the
+//!   tunnel to the MN's NAT mapping) and records per-flow arrival gaps.
+//!   [`RackOptions::streams`] adds mobile nodes per realm that send faster
+//!   ([`RackOptions::stream_rate`]), for gap measurements.
 //!
 //! A dispatcher serves one VIP:port, so each realm has its own dispatcher
 //! pair (two processes on each dispatcher host) and each node advertises its
@@ -25,7 +38,7 @@
 //!
 //! Without root, [`Rack::start`] builds the loopback variant: the three raft
 //! nodes and one encap-mode dispatcher on 127.0.0.x, and the inner fleet
-//! only (see [`Mode::Loopback`] for why).
+//! only, with no data plane (see [`Mode::Loopback`] for why).
 //!
 //! [`Monitor`] turns the periodic [`Sample`]s into the events a person or a
 //! test watches for (`event healed bindings=… on 3/3 nodes`).
@@ -39,8 +52,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::fleet::{ClusterSpec, DispatchSpec, NodeSpec, RealmSpec, start_node};
-use crate::mnsim::{self, HomeMode, Report, SimConfig};
+use crate::fleet::{
+    ClusterSpec, DataplaneSpec, DispatchSpec, NodeSpec, RealmSpec, havenctl_json, start_node,
+};
+use crate::mnsim::{self, DataConfig, HomeMode, Report, SimConfig, parse_data_payload, unix_now};
 use crate::supervisor::{Process, Spec, SupError, await_metric, free_port, wait_for};
 use crate::topo::{self, Lab, TopoError, Topology, in_netns};
 
@@ -48,17 +63,60 @@ use crate::topo::{self, Lab, TopoError, Topology, in_netns};
 const KEY: &[u8] = b"haven-rack-demo!";
 const SPI: u32 = 1000;
 const OUTER_NAI: &str = "mn{i}@outer.rack.example";
-const INNER_BASE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+/// The NAIs of the outer realm's stream mobile nodes.
+const STREAM_NAI: &str = "st{i}@outer.rack.example";
 /// The inner realm's home addresses run from .10 to .249.
 pub const MAX_INNER: usize = 240;
 /// The outer pool 198.18.128.10-250.
 pub const MAX_OUTER: usize = 241;
+/// [`RackOptions::wide`]: home addresses per realm (198.18.16.10 up to
+/// 198.18.31.250; the outer pool 198.18.128.10-198.18.143.250).
+pub const MAX_WIDE: usize = 4000;
+/// The correspondent node (`cn`), on its own link to `rtr`.
+pub const CN: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
+/// The correspondent's UDP port (echo and gap recorder).
+pub const CN_PORT: u16 = 9000;
 const VIP_INNER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const VIP_OUTER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 const DISP: [Ipv4Addr; 2] = [Ipv4Addr::new(198, 18, 0, 2), Ipv4Addr::new(198, 18, 0, 3)];
 const DISP_HOSTS: [&str; 2] = ["disp-a", "disp-b"];
 const MN_LAN: [Ipv4Addr; 2] = [Ipv4Addr::new(198, 19, 0, 2), Ipv4Addr::new(198, 19, 0, 3)];
 const RAFT_PORT: u16 = 7400;
+
+/// The realms' address plan (default or [`RackOptions::wide`]).
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    inner_prefix: &'static str,
+    inner_base: Ipv4Addr,
+    outer_prefix: &'static str,
+    outer_pool: &'static str,
+    max_inner: usize,
+    max_outer: usize,
+}
+
+impl Plan {
+    fn new(wide: bool) -> Self {
+        if wide {
+            Plan {
+                inner_prefix: "198.18.16.0/20",
+                inner_base: Ipv4Addr::new(198, 18, 16, 10),
+                outer_prefix: "198.18.128.0/20",
+                outer_pool: "198.18.128.10-198.18.143.250",
+                max_inner: MAX_WIDE,
+                max_outer: MAX_WIDE,
+            }
+        } else {
+            Plan {
+                inner_prefix: "198.51.100.0/24",
+                inner_base: Ipv4Addr::new(198, 51, 100, 10),
+                outer_prefix: "198.18.128.0/24",
+                outer_pool: "198.18.128.10-198.18.128.250",
+                max_inner: MAX_INNER,
+                max_outer: MAX_OUTER,
+            }
+        }
+    }
+}
 const BOUND: Duration = Duration::from_secs(20);
 
 /// What can go wrong building or driving the rack.
@@ -96,10 +154,8 @@ pub enum Mode {
     /// Loopback, no privileges: three raft nodes, one encap-mode dispatcher
     /// for the inner realm, the inner fleet. Only one dispatcher and one
     /// realm, because an encap-mode node sends every reply back to the
-    /// dispatcher that forwarded to it last (whatever the realm), and binds
-    /// its realm sockets on the dispatcher's own VIP:port (the kernel then
-    /// delivers to the socket bound last; the rack restarts the dispatcher
-    /// after restarting a node so that it is that socket again).
+    /// dispatcher that forwarded to it last (whatever the realm). No data
+    /// plane: its TUN devices and routes need CAP_NET_ADMIN.
     Loopback,
 }
 
@@ -122,6 +178,27 @@ pub struct RackOptions {
     /// Lab watchdog: tear the namespaces down after this even if the
     /// process hangs.
     pub expire: Option<Duration>,
+    /// Data packets per second each mobile node sends to the correspondent
+    /// through its RFC 3519 tunnel (namespace rack; 0: none).
+    pub data_rate: f64,
+    /// Extra mobile nodes per realm that send [`Self::stream_rate`]
+    /// packets/s (namespace rack; they register and move like the others).
+    pub streams: usize,
+    /// Packets per second of each stream mobile node.
+    pub stream_rate: f64,
+    /// /20 home prefixes: up to [`MAX_WIDE`] mobile nodes per realm.
+    pub wide: bool,
+    /// The mobile nodes' first retransmission timeout and its cap
+    /// (RFC 5944 § 3.6.3 lets the MN choose).
+    pub initial_timeout: Duration,
+    /// Retransmission timeout cap.
+    pub max_timeout: Duration,
+    /// Node health adverts to the dispatchers every this many ms (a node
+    /// silent for 3 of them plus skew leaves the Maglev table).
+    pub advert_interval_ms: u32,
+    /// Each fleet run writes an mnsim JSON-lines timeline into the rack's
+    /// directory ([`FleetRun::timeline`]).
+    pub timelines: bool,
 }
 
 impl Default for RackOptions {
@@ -134,6 +211,14 @@ impl Default for RackOptions {
             rate: 50.0,
             loopback: false,
             expire: None,
+            data_rate: 2.0,
+            streams: 0,
+            stream_rate: 20.0,
+            wide: false,
+            initial_timeout: Duration::from_millis(400),
+            max_timeout: Duration::from_secs(2),
+            advert_interval_ms: 100,
+            timelines: false,
         }
     }
 }
@@ -151,6 +236,8 @@ pub struct RackNode {
     pub metrics: SocketAddr,
     /// SIGKILLed by us and not restarted yet.
     pub killed: bool,
+    /// Cut off by [`Rack::partition_node`] and not healed yet.
+    pub partitioned: bool,
 }
 
 impl RackNode {
@@ -182,9 +269,31 @@ impl RackDispatcher {
 }
 
 struct Fleet {
+    /// `inner`, `outer`, `inner-streams`, `outer-streams`.
+    name: String,
     realm: String,
+    started: Duration,
+    timeline: Option<PathBuf>,
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<Result<Report, String>>>,
+}
+
+/// One fleet's run, stopped ([`Rack::stop_fleet_runs`]).
+#[derive(Debug)]
+pub struct FleetRun {
+    /// `inner`, `outer`, `inner-streams` or `outer-streams`.
+    pub name: String,
+    /// The realm its mobile nodes register in.
+    pub realm: String,
+    /// Unix time just before the run started: a timeline's `t` is counted
+    /// from a moment a few ms after this.
+    pub started: Duration,
+    /// Its JSON-lines timeline ([`RackOptions::timelines`]).
+    pub timeline: Option<PathBuf>,
+    /// The requested lifetime (s).
+    pub lifetime: u16,
+    /// What it reported (acknowledged bindings per mobile node).
+    pub report: Result<Report, String>,
 }
 
 /// A running rack. Dropping it stops the fleets, SIGKILLs every process
@@ -200,8 +309,13 @@ pub struct Rack {
     proxies: Vec<Proxy>,
     /// Bindings every node holds once all mobile nodes registered.
     pub expected: usize,
-    /// Mobile nodes per realm.
+    /// Mobile nodes per realm (stream mobile nodes included).
     pub fleet_sizes: Vec<(String, usize)>,
+    /// The correspondent node (namespace rack).
+    pub correspondent: Option<Correspondent>,
+    plan: Plan,
+    runs: u32,
+    lifetime: u16,
     lab: Option<Lab>,
     dir: tempfile::TempDir,
 }
@@ -222,15 +336,27 @@ impl Rack {
     /// a raft leader is elected and the dispatchers forward to all nodes;
     /// the fleets are started by [`Rack::start_fleets`].
     pub fn start(opts: &RackOptions) -> Result<Rack, RackError> {
-        if opts.inner == 0 || opts.inner > MAX_INNER {
+        let plan = Plan::new(opts.wide);
+        if opts.inner == 0 || opts.inner + opts.streams > plan.max_inner {
             return Err(RackError::Options(format!(
-                "the inner realm holds 1-{MAX_INNER} mobile nodes"
+                "the inner realm holds 1-{} mobile nodes (streams included)",
+                plan.max_inner
             )));
         }
-        if opts.outer > MAX_OUTER {
+        if opts.outer + opts.streams > plan.max_outer {
             return Err(RackError::Options(format!(
-                "the outer pool holds {MAX_OUTER} home addresses"
+                "the outer pool holds {} home addresses (streams included)",
+                plan.max_outer
             )));
+        }
+        let rates_ok = opts.data_rate.is_finite()
+            && opts.data_rate >= 0.0
+            && opts.stream_rate.is_finite()
+            && opts.stream_rate > 0.0;
+        if !rates_ok {
+            return Err(RackError::Options(
+                "data rates must be finite, the stream rate positive".into(),
+            ));
         }
         if topo::is_root() && !opts.loopback {
             Self::start_namespaces(opts)
@@ -248,7 +374,8 @@ impl Rack {
         // starts with it, and a first build takes minutes.
         crate::supervisor::workspace_binary("haven-ha-node", "ha-node")?;
         let bin = crate::supervisor::workspace_binary("haven-dispatcher", "dispatcher")?;
-        let lab = topology(opts.expire)?;
+        let plan = Plan::new(opts.wide);
+        let lab = topology(opts.expire, &plan)?;
         let ns = |h: &str| -> Result<String, RackError> {
             lab.ns_name(h)
                 .map(str::to_owned)
@@ -273,15 +400,25 @@ impl Rack {
             let me = topo::racks::node_addr(i);
             let data = dir.path().join(format!("raft-{i}"));
             let spec = NodeSpec::new(id, local(4340), local(9434))
-                .realm(inner_realm(VIP_INNER, 434, opts.inner))
-                .realm(outer_realm(VIP_OUTER, 434, opts.outer))
+                .realm(inner_realm(
+                    &plan,
+                    VIP_INNER,
+                    434,
+                    opts.inner + opts.streams,
+                ))
+                .realm(outer_realm(&plan, VIP_OUTER, 434, opts.outer, opts.streams))
                 .cluster(ClusterSpec::raft(
                     "rack",
                     SocketAddr::from((me, RAFT_PORT)),
                     &data,
                     peers.clone(),
                 ))
-                .dispatch(DispatchSpec::l2(me, adverts.clone(), 100));
+                .dispatch(DispatchSpec::l2(
+                    me,
+                    adverts.clone(),
+                    opts.advert_interval_ms,
+                ))
+                .dataplane(DataplaneSpec::default());
             let n = ns(&format!("node-{i}"))?;
             let proc = start_node(&spec, dir.path(), Some(&n))?;
             let proxy = Proxy::start(&n, spec.metrics)?;
@@ -292,21 +429,26 @@ impl Rack {
                 proc,
                 ns: Some(n),
                 killed: false,
+                partitioned: false,
             });
             proxies.push(proxy);
         }
         let mut dispatchers = Vec::new();
-        for (realm, vip, vrid, health, metrics) in [
-            ("inner", VIP_INNER, 7u8, 4341u16, 9435u16),
-            ("outer", VIP_OUTER, 8, 4343, 9436),
+        for (realm, vip, vrid, health, metrics, prefix) in [
+            ("inner", VIP_INNER, 7u8, 4341u16, 9435u16, plan.inner_prefix),
+            ("outer", VIP_OUTER, 8, 4343, 9436, plan.outer_prefix),
         ] {
             for (k, host) in DISP_HOSTS.into_iter().enumerate() {
                 let dev = lab
                     .iface(host, "rack")
                     .ok_or_else(|| RackError::Options(format!("{host} is not on the rack")))?;
+                // The home prefix's gateway (DESIGN.md § 6): rtr routes it via
+                // the VIP, the VRRP Master hands each packet to the node
+                // Maglev picks for its destination home address.
                 let mut cfg = format!(
                     "[dispatcher]\nvip = \"{vip}\"\nmode = \"l2\"\ninterface = \"{dev}\"\n\
-                     address = \"{}\"\n\n[health]\nlisten_port = {health}\nrise = 1\n\n\
+                     address = \"{}\"\nhome_prefixes = [\"{prefix}\"]\n\n\
+                     [health]\nlisten_port = {health}\nrise = 1\n\n\
                      [vrrp]\nvrid = {vrid}\npriority = {}\ninterval_cs = 10\npeer = \"{}\"\n\n\
                      [metrics]\nlisten = \"127.0.0.1:{metrics}\"\n\n",
                     DISP[k],
@@ -342,14 +484,24 @@ impl Rack {
                 proxies.push(proxy);
             }
         }
+        let cn_ns = ns("cn")?;
+        let correspondent =
+            Correspondent::start(&cn_ns, SocketAddrV4::new(CN, CN_PORT), gap_floor(opts))?;
         let rack = Rack {
             mode: Mode::Namespaces,
             fleets: Vec::new(),
             nodes,
             dispatchers,
             proxies,
-            expected: opts.inner + opts.outer,
-            fleet_sizes: vec![("inner".into(), opts.inner), ("outer".into(), opts.outer)],
+            expected: opts.inner + opts.outer + 2 * opts.streams,
+            fleet_sizes: vec![
+                ("inner".into(), opts.inner + opts.streams),
+                ("outer".into(), opts.outer + opts.streams),
+            ],
+            correspondent: Some(correspondent),
+            plan,
+            runs: 0,
+            lifetime: 0,
             lab: Some(lab),
             dir,
         };
@@ -376,7 +528,12 @@ impl Rack {
             let encap = SocketAddrV4::new(me, free_port());
             let data = dir.path().join(format!("raft-{i}"));
             let spec = NodeSpec::new(id, local(free_port()), local(free_port()))
-                .realm(inner_realm(Ipv4Addr::LOCALHOST, vip_port, opts.inner))
+                .realm(inner_realm(
+                    &Plan::new(opts.wide),
+                    Ipv4Addr::LOCALHOST,
+                    vip_port,
+                    opts.inner,
+                ))
                 .cluster(ClusterSpec::raft(
                     "rack",
                     listen[usize::from(i - 1)],
@@ -404,6 +561,7 @@ impl Rack {
                 proc,
                 ns: None,
                 killed: false,
+                partitioned: false,
             });
         }
         let cfg = format!(
@@ -415,8 +573,9 @@ impl Rack {
         let path = dir.path().join("disp.toml");
         std::fs::write(&path, cfg).map_err(io_err(format!("writing {}", path.display())))?;
         let bin = crate::supervisor::workspace_binary("haven-dispatcher", "dispatcher")?;
-        // Started after the nodes: its VIP socket is then the one bound
-        // last, the one the kernel delivers to (see [`Mode::Loopback`]).
+        // Encap-mode nodes do not bind VIP:port (`[dispatch] bind_vip`
+        // defaults to false there), so the dispatcher's socket is the only
+        // one on it whatever the start order.
         let proc = Process::spawn(
             "disp-inner",
             Spec::new(&bin)
@@ -439,6 +598,10 @@ impl Rack {
             proxies: Vec::new(),
             expected: opts.inner,
             fleet_sizes: vec![("inner".into(), opts.inner)],
+            correspondent: None,
+            plan: Plan::new(opts.wide),
+            runs: 0,
+            lifetime: 0,
             lab: None,
             dir,
         };
@@ -497,8 +660,11 @@ impl Rack {
         self.fleet_sizes.iter().map(|(r, _)| r.clone()).collect()
     }
 
-    /// Starts one mnsim fleet per realm (threads; in the `mn` namespace in
-    /// a namespace rack). They run until [`Rack::stop_fleets`].
+    /// Starts one mnsim fleet per realm, plus one of stream mobile nodes
+    /// per realm when [`RackOptions::streams`] (threads; in the `mn`
+    /// namespace in a namespace rack). They run until [`Rack::stop_fleets`]
+    /// or [`Rack::stop_fleet_runs`]; the rack can start them again after
+    /// that (new sockets, the same home addresses and NAIs).
     pub fn start_fleets(&mut self, opts: &RackOptions) -> Result<(), RackError> {
         let (bind, vips, mn_ns) = match self.mode {
             Mode::Namespaces => {
@@ -525,85 +691,162 @@ impl Rack {
                 None,
             ),
         };
-        for (k, ((realm, count), vip)) in self.fleet_sizes.iter().zip(vips).enumerate() {
-            if *count == 0 {
-                continue;
-            }
-            let mut sim = SimConfig::new(vip, KEY.to_vec());
-            sim.count = *count;
-            sim.rate = opts.rate;
-            sim.seed = k as u64 + 1;
-            sim.home = if realm == "inner" {
-                HomeMode::Static { base: INNER_BASE }
+        // The data plane runs in the namespace rack only.
+        let data = self.mode == Mode::Namespaces;
+        let streams = if data { opts.streams } else { 0 };
+        let cn = SocketAddrV4::new(CN, CN_PORT);
+        let realms: Vec<String> = self.realms();
+        self.runs += 1;
+        let run = self.runs;
+        for (k, (realm, vip)) in realms.iter().zip(vips).enumerate() {
+            let main = if realm == "inner" {
+                opts.inner
             } else {
-                HomeMode::Nai {
-                    pattern: OUTER_NAI.into(),
+                opts.outer
+            };
+            // (name, count, home addresses, data rate, rate of starts)
+            let mut kinds = Vec::new();
+            if main > 0 {
+                let home = if realm == "inner" {
+                    HomeMode::Static {
+                        base: self.plan.inner_base,
+                    }
+                } else {
+                    HomeMode::Nai {
+                        pattern: OUTER_NAI.into(),
+                    }
+                };
+                kinds.push((realm.clone(), main, home, opts.data_rate, opts.rate));
+            }
+            if streams > 0 {
+                let home = if realm == "inner" {
+                    HomeMode::Static {
+                        base: Ipv4Addr::from(u32::from(self.plan.inner_base) + opts.inner as u32),
+                    }
+                } else {
+                    HomeMode::Nai {
+                        pattern: STREAM_NAI.into(),
+                    }
+                };
+                // Spread like the main fleet, over the same time.
+                let rate = if main > 0 && opts.rate > 0.0 {
+                    opts.rate * streams as f64 / main as f64
+                } else {
+                    opts.rate
+                };
+                kinds.push((
+                    format!("{realm}-streams"),
+                    streams,
+                    home,
+                    opts.stream_rate,
+                    rate,
+                ));
+            }
+            for (j, (name, count, home, data_rate, rate)) in kinds.into_iter().enumerate() {
+                let mut sim = SimConfig::new(vip, KEY.to_vec());
+                sim.count = count;
+                sim.rate = rate;
+                sim.seed = (k * 2 + j) as u64 + 1 + u64::from(run) * 16;
+                sim.home = home;
+                sim.spi = SPI;
+                sim.udp_tunnel = true;
+                sim.bind = bind.clone();
+                sim.lifetime = opts.lifetime;
+                sim.move_after = Some(opts.move_after);
+                // Until stopped: the fleet's own end would deregister early.
+                sim.duration = Some(Duration::from_secs(7 * 24 * 3600));
+                sim.deregister = false;
+                sim.initial_timeout = opts.initial_timeout;
+                sim.max_timeout = opts.max_timeout;
+                // Long enough to ride out a leader election or a dispatcher
+                // takeover (RFC 5944 § 3.6.3 lets the MN choose).
+                sim.max_attempts = 20;
+                if data && data_rate > 0.0 {
+                    sim.data = Some(DataConfig {
+                        correspondent: cn,
+                        rate: data_rate,
+                        payload_len: 64,
+                    });
                 }
-            };
-            sim.spi = SPI;
-            sim.udp_tunnel = true;
-            sim.bind = bind.clone();
-            sim.lifetime = opts.lifetime;
-            sim.move_after = Some(opts.move_after);
-            // Until stopped: the fleet's own end would deregister early.
-            sim.duration = Some(Duration::from_secs(7 * 24 * 3600));
-            sim.deregister = false;
-            sim.initial_timeout = Duration::from_millis(400);
-            sim.max_timeout = Duration::from_secs(2);
-            // Long enough to ride out a leader election or a dispatcher
-            // takeover (RFC 5944 § 3.6.3 lets the MN choose).
-            sim.max_attempts = 20;
-            sim.validate()
-                .map_err(|e| RackError::Options(format!("fleet {realm}: {e}")))?;
-            let stop = Arc::new(AtomicBool::new(false));
-            let handle = {
-                let (stop, ns) = (stop.clone(), mn_ns.clone());
-                std::thread::Builder::new()
-                    .name(format!("fleet-{realm}"))
-                    .spawn(move || {
-                        let run = || mnsim::run_with_stop(&sim, &stop).map_err(|e| e.to_string());
-                        match &ns {
-                            Some(ns) => in_netns(ns, run).map_err(|e| e.to_string())?,
-                            None => run(),
-                        }
-                    })
-                    .map_err(io_err("spawning a fleet thread"))?
-            };
-            self.fleets.push(Fleet {
-                realm: realm.clone(),
-                stop,
-                handle: Some(handle),
-            });
+                let timeline = opts
+                    .timelines
+                    .then(|| self.dir.path().join(format!("timeline-{name}-{run}.jsonl")));
+                sim.timeline = timeline.clone();
+                sim.validate()
+                    .map_err(|e| RackError::Options(format!("fleet {name}: {e}")))?;
+                let stop = Arc::new(AtomicBool::new(false));
+                let started = unix_now();
+                let handle = {
+                    let (stop, ns) = (stop.clone(), mn_ns.clone());
+                    std::thread::Builder::new()
+                        .name(format!("fleet-{name}"))
+                        .spawn(move || {
+                            let run =
+                                || mnsim::run_with_stop(&sim, &stop).map_err(|e| e.to_string());
+                            match &ns {
+                                Some(ns) => in_netns(ns, run).map_err(|e| e.to_string())?,
+                                None => run(),
+                            }
+                        })
+                        .map_err(io_err("spawning a fleet thread"))?
+                };
+                self.fleets.push(Fleet {
+                    name,
+                    realm: realm.clone(),
+                    started,
+                    timeline,
+                    stop,
+                    handle: Some(handle),
+                });
+            }
         }
+        self.lifetime = opts.lifetime;
         Ok(())
     }
 
-    /// The realms whose fleet ended on its own (an error: fleets run
-    /// until stopped).
+    /// The fleets that ended on their own (an error: fleets run until
+    /// stopped).
     pub fn fleets_ended(&self) -> Vec<String> {
         self.fleets
             .iter()
             .filter(|f| f.handle.as_ref().is_none_or(JoinHandle::is_finished))
-            .map(|f| f.realm.clone())
+            .map(|f| f.name.clone())
             .collect()
     }
 
-    /// Stops the fleets and returns each one's report.
+    /// Stops the fleets and returns each one's report, by fleet name.
     pub fn stop_fleets(&mut self) -> Vec<(String, Result<Report, String>)> {
+        self.stop_fleet_runs()
+            .into_iter()
+            .map(|r| (r.name, r.report))
+            .collect()
+    }
+
+    /// Stops the fleets (without deregistering: every binding they were
+    /// acknowledged stays) and returns each one's run.
+    pub fn stop_fleet_runs(&mut self) -> Vec<FleetRun> {
         for f in &self.fleets {
             f.stop.store(true, Ordering::SeqCst);
         }
+        let lifetime = self.lifetime;
         self.fleets
             .drain(..)
             .map(|mut f| {
-                let r = f.handle.take().map_or_else(
+                let report = f.handle.take().map_or_else(
                     || Err("not running".to_owned()),
                     |h| {
                         h.join()
                             .unwrap_or_else(|_| Err("the fleet thread panicked".into()))
                     },
                 );
-                (f.realm, r)
+                FleetRun {
+                    name: f.name,
+                    realm: f.realm,
+                    started: f.started,
+                    timeline: f.timeline,
+                    lifetime,
+                    report,
+                }
             })
             .collect()
     }
@@ -626,7 +869,7 @@ impl Rack {
         let Some(lab) = &self.lab else {
             return Vec::new();
         };
-        ["mn", "nat", "inet", "rtr", "disp-a", "disp-b"]
+        ["mn", "nat", "inet", "rtr", "cn", "disp-a", "disp-b"]
             .into_iter()
             .map(str::to_owned)
             .chain((1..=3).map(|i| format!("node-{i}")))
@@ -721,12 +964,7 @@ impl Rack {
             n.killed = false;
             out.push(n.name());
         }
-        let loopback_rebind = self.mode == Mode::Loopback && !out.is_empty();
-        for d in self
-            .dispatchers
-            .iter_mut()
-            .filter(|d| d.killed || loopback_rebind)
-        {
+        for d in self.dispatchers.iter_mut().filter(|d| d.killed) {
             d.proc.restart()?;
             d.killed = false;
             out.push(d.name());
@@ -737,6 +975,61 @@ impl Rack {
     /// Whether anything is killed and not restarted.
     pub fn anything_killed(&self) -> bool {
         self.nodes.iter().any(|n| n.killed) || self.dispatchers.iter().any(|d| d.killed)
+    }
+
+    /// Cuts node `id` off the network (an nftables table dropping all but
+    /// loopback inside its namespace, [`Lab::partition`]; namespace rack).
+    pub fn partition_node(&mut self, id: u64) -> Result<String, RackError> {
+        let name = format!("node-{id}");
+        let lab = self
+            .lab
+            .as_ref()
+            .ok_or_else(|| RackError::Options("partitions need the namespace rack".into()))?;
+        lab.partition(&name)?;
+        if let Some(n) = self.nodes.iter_mut().find(|n| n.id == id) {
+            n.partitioned = true;
+        }
+        Ok(name)
+    }
+
+    /// Undoes [`Rack::partition_node`].
+    pub fn heal_node(&mut self, id: u64) -> Result<String, RackError> {
+        let name = format!("node-{id}");
+        let lab = self
+            .lab
+            .as_ref()
+            .ok_or_else(|| RackError::Options("partitions need the namespace rack".into()))?;
+        lab.heal(&name)?;
+        if let Some(n) = self.nodes.iter_mut().find(|n| n.id == id) {
+            n.partitioned = false;
+        }
+        Ok(name)
+    }
+
+    /// Runs `havenctl --json ARGS` against node `id`'s admin API (inside
+    /// its namespace in a namespace rack).
+    pub fn havenctl(&self, id: u64, args: &[&str]) -> Result<serde_json::Value, RackError> {
+        let n = self
+            .nodes
+            .iter()
+            .find(|n| n.id == id)
+            .ok_or_else(|| RackError::Options(format!("no node {id}")))?;
+        Ok(havenctl_json(&n.spec, n.ns.as_deref(), args)?)
+    }
+
+    /// The dispatcher host that holds every VIP when both run (the higher
+    /// VRRP priority, which preempts; namespace rack).
+    pub fn vip_preferred(&self) -> Option<String> {
+        (self.mode == Mode::Namespaces).then(|| DISP_HOSTS[0].to_owned())
+    }
+
+    /// The ids of the nodes that run and are not partitioned.
+    pub fn live_nodes(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter(|n| !n.killed && !n.partitioned)
+            .map(|n| n.id)
+            .collect()
     }
 
     /// The last lines of a component's log (for error reports).
@@ -772,6 +1065,9 @@ impl Drop for Rack {
         // Fleets first (they hold sockets in `mn`), then the processes,
         // the proxies, and last the namespaces (field order below).
         let _ = self.stop_fleets();
+        if let Some(c) = self.correspondent.take() {
+            c.stop();
+        }
         self.dispatchers.clear();
         self.nodes.clear();
         self.proxies.clear();
@@ -783,48 +1079,67 @@ fn local(port: u16) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, port))
 }
 
-fn inner_realm(vip: Ipv4Addr, port: u16, count: usize) -> RealmSpec {
+fn inner_realm(plan: &Plan, vip: Ipv4Addr, port: u16, count: usize) -> RealmSpec {
     RealmSpec {
         port,
-        ..RealmSpec::new("inner", vip, "198.51.100.0/24")
+        ..RealmSpec::new("inner", vip, plan.inner_prefix)
     }
-    .with_home_address_sas(INNER_BASE, count, SPI, KEY)
+    .with_home_address_sas(plan.inner_base, count, SPI, KEY)
 }
 
-fn outer_realm(vip: Ipv4Addr, port: u16, count: usize) -> RealmSpec {
+fn outer_realm(plan: &Plan, vip: Ipv4Addr, port: u16, count: usize, streams: usize) -> RealmSpec {
     RealmSpec {
         port,
-        pool: Some("198.18.128.10-198.18.128.250".into()),
-        ..RealmSpec::new("outer", vip, "198.18.128.0/24")
+        pool: Some(plan.outer_pool.into()),
+        ..RealmSpec::new("outer", vip, plan.outer_prefix)
     }
     .with_nai_sas(OUTER_NAI, count, SPI, KEY)
+    .with_nai_sas(STREAM_NAI, streams, SPI, KEY)
+}
+
+/// The shortest arrival gap the correspondent records: three intervals of
+/// the slowest stream, at least 100 ms.
+fn gap_floor(opts: &RackOptions) -> Duration {
+    let rates = [
+        (opts.data_rate > 0.0).then_some(opts.data_rate),
+        (opts.streams > 0).then_some(opts.stream_rate),
+    ];
+    let slowest = rates.into_iter().flatten().fold(f64::INFINITY, f64::min);
+    let floor = if slowest.is_finite() {
+        3.0 / slowest
+    } else {
+        1.0
+    };
+    Duration::from_secs_f64(floor.max(0.1))
 }
 
 /// The namespace rack of the module docs (the shape of
 /// `tests/dispatcher_rack.rs`, with a second VIP and a second LAN address).
-fn topology(expire: Option<Duration>) -> Result<Lab, RackError> {
+fn topology(expire: Option<Duration>, plan: &Plan) -> Result<Lab, RackError> {
     let mut t = Topology::builder()
         .host("mn")
         .host("nat")
         .host("inet")
         .host("rtr")
+        .host("cn")
         .host("disp-a")
         .host("disp-b")
         .link(("mn", "198.19.0.2/24"), ("nat", "198.19.0.1/24"))
         .link(("nat", "203.0.113.2/24"), ("inet", "203.0.113.1/24"))
         .link(("inet", "198.18.254.1/24"), ("rtr", "198.18.254.2/24"))
+        .link(("rtr", "198.18.1.1/24"), ("cn", "198.18.1.2/24"))
         .route("mn", "default", "198.19.0.1")
         .route("nat", "default", "203.0.113.1")
         .route("inet", "198.18.0.0/16", "198.18.254.2")
         .route("inet", "192.0.2.0/24", "198.18.254.2")
+        .route("inet", "198.51.100.0/24", "198.18.254.2")
         .route("rtr", "default", "198.18.254.1")
+        .route("cn", "default", "198.18.1.1")
         .route("disp-a", "default", "198.18.0.1")
         .route("disp-b", "default", "198.18.0.1")
         .router("nat")
         .router("inet")
         .router("rtr")
-        .router("disp-a")
-        .router("disp-b")
         .masquerade("nat", "inet");
     if let Some(e) = expire {
         t = t.expire_after(e);
@@ -836,6 +1151,9 @@ fn topology(expire: Option<Duration>) -> Result<Lab, RackError> {
             .loopback_addr(&n, &format!("{VIP_INNER}/32"))
             .loopback_addr(&n, &format!("{VIP_OUTER}/32"))
             .dsr(&n)
+            // The node routes decapsulated packets on and home-prefix
+            // packets into its TUN devices.
+            .router(&n)
             .route(&n, "default", "198.18.0.1");
     }
     let addrs: Vec<(String, String)> = std::iter::once(("rtr".to_owned(), "198.18.0.1/24".into()))
@@ -864,6 +1182,29 @@ fn topology(expire: Option<Duration>) -> Result<Lab, RackError> {
         let dst = format!("{vip}/32");
         lab.exec("rtr", ["ip", "route", "replace", &dst, "dev", &dev])?;
     }
+    // Each home prefix goes via its realm's VIP: the VRRP Master's MAC, the
+    // gateway of DESIGN.md § 6.
+    for (prefix, vip) in [
+        (plan.inner_prefix, VIP_INNER),
+        (plan.outer_prefix, VIP_OUTER),
+    ] {
+        let via = vip.to_string();
+        checked(
+            &lab,
+            "rtr",
+            &["ip", "route", "replace", prefix, "via", &via],
+        )?;
+    }
+    // A gateway dispatcher refuses to start while its kernel would forward
+    // the same packets (a namespace may inherit forwarding=1).
+    for host in DISP_HOSTS {
+        let dev = lab
+            .iface(host, "rack")
+            .ok_or_else(|| RackError::Options(format!("{host} is not on the rack")))?
+            .to_owned();
+        let key = format!("net.ipv4.conf.{dev}.forwarding=0");
+        checked(&lab, host, &["sysctl", "-qw", &key])?;
+    }
     // The mobile nodes' second LAN address: where they move to.
     let mn_dev = lab
         .iface("mn", "nat")
@@ -872,6 +1213,19 @@ fn topology(expire: Option<Duration>) -> Result<Lab, RackError> {
     let second = format!("{}/24", MN_LAN[1]);
     lab.exec("mn", ["ip", "addr", "add", &second, "dev", &mn_dev])?;
     Ok(lab)
+}
+
+/// Runs `args` in `host`'s namespace; an exit status other than 0 is an
+/// error naming the command and its stderr.
+fn checked(lab: &Lab, host: &str, args: &[&str]) -> Result<(), RackError> {
+    let out = lab.exec(host, args.iter().copied())?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(RackError::Options(format!(
+        "{host}: {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    )))
 }
 
 // ------------------------------------------------------------ metrics ----
@@ -987,6 +1341,11 @@ pub struct NodeSample {
     pub accepted: f64,
     /// Denied.
     pub denied: f64,
+    /// Data-plane packets brought home from mobile nodes (reverse
+    /// tunnelled, decapsulated and sent on) since the process started.
+    pub dp_in: f64,
+    /// Data-plane packets tunnelled to mobile nodes (forward).
+    pub dp_out: f64,
 }
 
 impl NodeSample {
@@ -1014,6 +1373,18 @@ impl NodeSample {
                 .collect(),
             accepted: sum(t, "haven_registrations_total", &[("result", "accepted")]).unwrap_or(0.0),
             denied: sum(t, "haven_registrations_total", &[("result", "denied")]).unwrap_or(0.0),
+            dp_in: sum(
+                t,
+                "haven_dataplane_packets_total",
+                &[("direction", "reverse")],
+            )
+            .unwrap_or(0.0),
+            dp_out: sum(
+                t,
+                "haven_dataplane_packets_total",
+                &[("direction", "forward")],
+            )
+            .unwrap_or(0.0),
         }
     }
 
@@ -1105,6 +1476,16 @@ impl Sample {
         out
     }
 
+    /// Every host whose dispatcher for `realm` says it holds the VIP
+    /// (exactly one when the pair is healthy).
+    pub fn vip_owners(&self, realm: &str) -> Vec<String> {
+        self.dispatchers
+            .iter()
+            .filter(|d| d.realm == realm && d.active)
+            .map(|d| d.host.clone())
+            .collect()
+    }
+
     /// The host holding `realm`'s VIP.
     pub fn vip_owner(&self, realm: &str) -> Option<String> {
         self.dispatchers
@@ -1154,6 +1535,13 @@ pub struct Monitor {
     pub denied_rate: f64,
     /// Packets per second per node through the dispatchers.
     pub packet_rate: BTreeMap<u64, f64>,
+    /// Data-plane packets per second per node: (in from mobile nodes, out
+    /// to mobile nodes).
+    pub dp_rate: BTreeMap<u64, (f64, f64)>,
+    /// Data-plane packets in (from mobile nodes) over processes' lifetimes.
+    pub dp_in_total: f64,
+    /// Data-plane packets out (to mobile nodes), the same way.
+    pub dp_out_total: f64,
     /// Raft leader changes seen.
     pub leader_changes: u64,
     /// VIP owner changes seen.
@@ -1223,18 +1611,26 @@ impl Monitor {
         if let Some(p) = self.prev.take() {
             let dt = s.at.duration_since(p.at).as_secs_f64().max(1e-3);
             let (mut acc, mut den) = (0.0, 0.0);
+            self.dp_rate.clear();
             for n in &s.nodes {
                 let Some(o) = p.nodes.iter().find(|o| o.id == n.id) else {
                     continue;
                 };
-                if n.up && o.up {
+                let (din, dout) = if n.up && o.up {
                     acc += (n.accepted - o.accepted).max(0.0);
                     den += (n.denied - o.denied).max(0.0);
+                    ((n.dp_in - o.dp_in).max(0.0), (n.dp_out - o.dp_out).max(0.0))
                 } else if n.up {
                     // Restarted: everything it counted is new.
                     acc += n.accepted;
                     den += n.denied;
-                }
+                    (n.dp_in, n.dp_out)
+                } else {
+                    (0.0, 0.0)
+                };
+                self.dp_in_total += din;
+                self.dp_out_total += dout;
+                self.dp_rate.insert(n.id, (din / dt, dout / dt));
             }
             self.accepted_total += acc;
             self.denied_total += den;
@@ -1392,6 +1788,175 @@ impl Monitor {
     }
 }
 
+// ------------------------------------------------------- correspondent ----
+
+/// A flow's interruption at the correspondent: nothing from `flow` between
+/// `from` and `from + len` (recorded when the next packet arrives).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArrivalGap {
+    /// The flow: the mobile node's home address (the inner source).
+    pub flow: Ipv4Addr,
+    /// The arrival before the gap.
+    pub from: Instant,
+    /// Until the arrival after it.
+    pub len: Duration,
+}
+
+/// One flow at the correspondent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CnFlow {
+    /// The home address it comes from.
+    pub source: Ipv4Addr,
+    /// Data packets received.
+    pub received: u64,
+    /// The last arrival.
+    pub last: Instant,
+}
+
+/// What the correspondent has seen so far.
+#[derive(Debug, Clone, Default)]
+pub struct CnSnapshot {
+    /// Data packets received (mnsim payloads).
+    pub received: u64,
+    /// Echoes sent back to the home addresses.
+    pub echoed: u64,
+    /// Datagrams that were not mnsim data.
+    pub foreign: u64,
+    /// Per flow, by home address.
+    pub flows: Vec<CnFlow>,
+    /// Every gap longer than the correspondent's floor, in arrival order.
+    pub gaps: Vec<ArrivalGap>,
+}
+
+#[derive(Debug, Default)]
+struct CnState {
+    flows: BTreeMap<Ipv4Addr, (u64, Instant)>,
+    gaps: Vec<ArrivalGap>,
+    received: u64,
+    echoed: u64,
+    foreign: u64,
+}
+
+/// At most this many gaps are kept (a bound on memory, not a figure).
+const MAX_GAPS: usize = 200_000;
+
+/// The correspondent node `cn`: a UDP socket on [`CN`]:[`CN_PORT`] that
+/// receives the mobile nodes' data after a node decapsulated it, records
+/// per-flow arrival gaps (the data-plane failover gap of DESIGN.md § 9)
+/// and echoes every packet back to the home address it came from, so the
+/// return path crosses the dispatchers' gateway and the nodes' TUN devices
+/// (DESIGN.md § 6).
+#[derive(Debug)]
+pub struct Correspondent {
+    /// Where it listens (inside `cn`).
+    pub addr: SocketAddrV4,
+    /// Gaps shorter than this are not recorded.
+    pub gap_floor: Duration,
+    state: Arc<std::sync::Mutex<CnState>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Correspondent {
+    fn start(ns: &str, addr: SocketAddrV4, gap_floor: Duration) -> Result<Self, RackError> {
+        // A socket stays in the namespace it was made in.
+        let sock = in_netns(ns, || std::net::UdpSocket::bind(addr))
+            .map_err(io_err("entering the cn namespace"))?
+            .map_err(io_err(format!("binding the correspondent on {addr}")))?;
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .map_err(io_err("set_read_timeout"))?;
+        let state = Arc::new(std::sync::Mutex::new(CnState::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (state, stop) = (state.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("correspondent".into())
+                .spawn(move || {
+                    let mut buf = vec![0u8; 2048];
+                    while !stop.load(Ordering::Relaxed) {
+                        let Ok((n, SocketAddr::V4(src))) = sock.recv_from(&mut buf) else {
+                            continue;
+                        };
+                        let now = Instant::now();
+                        let payload = buf.get(..n).unwrap_or_default();
+                        let data = parse_data_payload(payload).is_some();
+                        {
+                            let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+                            if !data {
+                                st.foreign += 1;
+                                continue;
+                            }
+                            st.received += 1;
+                            let flow = *src.ip();
+                            let prev = st.flows.insert(flow, (0, now));
+                            let (count, last) = prev.unwrap_or((0, now));
+                            st.flows.insert(flow, (count + 1, now));
+                            let len = now.saturating_duration_since(last);
+                            if prev.is_some() && len > gap_floor && st.gaps.len() < MAX_GAPS {
+                                st.gaps.push(ArrivalGap {
+                                    flow,
+                                    from: last,
+                                    len,
+                                });
+                            }
+                        }
+                        // The echo goes to the home address: through rtr, the
+                        // dispatcher's gateway path and a node's tunnel.
+                        if sock.send_to(payload, src).is_ok() {
+                            let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+                            st.echoed += 1;
+                        }
+                    }
+                })
+                .map_err(io_err("spawning the correspondent"))?
+        };
+        Ok(Correspondent {
+            addr,
+            gap_floor,
+            state,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// What it has seen so far.
+    pub fn snapshot(&self) -> CnSnapshot {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        CnSnapshot {
+            received: st.received,
+            echoed: st.echoed,
+            foreign: st.foreign,
+            flows: st
+                .flows
+                .iter()
+                .map(|(source, (received, last))| CnFlow {
+                    source: *source,
+                    received: *received,
+                    last: *last,
+                })
+                .collect(),
+            gaps: st.gaps.clone(),
+        }
+    }
+
+    /// Stops the receiver.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Correspondent {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 // -------------------------------------------------------------- proxy ----
 
 /// A TCP listener on 127.0.0.1 (this namespace) that forwards every
@@ -1516,6 +2081,8 @@ haven_raft_applied_index 40\nhaven_raft_commit_index 41\n";
                     bindings: [("inner".to_owned(), b)].into(),
                     accepted: acc,
                     denied: 0.0,
+                    dp_in: 0.0,
+                    dp_out: 0.0,
                 })
                 .collect(),
             dispatchers: Vec::new(),

@@ -204,6 +204,11 @@ pub struct GatewayConfig {
     pub pool: String,
     /// The intranet behind the gateway (the traffic selector).
     pub local_ts: String,
+    /// swanctl's `unique` policy for a client identity (`no`, `never`,
+    /// `keep`, `replace`); `None` leaves charon's default (`no`). The dual
+    /// client re-connects after coming back from inside with a new IKE SA,
+    /// and `replace` drops the stale one (and its TIA lease) at once.
+    pub unique: Option<String>,
 }
 
 /// The client's side.
@@ -219,6 +224,11 @@ pub struct ClientConfig {
     pub psk_hex: String,
     /// What goes through the tunnel.
     pub remote_ts: String,
+    /// Force ESP in UDP [RFC 3948] even without a NAT (`encap = yes`):
+    /// `kernel-libipsec` does ESP in user space over UDP, and the seed 000
+    /// dual client's VPN runs from the outer home address, which no NAT
+    /// stands in front of. Default false.
+    pub encap: bool,
 }
 
 impl GatewayConfig {
@@ -232,6 +242,7 @@ impl GatewayConfig {
             psk_hex: psk_hex.into(),
             pool: plan::TIA_POOL.into(),
             local_ts: plan::INTRANET_TS.into(),
+            unique: None,
         }
     }
 
@@ -253,6 +264,10 @@ impl GatewayConfig {
         // RFC 4555: the client may move; the gateway follows its updates.
         let _ = writeln!(s, "mobike = yes");
         let _ = writeln!(s, "pools = tia");
+        if let Some(u) = &self.unique {
+            check_value("unique", u)?;
+            let _ = writeln!(s, "unique = {u}");
+        }
         let _ = writeln!(s, "proposals = {IKE_PROPOSAL}");
         // Dead peer detection keeps the lab honest about a dead path.
         let _ = writeln!(s, "dpd_delay = 5s");
@@ -291,6 +306,7 @@ impl ClientConfig {
             gateway_id: "gw.haven.test".into(),
             psk_hex: psk_hex.into(),
             remote_ts: plan::INTRANET_TS.into(),
+            encap: false,
         }
     }
 
@@ -312,6 +328,9 @@ impl ClientConfig {
         // the TIA.
         let _ = writeln!(s, "vips = 0.0.0.0");
         let _ = writeln!(s, "mobike = yes");
+        if self.encap {
+            let _ = writeln!(s, "encap = yes");
+        }
         let _ = writeln!(s, "proposals = {IKE_PROPOSAL}");
         let _ = writeln!(s, "dpd_delay = 5s");
         let _ = writeln!(s, "local {{");
@@ -494,6 +513,17 @@ impl Charon {
         Ok(parse_list_sas(&self.swanctl(&["--list-sas".as_ref()])?))
     }
 
+    /// The vici URI (`unix://PATH`) for `swanctl --uri`, e.g. for a
+    /// process that drives the VPN itself (the dual client).
+    pub fn vici_uri(&self) -> String {
+        format!("unix://{}", self.vici.display())
+    }
+
+    /// The strongswan.conf that `swanctl` must read (`STRONGSWAN_CONF`).
+    pub fn conf_path(&self) -> &Path {
+        &self.conf
+    }
+
     /// The namespace charon runs in.
     pub fn netns(&self) -> &str {
         &self.netns
@@ -598,8 +628,23 @@ impl VpnClient {
     /// Starts the client's charon in `netns` and loads `cfg` (does not
     /// connect yet: see [`VpnClient::connect`]).
     pub fn start(netns: &str, cfg: &ClientConfig) -> Result<VpnClient, VpnError> {
+        Self::start_on(netns, cfg, None)
+    }
+
+    /// [`VpnClient::start`] with charon restricted to `interfaces`
+    /// (strongSwan's `interfaces_use`, comma-separated): the seed 000 dual
+    /// client keeps the VPN on the mobility adapter, so MOBIKE never offers
+    /// the physical or intranet-adapter addresses.
+    pub fn start_on(
+        netns: &str,
+        cfg: &ClientConfig,
+        interfaces: Option<&str>,
+    ) -> Result<VpnClient, VpnError> {
+        if let Some(i) = interfaces {
+            check_value("interfaces", i)?;
+        }
         let conf = cfg.swanctl_conf()?;
-        let charon = Charon::start("vpn-client", netns, None, &conf)?;
+        let charon = Charon::start("vpn-client", netns, interfaces, &conf)?;
         Ok(VpnClient { charon })
     }
 

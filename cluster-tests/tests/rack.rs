@@ -8,7 +8,13 @@
 //!   up with the leader and hold every binding ("healed … on 3/3 nodes");
 //! * namespaces (root): the active dispatcher host is SIGKILLed, the
 //!   Backup takes both VIPs and registrations go on through it;
-//! * loopback (no root needed): the node kill and restart of the first.
+//! * loopback (no root needed): the node kill and restart of the first (no
+//!   data plane there: TUN devices need root).
+//!
+//! In the namespace rack every mobile node also sends 2 packets/s through
+//! its RFC 3519 tunnel to the correspondent, which echoes them back through
+//! the dispatchers' gateway path: the nodes' data-plane counters must move
+//! both ways and the echoes must reach the mobile nodes.
 //!
 //! Timeline of a run: the mobile nodes start spread over 3 s and move 4 s
 //! after their start (4-7 s in), then re-register at 80 % of their 10 s
@@ -113,6 +119,33 @@ fn fleets_whole(lines: &[&str], realms: &[(&str, usize)]) {
     }
 }
 
+/// The data plane carried traffic both ways: the nodes counted packets in
+/// from and out to the mobile nodes, the correspondent received data from
+/// every fleet's mobile nodes and the echoes came back through the tunnels.
+fn data_flowed(lines: &[&str], mobile_nodes: usize) {
+    expect(lines, 0, "event dataplane flowing");
+    let data = lines[expect(lines, 0, "event data sent=")];
+    let field = |k: &str| -> u64 {
+        data.split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{k} in {data:?}"))
+    };
+    let (sent, at_cn, flows, back) = (
+        field("sent="),
+        field("at_cn="),
+        field("flows="),
+        field("back_at_mns="),
+    );
+    assert!(sent > 0 && at_cn > 0 && back > 0, "{data}");
+    // Every mobile node's home address reached the correspondent (the
+    // killed node's share came through the survivors).
+    assert_eq!(flows, mobile_nodes as u64, "{data}");
+    // Most of it arrived (a kill and the moves lose a little).
+    assert!(at_cn * 10 >= sent * 8, "{data}");
+    assert!(back * 10 >= at_cn * 7, "{data}");
+}
+
 /// The node kill heals before the restart, the restart catches up.
 fn assert_kill_and_catch_up(out: &str, expected: usize, nodes_live_after_kill: usize) {
     let lines: Vec<&str> = out.lines().collect();
@@ -197,6 +230,7 @@ fn rack_heals_a_leader_kill_and_catches_up_after_the_restart() {
     assert_kill_and_catch_up(&out, 240, 2);
     let lines: Vec<&str> = out.lines().collect();
     fleets_whole(&lines, &[("inner", 150), ("outer", 90)]);
+    data_flowed(&lines, 240);
     // Both dispatchers of the inner realm saw the node go and come back.
     let killed = expect(&lines, 0, "event node-");
     let name = lines[killed].split_whitespace().nth(1).unwrap_or_default();
@@ -262,6 +296,7 @@ fn rack_survives_the_active_dispatcher() {
         "{done}"
     );
     fleets_whole(&lines, &[("inner", 150), ("outer", 90)]);
+    data_flowed(&lines, 240);
 }
 
 #[test]

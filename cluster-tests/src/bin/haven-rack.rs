@@ -4,11 +4,15 @@
 //! As root: two dispatchers (VRRP pairs, l2 direct server return), three
 //! `ha-node`s in raft mode, an inner and an outer realm, and a few hundred
 //! simulated mobile nodes behind a real nftables NAT that register,
-//! re-register and move, some in both realms. Without root: the loopback
-//! variant (three raft nodes, one encap-mode dispatcher, the inner realm).
+//! re-register, move and send data through their RFC 3519 tunnels to a
+//! correspondent node that echoes it back (the dispatchers are the home
+//! prefixes' gateway), some in both realms. Without root: the loopback
+//! variant (three raft nodes, one encap-mode dispatcher, the inner realm, no
+//! data plane).
 //!
 //! A live view (refreshed every second) shows the nodes, the dispatchers,
-//! registrations per second and the failovers seen. Keys: `k` kill the
+//! registrations per second, data-plane packets per second in and out of
+//! each node and the failovers seen. Keys: `k` kill the
 //! busiest node, `l` kill the raft leader, `d` kill the active dispatcher,
 //! `r` restart everything killed, `q` quit. The same as flags for scripts:
 //! `--duration`, `--kill-node-after`, `--kill-dispatcher-after`,
@@ -79,6 +83,10 @@ struct Cli {
     /// Run on loopback even as root.
     #[arg(long)]
     loopback: bool,
+    /// Data packets per second each mobile node sends to the correspondent
+    /// through its tunnel (namespace rack; 0: none).
+    #[arg(long, default_value_t = 2.0)]
+    data_rate: f64,
 }
 
 /// Set by SIGINT/SIGTERM.
@@ -219,14 +227,17 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             0.0
         },
         loopback: cli.loopback,
+        data_rate: cli.data_rate,
         // The watchdog outlives a bounded run by a margin for start-up and
         // teardown.
         expire: duration.map(|d| d + Duration::from_secs(180)),
+        ..RackOptions::default()
     };
     if !topo::is_root() {
         println!(
             "haven-rack: not root, so no network namespaces: running the loopback variant \
-             (3 raft nodes, 1 encap-mode dispatcher, the inner realm only)"
+             (3 raft nodes, 1 encap-mode dispatcher, the inner realm only, no data plane: \
+             its TUN devices need root)"
         );
     } else if cli.loopback {
         println!("haven-rack: --loopback: running the loopback variant");
@@ -288,6 +299,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     let mut last: Option<Sample> = None;
     let mut next_tick = Instant::now();
     let mut quit = false;
+    let mut flowing = false;
     while !quit && !STOP.load(Ordering::SeqCst) {
         let t = out.t0.elapsed();
         if duration.is_some_and(|d| t >= d) {
@@ -402,6 +414,15 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         for e in monitor.observe(&sample) {
             out.event(e);
         }
+        // Data seen both ways on the nodes: into them from the mobile nodes
+        // (decapsulated) and out of them to the mobile nodes (echoes).
+        if !flowing && monitor.dp_in_total >= 100.0 && monitor.dp_out_total >= 100.0 {
+            flowing = true;
+            out.event(format!(
+                "event dataplane flowing in={:.0} out={:.0}",
+                monitor.dp_in_total, monitor.dp_out_total
+            ));
+        }
         if plain {
             println!("{}", status_line(&out, &monitor, &sample));
         } else {
@@ -438,14 +459,36 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             Err(e) => println!("event fleet {realm} error: {e}"),
         }
     }
+    if let Some(c) = &rack.correspondent {
+        let snap = c.snapshot();
+        let sent: u64 = reports
+            .iter()
+            .filter_map(|(_, r)| r.as_ref().ok())
+            .map(|r| r.summary.data_sent)
+            .sum();
+        let back: u64 = reports
+            .iter()
+            .filter_map(|(_, r)| r.as_ref().ok())
+            .map(|r| r.summary.tunnel_data_received)
+            .sum();
+        println!(
+            "event data sent={sent} at_cn={} flows={} echoed={} back_at_mns={back}",
+            snap.received,
+            snap.flows.len(),
+            snap.echoed
+        );
+    }
     println!(
-        "event done accepted={} denied={} leader_changes={} vip_changes={} heals={} settled={}",
+        "event done accepted={} denied={} leader_changes={} vip_changes={} heals={} settled={} \
+         dp_in={:.0} dp_out={:.0}",
         monitor.accepted_total,
         monitor.denied_total,
         monitor.leader_changes,
         monitor.vip_changes,
         monitor.heals,
-        monitor.settled()
+        monitor.settled(),
+        monitor.dp_in_total,
+        monitor.dp_out_total
     );
     drop(rack);
     println!("event torn down");
@@ -482,15 +525,25 @@ fn status_line(out: &Out, m: &Monitor, s: &Sample) -> String {
         .iter()
         .map(|r| format!("{r}:{}", s.vip_owner(r).unwrap_or_else(|| "-".into())))
         .collect();
+    let dp: Vec<String> = m
+        .dp_rate
+        .iter()
+        .map(|(id, (i, o))| format!("node-{id}:{i:.0}/{o:.0}"))
+        .collect();
     format!(
-        "status t={:.0} leader={} {} reg/s={:.0} denied/s={:.0} vip={}",
+        "status t={:.0} leader={} {} reg/s={:.0} denied/s={:.0} vip={} dp_in/out/s={}",
         out.t0.elapsed().as_secs_f64(),
         s.leader()
             .map_or_else(|| "-".to_owned(), |l| format!("node-{l}")),
         nodes.join(" "),
         m.accepted_rate,
         m.denied_rate,
-        vips.join(",")
+        vips.join(","),
+        if dp.is_empty() {
+            "-".to_owned()
+        } else {
+            dp.join(",")
+        }
     )
 }
 
@@ -515,7 +568,7 @@ fn view(rack: &Rack, out: &Out, m: &Monitor, s: &Sample, duration: Option<Durati
     for r in &realms {
         let _ = write!(hdr, " {:>8}", format!("b:{r}"));
     }
-    let _ = writeln!(hdr, " {:>8}", "pkts/s");
+    let _ = writeln!(hdr, " {:>8} {:>8} {:>8}", "pkts/s", "dp in/s", "dp out/s");
     v.push_str(&hdr);
     for n in &s.nodes {
         let state = if n.up {
@@ -541,9 +594,10 @@ fn view(rack: &Rack, out: &Out, m: &Monitor, s: &Sample, duration: Option<Durati
         for r in &realms {
             let _ = write!(line, " {:>8}", n.bindings.get(r).copied().unwrap_or(0));
         }
+        let (din, dout) = m.dp_rate.get(&n.id).copied().unwrap_or_default();
         let _ = writeln!(
             line,
-            " {:>8.0}",
+            " {:>8.0} {din:>8.0} {dout:>8.0}",
             m.packet_rate.get(&n.id).copied().unwrap_or(0.0)
         );
         v.push_str(&line);
@@ -603,7 +657,30 @@ fn view(rack: &Rack, out: &Out, m: &Monitor, s: &Sample, duration: Option<Durati
         "failovers seen: {} raft leader changes, {} VIP takeovers, {} heals",
         m.leader_changes, m.vip_changes, m.heals
     );
-    let _ = writeln!(v, "data plane: not enabled in this rack");
+    match &rack.correspondent {
+        Some(c) => {
+            let snap = c.snapshot();
+            let (din, dout) = m
+                .dp_rate
+                .values()
+                .fold((0.0, 0.0), |(a, b), (i, o)| (a + i, b + o));
+            let _ = writeln!(
+                v,
+                "data plane: {din:.0} pkt/s in from mobile nodes, {dout:.0} pkt/s out to them; \
+                 correspondent {}: {} received from {} home addresses, {} echoed",
+                c.addr,
+                snap.received,
+                snap.flows.len(),
+                snap.echoed
+            );
+        }
+        None => {
+            let _ = writeln!(
+                v,
+                "data plane: off in the loopback rack (TUN devices need root)"
+            );
+        }
+    }
     let _ = writeln!(v);
     let _ = writeln!(v, "events:");
     for e in &out.events {
