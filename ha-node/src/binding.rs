@@ -391,15 +391,14 @@ impl BindingTable {
             .collect()
     }
 
-    /// Every binding, sorted (snapshots).
-    pub(crate) fn sorted(&self) -> Vec<(BindingKey, BindingEntry)> {
-        let mut v: Vec<_> = self
-            .bindings
-            .iter()
-            .map(|e| (*e.key(), e.value().clone()))
-            .collect();
-        v.sort_unstable_by_key(|(k, _)| *k);
-        v
+    /// Visits every binding in no particular order, without copying it
+    /// (snapshots: `StateMachine::snapshot` encodes each in place and
+    /// orders the encodings by key). Holds each shard's read lock while
+    /// visiting it: `f` must not touch the table.
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&BindingKey, &BindingEntry)) {
+        for e in self.bindings.iter() {
+            f(e.key(), e.value());
+        }
     }
 
     /// The replay memory, sorted (snapshots).

@@ -55,12 +55,22 @@ pub struct Applied {
 pub trait Replicator {
     /// Queues `cmd` for replication. Its [`Applied`] comes out of
     /// [`poll_applied`](Self::poll_applied) once it is committed and applied
-    /// here; a proposal may also be lost (leader change), which the engine
-    /// notices by its commit timeout.
+    /// here; a proposal may also be lost (leader change), which
+    /// [`poll_lost`](Self::poll_lost) reports where the mode can tell, and
+    /// the engine's commit timeout catches otherwise.
     fn propose(&mut self, id: RequestId, cmd: Command) -> Result<(), ProposeError>;
 
     /// The next applied entry, in log order; `None` when there is none yet.
     fn poll_applied(&mut self) -> Option<Applied>;
+
+    /// The next proposal this replicator knows is lost (Raft: proposed
+    /// under a leader or term that is gone), for
+    /// `Engine::proposal_failed`: its mobile node is free to retransmit at
+    /// once. It may still be applied later (then with its `request`, which
+    /// the engine no longer answers). Default: none known.
+    fn poll_lost(&mut self) -> Option<RequestId> {
+        None
+    }
 
     /// The state machine (expiry schedule, pool usage, binding table).
     fn state(&self) -> &StateMachine;

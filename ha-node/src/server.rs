@@ -48,6 +48,10 @@ use crate::engine::{Engine, EngineConfig, Event, Handled};
 use crate::ingress::{Egress, Ingress};
 use crate::limiter::Limiter;
 
+/// `haven_ready`: 1 while this node advertises itself able to serve
+/// (non-zero priority to the dispatchers, `Driver::pump`), 0 otherwise.
+const READY: &str = "haven_ready";
+
 /// The flood limiter, shared by the receive tasks (which drop limited
 /// sources before queueing) and the driver (which charges failures).
 /// Locked for a batch at a time, never across an await.
@@ -213,8 +217,12 @@ pub async fn run(
     let table = state.reader();
     let (stop_tx, stop_rx) = watch::channel(false);
     // Whether this node can serve registrations (dispatcher health): the
-    // driver updates it after every pump.
-    let (serve_tx, serve_rx) = watch::channel(true);
+    // driver updates it after every pump. A Raft node starts as not ready
+    // (no leader known, nothing replayed), so its first advert is
+    // priority 0; a pair node's follows its role as before.
+    let ready_at_start = config.cluster.mode != ClusterMode::Raft;
+    let (serve_tx, serve_rx) = watch::channel(ready_at_start);
+    metrics::gauge!(READY).set(if ready_at_start { 1.0 } else { 0.0 });
     // Raft: the store is opened and the state machine restored from its
     // snapshot before the engine mirrors the table's expiries.
     let (replicator, raft_in, raft_service, pair_in) = match config.cluster.mode {
@@ -877,6 +885,11 @@ impl Driver {
                 tracing::error!(error = %e, "raft storage failed; this node stops");
                 return Err(anyhow::Error::new(e).context("raft log"));
             }
+            // Lost with a leader: free their mobile nodes now, not after
+            // `max_commit_ms` (the MN's retransmission is not `Busy`).
+            while let Some(id) = self.replicator.get().poll_lost() {
+                self.engine.proposal_failed(id);
+            }
             let now = wall_now();
             while let Some(applied) = self.replicator.get().poll_applied() {
                 progressed = true;
@@ -956,13 +969,19 @@ impl Driver {
             }
             _ => None,
         };
-        // Dispatcher health: a node that cannot acknowledge advertises 0.
-        let can_serve = match (&self.replicator, &raft) {
-            (Repl::Raft(r), Some(p)) => r.serving() && p.leader != 0,
-            (r, _) => r.serving(),
+        // Dispatcher health: a node that cannot acknowledge advertises 0 —
+        // in raft mode also while it has no leader or has not caught up
+        // with the commit index (a restarted node: `ready_to_serve`).
+        let can_serve = match &self.replicator {
+            Repl::Raft(r) => r.serving() && r.replica().ready_to_serve(),
+            r => r.serving(),
         };
-        self.serve
-            .send_if_modified(|v| std::mem::replace(v, can_serve) != can_serve);
+        if self
+            .serve
+            .send_if_modified(|v| std::mem::replace(v, can_serve) != can_serve)
+        {
+            metrics::gauge!(READY).set(if can_serve { 1.0 } else { 0.0 });
+        }
         self.published.send_modify(|p| {
             p.applied = state.applied_count();
             p.pool_free = (0..self.names.len())
@@ -1016,6 +1035,8 @@ impl Driver {
 
     /// Per-realm gauges: a table scan, so once a second, off the packet path.
     fn update_gauges(&self) {
+        // Also here: in pair mode the role task moves `serve` itself.
+        metrics::gauge!(READY).set(if *self.serve.borrow() { 1.0 } else { 0.0 });
         if let Some(l) = &self.limiter {
             let sources = lock(l).sources();
             metrics::gauge!(telemetry::LIMITER_SOURCES).set(sources as f64);

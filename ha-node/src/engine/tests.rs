@@ -1100,6 +1100,63 @@ fn refused_proposal_drops_without_reply() {
 }
 
 #[test]
+fn lost_proposal_frees_the_mn_at_once_and_is_never_answered_late() {
+    // A proposal lost with a dead leader (`Replicator::poll_lost`): the MN
+    // is not `Busy` until `max_commit_ms`, its retransmission is proposed
+    // at once, and the lost entry, should it still commit, gets no reply
+    // (DESIGN.md § 4; the retransmission's newer Identification wins,
+    // RFC 5944 § 5.7).
+    let mut lab = Lab::new();
+    let dst = SocketAddrV4::new(INNER_VIP, 434);
+    lab.e.handle(
+        lab.now,
+        from_coa(),
+        dst,
+        &signed(&inner_req(&lab, 600, 0), &[]),
+    );
+    let (lost, lost_cmd) = lab.e.poll_proposal().expect("proposed");
+    // The replicator accepted it; then the leader died.
+    lab.now += Duration::from_millis(300);
+    lab.e.proposal_failed(lost);
+    assert_eq!(
+        lab.events(),
+        vec![Event::Dropped {
+            realm: Some(INNER),
+            reason: DropReason::ReplicationUnavailable
+        }]
+    );
+    assert_eq!(lab.e.stats().in_flight, 0);
+    assert_eq!(lab.e.poll_timeout(), None, "no commit deadline left");
+    // The retransmission 250 ms later, well inside the 2 s commit timeout.
+    lab.now += Duration::from_millis(250);
+    assert_eq!(
+        lab.e.handle(
+            lab.now,
+            from_coa(),
+            dst,
+            &signed(&inner_req(&lab, 600, 0), &[])
+        ),
+        Handled::Proposed
+    );
+    let (retry, retry_cmd) = lab.e.poll_proposal().expect("proposed again");
+    assert_ne!(retry, lost);
+    // The lost entry commits after all (the new leader had it): silence.
+    lab.r.propose(lost, lost_cmd).expect("local");
+    let a = lab.r.poll_applied().expect("applied");
+    lab.e.handle_applied(lab.now, &a);
+    assert!(
+        lab.e.poll_transmit().is_none(),
+        "the lost id is never answered"
+    );
+    assert_eq!(lab.e.stats().in_flight, 1, "the retransmission still waits");
+    lab.r.propose(retry, retry_cmd).expect("local");
+    let a = lab.r.poll_applied().expect("applied");
+    lab.e.handle_applied(lab.now, &a);
+    assert_eq!(code(&lab.e.poll_transmit().expect("answered")), 0);
+    assert!(lab.e.poll_transmit().is_none());
+}
+
+#[test]
 fn admin_removal() {
     let mut lab = Lab::new();
     assert_eq!(code(&lab.inner(&signed(&inner_req(&lab, 600, 0), &[]))), 0);

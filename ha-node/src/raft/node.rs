@@ -42,6 +42,35 @@
 //! reports `None`. Nothing is matched by FIFO order, so a lost proposal
 //! never shifts the replies of later ones.
 //!
+//! # Proposals lost with a leader
+//!
+//! A proposal that reached a leader which then died (or lost its term) may
+//! never commit. The replicator remembers every proposal of this boot that
+//! is not applied yet, with the (term, leader) it was proposed under; when
+//! this node sees another term or leader, those are reported through
+//! [`poll_lost`](Replicator::poll_lost) and the engine frees their mobile
+//! nodes at once instead of after `[registration] max_commit_ms` (the
+//! failover benchmark's leader kills: a lost proposal kept its MN "busy"
+//! for 2 s and, with the MN's backoff, wasted every other retransmission).
+//! Such an entry may still commit under the new leader; its late apply is
+//! not answered (the engine never answers an id it no longer waits for),
+//! and the retransmission carries a newer Identification [RFC 5944 § 5.7].
+//!
+//! # Readiness
+//!
+//! [`ready_to_serve`](RaftReplicator::ready_to_serve) tells the dispatch
+//! advertiser whether this node can answer now: a leader is known, and
+//! since it last knew none the node caught up with the cluster's commit
+//! index — as leader, it committed an entry of its term and applied it; as
+//! follower, it applied the commit index the leader sent in an append
+//! (the leader's own), or, when no append comes (an idle cluster), the one
+//! a ReadIndex query [Raft thesis § 6.4] returned. A restarted node (or
+//! one back from a partition) learns a leader from the first heartbeat
+//! long before it has replayed what it missed; a heartbeat's commit index
+//! is only `min(match, commit)` of the leader's view, so it cannot tell.
+//! Only a follower that heard no append for [`PROBE_AFTER_TICKS`] sends
+//! the query, so a busy cluster carries no extra message.
+//!
 //! # Snapshots and restarts
 //!
 //! Every [`RaftConfig::snapshot_every`] applied entries the node stores
@@ -50,7 +79,7 @@
 //! snapshot and raft's `applied` is that snapshot's index, so raft replays
 //! the committed entries after it (with `request: None`).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use protobuf::Message as _;
 use raft::eraftpb::{
@@ -224,6 +253,42 @@ pub struct RaftStats {
 
 const CONTEXT_LEN: usize = 24;
 
+/// Ticks a follower that knows a leader but has not caught up waits for an
+/// append before it asks with ReadIndex (readiness, module docs): a
+/// restarted follower that lags gets appends one round trip after the
+/// leader's next heartbeat; one that lags nothing gets none.
+const PROBE_AFTER_TICKS: u64 = 4;
+
+/// Ticks between ReadIndex queries while unanswered: the leader drops one
+/// until it committed an entry of its term [Raft thesis § 6.4], and the
+/// transport may lose one.
+const PROBE_RETRY_TICKS: u64 = 10;
+
+/// Ticks an unapplied proposal is remembered for [`Replicator::poll_lost`]
+/// (10 s at 50 ms ticks): far beyond the engine's commit timeout, after
+/// which the engine has given up on it anyway; bounds the map when a
+/// proposal is dropped silently (a forwarded one lost on the wire).
+const IN_FLIGHT_KEEP_TICKS: u64 = 200;
+
+/// A proposal of this boot not applied yet.
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    /// The (term, leader) this node knew when proposing.
+    under: (u64, u64),
+    /// The tick it was proposed at.
+    at: u64,
+}
+
+/// An outstanding ReadIndex probe (readiness, module docs).
+#[derive(Debug, Clone, Copy)]
+struct Probe {
+    /// The first probe number of this round: an answer to any of them,
+    /// even a late one, is a commit index of the cluster.
+    first: u64,
+    /// The tick the last one left.
+    at: u64,
+}
+
 /// Raft replication (see the module docs for the driver contract).
 pub struct RaftReplicator {
     raw: RawNode<RaftStore>,
@@ -235,6 +300,22 @@ pub struct RaftReplicator {
     since_snapshot: u64,
     last_applied: u64,
     stats: RaftStats,
+    /// Ticks since start (the replicator's only clock).
+    ticks: u64,
+    /// Own proposals not applied yet (module docs).
+    in_flight: HashMap<RequestId, InFlight>,
+    /// Proposals lost with a leader or term, for `poll_lost`.
+    lost: VecDeque<RequestId>,
+    /// The (term, leader) `in_flight` was last checked against.
+    seen: (u64, u64),
+    /// Caught up with the cluster since a leader was last unknown.
+    caught_up: bool,
+    /// The highest leader commit index learnt since then (appends, ReadIndex).
+    commit_seen: Option<u64>,
+    /// The tick the current leader became known.
+    leader_since: u64,
+    probe: Option<Probe>,
+    probes: u64,
 }
 
 impl std::fmt::Debug for RaftReplicator {
@@ -275,6 +356,15 @@ impl RaftReplicator {
             since_snapshot: 0,
             last_applied: applied,
             stats: RaftStats::default(),
+            ticks: 0,
+            in_flight: HashMap::new(),
+            lost: VecDeque::new(),
+            seen: (0, raft::INVALID_ID),
+            caught_up: false,
+            commit_seen: None,
+            leader_since: u64::MAX,
+            probe: None,
+            probes: 0,
         };
         me.refresh_stats();
         Ok(me)
@@ -299,6 +389,20 @@ impl RaftReplicator {
     /// Advances raft's logical clock by one tick.
     pub fn tick(&mut self) {
         self.raw.tick();
+        self.ticks += 1;
+        if self.ticks % IN_FLIGHT_KEEP_TICKS == 0 {
+            let now = self.ticks;
+            self.in_flight
+                .retain(|_, f| now.saturating_sub(f.at) < IN_FLIGHT_KEEP_TICKS);
+        }
+    }
+
+    /// Whether this node can serve registrations now: a leader is known
+    /// and this node has caught up with the commit index since it last
+    /// knew none (module docs, "Readiness"). The dispatch advertiser
+    /// advertises priority 0 otherwise.
+    pub fn ready_to_serve(&self) -> bool {
+        self.caught_up && self.leader_id() != raft::INVALID_ID
     }
 
     /// Feeds one message from a peer. Messages for another node or from a
@@ -311,7 +415,16 @@ impl RaftReplicator {
             // Local message types never travel the wire.
             return Err(raft::Error::StepLocalMsg.into());
         }
+        // An append carries the leader's own commit index (readiness).
+        let append = (msg.get_msg_type() == MessageType::MsgAppend)
+            .then_some((msg.from, msg.term, msg.commit));
         self.raw.step(msg)?;
+        if let Some((from, term, commit)) = append {
+            let r = &self.raw.raft;
+            if r.leader_id == from && r.term == term {
+                self.learn_commit(commit);
+            }
+        }
         Ok(())
     }
 
@@ -361,12 +474,20 @@ impl RaftReplicator {
             self.since_snapshot = self.snapshot_every;
             self.maybe_snapshot()?;
         }
+        // After a tick or a step; lost proposals and readiness are judged
+        // at the end, once this Ready's committed entries are applied.
+        self.maybe_probe();
         if !self.raw.has_ready() {
             return Ok(());
         }
         let mut rd = self.raw.ready();
         if let Some(ss) = rd.ss() {
             self.note_leader(ss.leader_id);
+        }
+        for rs in rd.take_read_states() {
+            if self.probe_answered(&rs.request_ctx) {
+                self.learn_commit(rs.index);
+            }
         }
         self.outbox.extend(rd.take_messages());
         if let Some(send) = send.as_deref_mut() {
@@ -409,6 +530,7 @@ impl RaftReplicator {
         self.raw.advance_apply();
         self.maybe_snapshot()?;
         self.refresh_stats();
+        self.follow_leader();
         if let Some(send) = send {
             for (to, m) in self.poll_messages() {
                 send(to, m);
@@ -555,6 +677,95 @@ impl RaftReplicator {
         self.note_leader(leader);
     }
 
+    /// Reports the proposals made under another (term, leader) as lost,
+    /// and updates readiness (module docs).
+    fn follow_leader(&mut self) {
+        let r = &self.raw.raft;
+        let now = (r.term, r.leader_id);
+        if now != self.seen {
+            self.seen = now;
+            let lost = &mut self.lost;
+            self.in_flight.retain(|id, f| {
+                let keep = f.under == now;
+                if !keep {
+                    lost.push_back(*id);
+                }
+                keep
+            });
+        }
+        if now.1 == raft::INVALID_ID {
+            // Whatever happens meanwhile, catch up again before serving.
+            self.caught_up = false;
+            self.commit_seen = None;
+            self.probe = None;
+            self.leader_since = u64::MAX;
+            return;
+        }
+        if self.leader_since == u64::MAX {
+            self.leader_since = self.ticks;
+        }
+        if self.caught_up {
+            return;
+        }
+        let caught_up = if r.state == StateRole::Leader {
+            r.commit_to_current_term() && self.last_applied >= r.raft_log.committed
+        } else {
+            self.commit_seen.is_some_and(|c| self.last_applied >= c)
+        };
+        if caught_up {
+            self.caught_up = true;
+            self.probe = None;
+        }
+    }
+
+    /// A commit index of the current leader, from an append or ReadIndex.
+    fn learn_commit(&mut self, commit: u64) {
+        if self.leader_id() != raft::INVALID_ID {
+            self.commit_seen = Some(self.commit_seen.map_or(commit, |c| c.max(commit)));
+        }
+    }
+
+    /// Whether a ReadIndex answer is for one of this round's probes.
+    fn probe_answered(&self, ctx: &[u8]) -> bool {
+        let (Some(p), Some((boot, n))) = (self.probe, ctx.split_at_checked(8)) else {
+            return false;
+        };
+        let n = <[u8; 8]>::try_from(n).map(u64::from_be_bytes);
+        boot == self.boot.to_be_bytes() && n.is_ok_and(|n| n >= p.first)
+    }
+
+    /// A follower that has not caught up and heard no append for
+    /// [`PROBE_AFTER_TICKS`] asks the leader for its commit index
+    /// (ReadIndex [Raft thesis § 6.4]), again every [`PROBE_RETRY_TICKS`]
+    /// until it caught up.
+    fn maybe_probe(&mut self) {
+        if self.caught_up
+            || self.commit_seen.is_some()
+            || self.leader_id() == raft::INVALID_ID
+            || self.is_leader()
+            || self.leader_since == u64::MAX
+            || self.ticks.saturating_sub(self.leader_since) < PROBE_AFTER_TICKS
+        {
+            return;
+        }
+        let due = self
+            .probe
+            .is_none_or(|p| self.ticks.saturating_sub(p.at) >= PROBE_RETRY_TICKS);
+        if !due {
+            return;
+        }
+        self.probes += 1;
+        let mut ctx = Vec::with_capacity(16);
+        ctx.extend_from_slice(&self.boot.to_be_bytes());
+        ctx.extend_from_slice(&self.probes.to_be_bytes());
+        self.raw.read_index(ctx);
+        let first = self.probe.map_or(self.probes, |p| p.first);
+        self.probe = Some(Probe {
+            first,
+            at: self.ticks,
+        });
+    }
+
     fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<(), RaftError> {
         for e in entries {
             if e.index <= self.last_applied {
@@ -596,6 +807,9 @@ impl RaftReplicator {
         };
         let result = self.state.apply(&cmd);
         let request = self.own_request(&e.context);
+        if let Some(id) = request {
+            self.in_flight.remove(&id);
+        }
         self.applied.push_back(Applied {
             request,
             command: cmd,
@@ -651,6 +865,14 @@ impl Replicator for RaftReplicator {
         match self.raw.propose(ctx, cmd.encode()) {
             Ok(()) => {
                 self.stats.proposals += 1;
+                let r = &self.raw.raft;
+                self.in_flight.insert(
+                    id,
+                    InFlight {
+                        under: (r.term, r.leader_id),
+                        at: self.ticks,
+                    },
+                );
                 Ok(())
             }
             Err(_) => {
@@ -662,6 +884,10 @@ impl Replicator for RaftReplicator {
 
     fn poll_applied(&mut self) -> Option<Applied> {
         self.applied.pop_front()
+    }
+
+    fn poll_lost(&mut self) -> Option<RequestId> {
+        self.lost.pop_front()
     }
 
     fn state(&self) -> &StateMachine {
@@ -818,5 +1044,200 @@ mod tests {
         assert_eq!((a.request, a.command), (Some(RequestId(2)), cmd));
         assert_eq!(r.status().role, Role::Leader);
         assert_eq!(r.status().commit, r.status().applied);
+    }
+
+    /// Three in-memory replicas and a switchboard: `deliver` decides per
+    /// message whether it arrives (a dead node, a filtered link).
+    struct Net {
+        nodes: Vec<RaftReplicator>,
+    }
+
+    impl Net {
+        fn new() -> Self {
+            let nodes = (1..=3)
+                .map(|id| Self::boot(id, RaftStore::in_memory()))
+                .collect();
+            Self { nodes }
+        }
+
+        fn boot(id: u64, store: RaftStore) -> RaftReplicator {
+            let sm = StateMachine::new(vec![RealmParams {
+                pool: None,
+                max_bindings: 1,
+            }]);
+            let mut cfg = RaftConfig::new(id, vec![1, 2, 3]);
+            // Distinct fixed timeouts: no randomness in the test.
+            cfg.min_election_tick = 10 + 3 * id as usize;
+            cfg.max_election_tick = cfg.min_election_tick + 1;
+            RaftReplicator::new(&cfg, store, sm).expect("start")
+        }
+
+        /// Crash and restart: what was persisted stays.
+        fn restart(&mut self, id: u64) {
+            let i = (id - 1) as usize;
+            let old = std::mem::replace(&mut self.nodes[i], Self::boot(id, RaftStore::in_memory()));
+            self.nodes[i] = Self::boot(id, old.into_store());
+        }
+
+        fn node(&mut self, id: u64) -> &mut RaftReplicator {
+            &mut self.nodes[(id - 1) as usize]
+        }
+
+        /// Ready loops and message delivery until nothing moves.
+        fn settle(&mut self, deliver: &dyn Fn(u64, u64, MessageType) -> bool) {
+            for _ in 0..100 {
+                let mut moved = false;
+                let mut mail = Vec::new();
+                for n in &mut self.nodes {
+                    n.handle_ready().expect("ready");
+                    mail.extend(n.poll_messages());
+                }
+                for (to, m) in mail {
+                    if deliver(m.from, to, m.get_msg_type()) {
+                        moved = true;
+                        let _ = self.node(to).step(m);
+                    }
+                }
+                if !moved {
+                    return;
+                }
+            }
+            panic!("the cluster did not settle");
+        }
+
+        /// Ticks every node `ticks` times, settling after each.
+        fn run(&mut self, ticks: usize, deliver: &dyn Fn(u64, u64, MessageType) -> bool) {
+            for _ in 0..ticks {
+                for n in &mut self.nodes {
+                    n.tick();
+                }
+                self.settle(deliver);
+            }
+        }
+    }
+
+    fn all(_: u64, _: u64, _: MessageType) -> bool {
+        true
+    }
+
+    fn remove(hoa: u8) -> Command {
+        Command::AdminRemove {
+            realm: crate::config::RealmId(0),
+            home_address: std::net::Ipv4Addr::new(198, 51, 100, hoa),
+        }
+    }
+
+    fn lost(r: &mut RaftReplicator) -> Vec<RequestId> {
+        std::iter::from_fn(|| r.poll_lost()).collect()
+    }
+
+    fn applied_ids(r: &mut RaftReplicator) -> Vec<RequestId> {
+        std::iter::from_fn(|| r.poll_applied())
+            .filter_map(|a| a.request)
+            .collect()
+    }
+
+    #[test]
+    fn a_leader_change_fails_the_in_flight_ids() {
+        let mut net = Net::new();
+        net.node(1).campaign().expect("campaign");
+        net.settle(&all);
+        assert!(net.node(1).is_leader());
+        assert_eq!(net.node(2).leader_id(), 1);
+        // Applied before the failure: never reported lost.
+        net.node(2)
+            .propose(RequestId(5), remove(5))
+            .expect("leader known");
+        net.settle(&all);
+        assert_eq!(applied_ids(net.node(2)), vec![RequestId(5)]);
+
+        // Node 1 dies with node 2's forwarded proposal 7.
+        let dead = |from: u64, to: u64, _| from != 1 && to != 1;
+        net.node(2)
+            .propose(RequestId(7), remove(7))
+            .expect("leader known");
+        net.settle(&dead);
+        assert!(lost(net.node(2)).is_empty(), "nothing lost while 1 leads");
+        let mut elected = false;
+        for _ in 0..60 {
+            net.run(1, &dead);
+            if net.node(2).is_leader() || net.node(3).is_leader() {
+                elected = true;
+                break;
+            }
+        }
+        assert!(elected, "2 and 3 elect a new leader");
+        assert_eq!(
+            lost(net.node(2)),
+            vec![RequestId(7)],
+            "reported once, at the change"
+        );
+        assert!(lost(net.node(3)).is_empty(), "not 3's proposal");
+
+        // A proposal under the new leader is not failed by the old change.
+        net.node(2)
+            .propose(RequestId(8), remove(8))
+            .expect("leader known");
+        net.settle(&dead);
+        assert!(lost(net.node(2)).is_empty());
+        assert!(applied_ids(net.node(2)).contains(&RequestId(8)));
+    }
+
+    #[test]
+    fn a_follower_is_ready_only_once_caught_up() {
+        let mut net = Net::new();
+        let cut3 = |from: u64, to: u64, _| from != 3 && to != 3;
+        net.node(1).campaign().expect("campaign");
+        net.settle(&cut3);
+        for i in 0..20 {
+            net.node(1)
+                .propose(RequestId(i), remove(i as u8))
+                .expect("leader");
+        }
+        net.settle(&cut3);
+        net.run(1, &cut3);
+        assert!(
+            net.node(1).ready_to_serve(),
+            "the leader committed in its term"
+        );
+        assert!(
+            net.node(2).ready_to_serve(),
+            "2 applied the appends' commit"
+        );
+        assert!(!net.node(3).ready_to_serve(), "3 knows no leader");
+
+        // Node 3 hears heartbeats and the ReadIndex answer, but no append:
+        // it knows the leader yet lags, so it must not claim readiness.
+        assert_eq!(net.node(3).probes, 0);
+        let no_append = |_from: u64, to: u64, t: MessageType| {
+            !(to == 3 && matches!(t, MessageType::MsgAppend | MessageType::MsgSnapshot))
+        };
+        net.run(2 * PROBE_AFTER_TICKS as usize, &no_append);
+        assert!(net.node(3).probes > 0, "no append: 3 asked by ReadIndex");
+        assert!(net.node(3).commit_seen.is_some(), "and was answered");
+        let s3 = net.node(3).status();
+        assert_eq!(s3.leader, 1);
+        assert!(s3.applied < net.node(1).status().commit, "{s3:?}");
+        assert!(!net.node(3).ready_to_serve(), "lagging: not ready");
+
+        net.run(4, &all);
+        assert_eq!(net.node(3).status().applied, net.node(1).status().commit);
+        assert!(net.node(3).ready_to_serve(), "caught up: ready");
+
+        // A restart of a follower that missed nothing (an idle cluster: no
+        // append comes): not ready until ReadIndex says it is caught up.
+        net.restart(2);
+        assert!(!net.node(2).ready_to_serve());
+        let mut ticks = 0;
+        while !net.node(2).ready_to_serve() && ticks < 40 {
+            net.run(1, &all);
+            ticks += 1;
+        }
+        assert!(
+            net.node(2).ready_to_serve(),
+            "ready again after {ticks} ticks"
+        );
+        assert!(net.node(2).probes > 0, "through ReadIndex");
+        assert!(net.node(1).is_leader(), "without disturbing the leader");
     }
 }
