@@ -119,6 +119,13 @@ pub enum Refusal {
     /// The home address is bound to another NAI.
     #[error("home address in use by another mobile node")]
     HomeAddressInUse,
+    /// The command's identification is not newer than the binding's: a
+    /// request committed after a newer one of the same mobile node (a
+    /// proposal forwarded before a failover and appended after the mobile
+    /// node's retransmission through another node). Applying it would put
+    /// an older care-of address and an earlier expiry back.
+    #[error("identification not newer than the binding's (a stale command)")]
+    Stale,
 }
 
 impl Refusal {
@@ -131,6 +138,8 @@ impl Refusal {
             Refusal::TooManyBindings => 135,
             // 129: administratively prohibited.
             Refusal::NoHomeAddress | Refusal::HomeAddressInUse => 129,
+            // 133: registration Identification mismatch [RFC 5944 § 5.7].
+            Refusal::Stale => 133,
         }
     }
 }
@@ -482,6 +491,10 @@ pub struct StateMachine {
     realms: Vec<RealmState>,
     expiry: ExpirySchedule,
     applied: u64,
+    /// Identifications are timestamps (`[registration] replay`), so a
+    /// Register or Deregister older than the binding's is refused at apply
+    /// time [RFC 5944 § 5.7.1]. The same on every replica (one setting).
+    ordered_identification: bool,
 }
 
 impl StateMachine {
@@ -499,7 +512,21 @@ impl StateMachine {
             realms,
             expiry: ExpirySchedule::default(),
             applied: 0,
+            ordered_identification: false,
         }
+    }
+
+    /// Refuse Register and Deregister commands whose identification is not
+    /// newer than the binding's ([`Refusal::Stale`]); for timestamp
+    /// identification only (nonces are not ordered).
+    pub fn with_ordered_identification(mut self, on: bool) -> Self {
+        self.ordered_identification = on;
+        self
+    }
+
+    fn stale(&self, existing: Option<&BindingEntry>, identification: u64) -> bool {
+        self.ordered_identification
+            && existing.is_some_and(|e| identification <= e.last_identification)
     }
 
     /// A state machine for a (validated) configuration's realms.
@@ -512,6 +539,9 @@ impl StateMachine {
                     max_bindings: r.simultaneous_bindings.max(1),
                 })
                 .collect(),
+        )
+        .with_ordered_identification(
+            cfg.registration.replay == crate::config::ReplayMode::Timestamp,
         )
     }
 
@@ -639,6 +669,9 @@ impl StateMachine {
         {
             return Err(Refusal::HomeAddressInUse);
         }
+        if self.stale(existing.as_ref(), identification) {
+            return Err(Refusal::Stale);
+        }
         let keep = simultaneous && max > 1;
         let list = match (&existing, keep) {
             (Some(e), true) => {
@@ -711,6 +744,9 @@ impl StateMachine {
         identification: u64,
     ) -> ApplyResult {
         let existing = self.table.get(realm, home_address);
+        if self.stale(existing.as_ref(), identification) {
+            return ApplyResult::Refused(Refusal::Stale);
+        }
         let remaining = match (existing, coa) {
             (Some(e), Some(c)) => match e.care_of.without(c) {
                 Some(rest) => {
@@ -1236,6 +1272,42 @@ mod tests {
         assert_eq!(registered(r), out(10));
         assert!(m.table().get(OUTER, out(11)).is_none());
         assert_eq!(m.pool_usage(OUTER), Some((2, 3)));
+    }
+
+    #[test]
+    fn a_stale_register_or_deregister_applied_late_changes_nothing() {
+        // A request forwarded before a failover can be appended after the
+        // mobile node's newer retransmission (chaos test, partition heal).
+        let mut m = sm().with_ordered_identification(true);
+        m.apply(&reg(INNER, hoa(5), None, coa(2, 1000), 20, false));
+        let before = m.snapshot();
+        for stale in [
+            reg(INNER, hoa(5), None, coa(1, 900), 19, false),
+            reg(INNER, hoa(5), None, coa(1, 900), 20, false),
+            Command::Deregister {
+                realm: INNER,
+                home_address: hoa(5),
+                nai: None,
+                care_of: None,
+                identification: 19,
+            },
+        ] {
+            assert_eq!(m.apply(&stale), ApplyResult::Refused(Refusal::Stale));
+            assert_eq!(m.snapshot(), before, "{stale:?} changed the state");
+        }
+        assert_eq!(Refusal::Stale.reply_code(), 133);
+        // Newer ones apply.
+        assert!(matches!(
+            m.apply(&reg(INNER, hoa(5), None, coa(3, 1100), 21, false)),
+            ApplyResult::Registered { .. }
+        ));
+        // Nonce identification is not ordered: without the flag, as before.
+        let mut n = sm();
+        n.apply(&reg(INNER, hoa(5), None, coa(2, 1000), 20, false));
+        assert!(matches!(
+            n.apply(&reg(INNER, hoa(5), None, coa(1, 900), 19, false)),
+            ApplyResult::Registered { .. }
+        ));
     }
 
     #[test]
