@@ -568,17 +568,19 @@ pub fn addrs_on(netns: &str, dev: &str) -> Vec<Ipv4Addr> {
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .filter_map(|l| {
-                    let mut w = l.split_whitespace();
-                    w.find(|t| *t == "inet")?;
-                    w.next()?.split('/').next()?.parse().ok()
-                })
-                .collect()
-        })
+        .map(|o| inet_addrs(&String::from_utf8_lossy(&o.stdout)))
         .unwrap_or_default()
+}
+
+/// The IPv4 addresses in `ip -4 -o addr show` output.
+pub fn inet_addrs(text: &str) -> Vec<Ipv4Addr> {
+    text.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            w.find(|t| *t == "inet")?;
+            w.next()?.split('/').next()?.parse().ok()
+        })
+        .collect()
 }
 
 /// The VPN gateway in the DMZ: answers IKE, hands out TIAs from its pool,

@@ -525,6 +525,18 @@ fn forward_loop(
     }
 }
 
+/// The node for a datagram to the VIP's UDP port: Maglev on (source IP,
+/// source port) [issue 6 item 1].
+fn flow_target<'a>(sh: &'a Shared, table: &MaglevTable, m: &RecvMeta) -> Result<&'a Target, Drop> {
+    if m.truncated {
+        return Err(Drop::Malformed);
+    }
+    table
+        .lookup_flow(*m.src.ip(), m.src.port())
+        .and_then(|id| sh.target(id))
+        .ok_or(Drop::NoHealthyNode)
+}
+
 /// The node's MAC, if ARP has resolved it.
 fn node_mac(t: &Target) -> Result<Mac, Drop> {
     match t.mac.load(Ordering::Relaxed) {
@@ -607,13 +619,7 @@ fn l2_worker(sh: &Shared, sock: &UdpSocket, out: &OwnedFd, my_mac: Mac, vip: Soc
         sys::recv_batch(sock.as_fd(), b, frame::L2_PAYLOAD_OFFSET, m)
     };
     let each = |table: &MaglevTable, m: &RecvMeta, b: &mut Vec<u8>| {
-        if m.truncated {
-            return Err(Drop::Malformed);
-        }
-        let t = table
-            .lookup_flow(*m.src.ip(), m.src.port())
-            .and_then(|id| sh.target(id))
-            .ok_or(Drop::NoHealthyNode)?;
+        let t = flow_target(sh, table, m)?;
         let len = frame::write_l2_udp(b, node_mac(t)?, my_mac, m.src, vip, m.len)
             .ok_or(Drop::Malformed)?;
         t.count(Path::Udp, m.len);
@@ -642,13 +648,7 @@ fn encap_worker(sh: &Shared, sock: &UdpSocket, encap: &UdpSocket, vip: SocketAdd
         sys::recv_batch(sock.as_fd(), b, dispatch::HEADER_LEN, m)
     };
     let each = |table: &MaglevTable, m: &RecvMeta, b: &mut Vec<u8>| {
-        if m.truncated {
-            return Err(Drop::Malformed);
-        }
-        let t = table
-            .lookup_flow(*m.src.ip(), m.src.port())
-            .and_then(|id| sh.target(id))
-            .ok_or(Drop::NoHealthyNode)?;
+        let t = flow_target(sh, table, m)?;
         let hdr = DispatchRepr {
             kind: Kind::ToNode,
             src: m.src,

@@ -190,15 +190,7 @@ fn attachment() -> Option<(String, Ipv4Addr)> {
 
 fn addrs_on(dev: &str) -> Vec<Ipv4Addr> {
     sh("ip", &["-4", "-o", "addr", "show", "dev", dev])
-        .map(|o| {
-            o.lines()
-                .filter_map(|l| {
-                    let mut w = l.split_whitespace();
-                    w.find(|t| *t == "inet")?;
-                    w.next()?.split('/').next()?.parse().ok()
-                })
-                .collect()
-        })
+        .map(|o| haven_cluster_tests::vpn::inet_addrs(&o))
         .unwrap_or_default()
 }
 
