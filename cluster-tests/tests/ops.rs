@@ -1282,10 +1282,10 @@ fn ipv4_literals(text: &str) -> Vec<Ipv4Addr> {
 #[test]
 fn example_configs_hold_no_keys_and_only_documentation_addresses() {
     assert_eq!(
-        ipv4_literals("a 192.0.2.1:434, 10.0.0.1/8 v1.2.3 1.2.3.4.5 x198.18.0.1 203.0.113.9."),
+        ipv4_literals("a 192.0.2.1:434, 198.51.100.7/24 v1.2.3 1.2.3.4.5 x198.18.0.1 203.0.113.9."),
         [
             Ipv4Addr::new(192, 0, 2, 1),
-            Ipv4Addr::new(10, 0, 0, 1),
+            Ipv4Addr::new(198, 51, 100, 7),
             Ipv4Addr::new(203, 0, 113, 9)
         ]
     );
