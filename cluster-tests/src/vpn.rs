@@ -268,25 +268,12 @@ impl GatewayConfig {
             check_value("unique", u)?;
             let _ = writeln!(s, "unique = {u}");
         }
-        let _ = writeln!(s, "proposals = {IKE_PROPOSAL}");
-        // Dead peer detection keeps the lab honest about a dead path.
-        let _ = writeln!(s, "dpd_delay = 5s");
-        let _ = writeln!(s, "local {{");
-        let _ = writeln!(s, "auth = psk");
-        let _ = writeln!(s, "id = {}", self.id);
-        let _ = writeln!(s, "}}");
-        let _ = writeln!(s, "remote {{");
-        let _ = writeln!(s, "auth = psk");
-        let _ = writeln!(s, "id = {}", self.client_id);
-        let _ = writeln!(s, "}}");
-        let _ = writeln!(s, "children {{");
-        let _ = writeln!(s, "intranet {{");
-        let _ = writeln!(s, "local_ts = {}", self.local_ts);
-        let _ = writeln!(s, "esp_proposals = {ESP_PROPOSAL}");
-        let _ = writeln!(s, "}}");
-        let _ = writeln!(s, "}}");
-        let _ = writeln!(s, "}}");
-        let _ = writeln!(s, "}}");
+        psk_peers_and_child(
+            &mut s,
+            &self.id,
+            &self.client_id,
+            ("local_ts", &self.local_ts),
+        );
         let _ = writeln!(s, "pools {{");
         let _ = writeln!(s, "tia {{");
         let _ = writeln!(s, "addrs = {}", self.pool);
@@ -331,24 +318,12 @@ impl ClientConfig {
         if self.encap {
             let _ = writeln!(s, "encap = yes");
         }
-        let _ = writeln!(s, "proposals = {IKE_PROPOSAL}");
-        let _ = writeln!(s, "dpd_delay = 5s");
-        let _ = writeln!(s, "local {{");
-        let _ = writeln!(s, "auth = psk");
-        let _ = writeln!(s, "id = {}", self.id);
-        let _ = writeln!(s, "}}");
-        let _ = writeln!(s, "remote {{");
-        let _ = writeln!(s, "auth = psk");
-        let _ = writeln!(s, "id = {}", self.gateway_id);
-        let _ = writeln!(s, "}}");
-        let _ = writeln!(s, "children {{");
-        let _ = writeln!(s, "{CHILD} {{");
-        let _ = writeln!(s, "remote_ts = {}", self.remote_ts);
-        let _ = writeln!(s, "esp_proposals = {ESP_PROPOSAL}");
-        let _ = writeln!(s, "}}");
-        let _ = writeln!(s, "}}");
-        let _ = writeln!(s, "}}");
-        let _ = writeln!(s, "}}");
+        psk_peers_and_child(
+            &mut s,
+            &self.id,
+            &self.gateway_id,
+            ("remote_ts", &self.remote_ts),
+        );
         secrets(&mut s, &self.gateway_id, &self.id, &self.psk_hex);
         Ok(s)
     }
@@ -368,6 +343,30 @@ fn check_psk(hex_key: &str) -> Result<(), VpnError> {
         ));
     }
     Ok(())
+}
+
+/// The end of a connection both sides share: proposals, dead peer
+/// detection (keeps the lab honest about a dead path), PSK authentication
+/// of both ids, the one CHILD_SA [`CHILD`] with its traffic selector
+/// (`local_ts` on the gateway, `remote_ts` on the client); closes the
+/// connection and the `connections` section.
+fn psk_peers_and_child(s: &mut String, local_id: &str, remote_id: &str, ts: (&str, &str)) {
+    let _ = writeln!(s, "proposals = {IKE_PROPOSAL}");
+    let _ = writeln!(s, "dpd_delay = 5s");
+    for (side, id) in [("local", local_id), ("remote", remote_id)] {
+        let _ = writeln!(s, "{side} {{");
+        let _ = writeln!(s, "auth = psk");
+        let _ = writeln!(s, "id = {id}");
+        let _ = writeln!(s, "}}");
+    }
+    let _ = writeln!(s, "children {{");
+    let _ = writeln!(s, "{CHILD} {{");
+    let _ = writeln!(s, "{} = {}", ts.0, ts.1);
+    let _ = writeln!(s, "esp_proposals = {ESP_PROPOSAL}");
+    let _ = writeln!(s, "}}");
+    let _ = writeln!(s, "}}");
+    let _ = writeln!(s, "}}");
+    let _ = writeln!(s, "}}");
 }
 
 fn secrets(s: &mut String, id1: &str, id2: &str, psk_hex: &str) {
