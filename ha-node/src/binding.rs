@@ -23,7 +23,9 @@
 //!   subscriber count; each entry costs a key and 8 bytes.
 //!
 //! [`ExpirySchedule`] orders care-of addresses by expiry time; it is
-//! writer-side state owned by the state machine (readers never need it).
+//! writer-side state owned by the state machine, which the engine reads
+//! through a borrow the driver lends it (`Engine::handle_timeout`); the data
+//! plane and admin readers never need it.
 //! Times are `Duration`s since the Unix epoch supplied in the commands: the
 //! table never reads a clock.
 
@@ -358,6 +360,33 @@ impl BindingTable {
         self.replay.get(&(realm, identity)).map(|e| *e.value())
     }
 
+    /// The last accepted Identification of the mobile node a request names
+    /// by `home_address` (0.0.0.0: none) and, when it authenticated by NAI,
+    /// `nai`: the newest, in serial-number order [RFC 5944 § 5.7], of what
+    /// the home address and the NAI remember (a binding with a NAI is
+    /// remembered by the NAI once it is gone).
+    ///
+    /// One function for both sides of the compare-and-set on replay state:
+    /// the engine validates a request against it (the nonce it expects is
+    /// derived from it) and records the value in the command; the state
+    /// machine recomputes it from the command's own fields at apply time
+    /// ([`crate::command::Refusal::Stale`]).
+    pub fn mn_last_identification(
+        &self,
+        realm: RealmId,
+        home_address: Ipv4Addr,
+        nai: Option<&Nai>,
+    ) -> Option<u64> {
+        let by_home = (nai.is_none() || !home_address.is_unspecified())
+            .then(|| self.last_identification(realm, MnId::HomeAddress(home_address)))
+            .flatten();
+        let by_nai = nai.and_then(|n| self.last_identification(realm, MnId::Nai(n.as_str())));
+        match (by_home, by_nai) {
+            (Some(a), Some(b)) => Some(if (b.wrapping_sub(a) as i64) > 0 { b } else { a }),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// One page of bindings sorted by `(realm, home address)`, strictly after
     /// `after`, at most `limit`, optionally of one realm only. Each page is
     /// one scan of the table (O(n log limit)): fine for an admin API, not for
@@ -521,6 +550,11 @@ impl ExpirySchedule {
     /// Removes an entry; false if absent.
     pub fn remove(&mut self, e: &Expiry) -> bool {
         self.set.remove(&pack(e))
+    }
+
+    /// Every entry, earliest first.
+    pub fn iter(&self) -> impl Iterator<Item = Expiry> + '_ {
+        self.set.iter().map(unpack)
     }
 
     /// The earliest expiry time, for the driver's timer.

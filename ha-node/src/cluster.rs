@@ -15,9 +15,9 @@
 //!    must not vote or acknowledge, so the daemon exits;
 //! 3. calls [`RaftNode::flush`] after every pump: outbound messages go to
 //!    the transport, a leader change switches who proposes expiries
-//!    ([`Engine::set_propose_expiries`]), an installed snapshot rebuilds the
-//!    engine's expiry mirror ([`Engine::resync_expiry`]), metrics follow the
-//!    counters, and waiting admin calls are answered.
+//!    ([`Engine::set_propose_expiries`]), metrics follow the counters, and
+//!    waiting admin calls are answered (an installed snapshot needs nothing
+//!    from the engine: it reads the state machine's expiry schedule).
 //!
 //! Membership: a node serves registrations only while it is a voter of the
 //! group ([`RaftNode::serving`]). A node started with `join = true` is not
@@ -321,8 +321,8 @@ impl RaftNode {
         let leader = self.node.is_leader();
         if leader != self.was_leader {
             self.was_leader = leader;
-            // Every node mirrors the expiry schedule; only the leader
-            // proposes, so replicas never race with `Expire` entries.
+            // Only the leader proposes expiries, so replicas never race
+            // with `Expire` entries.
             engine.set_propose_expiries(leader);
             info!(
                 leader = self.node.leader_id(),
@@ -333,8 +333,6 @@ impl RaftNode {
         let stats = self.node.stats();
         if stats.snapshots_received != self.snapshots_received {
             self.snapshots_received = stats.snapshots_received;
-            // The binding table was replaced under the engine's mirror.
-            engine.resync_expiry();
             info!(applied = stats.applied, "raft snapshot installed");
         }
         let status = self.node.status();

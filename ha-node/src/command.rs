@@ -9,7 +9,7 @@
 //! whether a simultaneous binding fits) are made here, at apply time, so
 //! replicas agree on them.
 //!
-//! # Encoding (version 1)
+//! # Encoding (version 2)
 //!
 //! Compact, canonical, big-endian, hand-written (no schema crate): one
 //! version byte, one command tag, then fixed fields. Decoding refuses
@@ -19,19 +19,52 @@
 //! every accepted `b`, and it never panics on any input.
 //!
 //! ```text
-//! command  = version:u8(=1) tag:u8 body
-//! Register    (1) = realm:u16 hoa:4 nai identification:u64 simultaneous:bool care_of
-//! Deregister  (2) = realm:u16 hoa:4 nai identification:u64 coa_present:bool [coa:4]
+//! command  = version:u8(=2) tag:u8 body
+//! Register    (1) = realm:u16 hoa:4 nai identification:u64 validated
+//!                   simultaneous:bool care_of
+//! Deregister  (2) = realm:u16 hoa:4 nai identification:u64 validated
+//!                   coa_present:bool [coa:4]
 //! Expire      (3) = realm:u16 hoa:4 coa:4 expires_at
 //! AdminRemove (4) = realm:u16 hoa:4
 //! nai      = len:u8 bytes   (len 0 = no NAI)
 //! care_of  = coa:4 registered_at lifetime:u16 encap reverse_tunnel:bool
 //! time     = secs:u64 nanos:u32
 //! encap    = 0 (IP in IP) | 1 nat_addr:4 nat_port:u16 (UDP, RFC 3519)
+//! validated = 0 (no identification recorded) | 1 last:u64
 //! ```
 //!
-//! Snapshots ([`StateMachine::snapshot`]) use the same primitives; see
-//! there.
+//! Version 1 had no `validated` field. Its commands are refused by
+//! [`Command::decode`] (`CommandError::Version(1)`), which every Raft replica
+//! handles alike by skipping the entry (there are no deployments with old
+//! logs; docs/decisions.md). Snapshots ([`StateMachine::snapshot`]) did not
+//! change and keep version 1; they use the same primitives, see there.
+//!
+//! # Stale commands
+//!
+//! The engine validates a request against the replicated state of the
+//! node it arrived at, but the command is applied where the log puts it:
+//! after whatever else was committed meanwhile — a retransmission of the
+//! same mobile node through another node, typically, when a request was
+//! forwarded to a leader before a failover. So a Register or Deregister
+//! carries `validated_against`, the mobile node's last accepted
+//! Identification the engine saw ([`BindingTable::mn_last_identification`]),
+//! and `apply` refuses it ([`Refusal::Stale`], nothing changes) when the
+//! request is no longer acceptable against the state it is applied to:
+//!
+//! * nonces [RFC 5944 § 5.7.2] are not ordered, and the nonce a request
+//!   must carry is derived from that last Identification (engine module
+//!   docs), so a request is still valid exactly when the last
+//!   Identification is still the one it was validated against
+//!   (compare-and-set);
+//! * timestamps [RFC 5944 § 5.7.1] are ordered: the request must still be
+//!   newer than the last accepted one. Compare-and-set implies this (the
+//!   request was newer than the value it was validated against), but it
+//!   would also refuse the newer of two requests validated concurrently,
+//!   which is correct to apply; ordering refuses exactly the stale ones.
+//!
+//! Expire and AdminRemove do not change the last Identification (the
+//! replay memory keeps it), so a refresh validated before an expiry still
+//! applies after it: the mobile node's newest request wins either way.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
@@ -43,8 +76,11 @@ use crate::binding::{
 use crate::config::{Config, RealmId};
 use crate::pool::{AddressPool, PoolError};
 
-/// Current command and snapshot encoding version.
-pub const ENCODING_VERSION: u8 = 1;
+/// Current command encoding version.
+pub const ENCODING_VERSION: u8 = 2;
+
+/// Current snapshot encoding version (unchanged by command version 2).
+pub const SNAPSHOT_VERSION: u8 = 1;
 
 /// A replicated change to the binding state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +99,10 @@ pub enum Command {
         care_of: CareOf,
         /// The request's Identification [RFC 5944 § 5.7].
         identification: u64,
+        /// The mobile node's last accepted Identification when the engine
+        /// validated the request (`None`: none recorded); see the module
+        /// docs, "Stale commands".
+        validated_against: Option<u64>,
         /// The S bit: keep other care-of addresses [RFC 5944 § 3.3].
         simultaneous: bool,
     },
@@ -79,6 +119,8 @@ pub enum Command {
         care_of: Option<Ipv4Addr>,
         /// The request's Identification.
         identification: u64,
+        /// As in `Register`.
+        validated_against: Option<u64>,
     },
     /// A care-of address's lifetime ran out.
     Expire {
@@ -119,12 +161,15 @@ pub enum Refusal {
     /// The home address is bound to another NAI.
     #[error("home address in use by another mobile node")]
     HomeAddressInUse,
-    /// The command's identification is not newer than the binding's: a
-    /// request committed after a newer one of the same mobile node (a
-    /// proposal forwarded before a failover and appended after the mobile
-    /// node's retransmission through another node). Applying it would put
-    /// an older care-of address and an earlier expiry back.
-    #[error("identification not newer than the binding's (a stale command)")]
+    /// The request is no longer acceptable against the state it is
+    /// applied to: another request of the same mobile node was committed
+    /// since it was validated (a proposal forwarded before a failover and
+    /// appended after the mobile node's retransmission through another
+    /// node). Applying it would put an older care-of address and an earlier
+    /// expiry back. Nonce mode: the last Identification is not the one it
+    /// was validated against; timestamp mode: its Identification is not
+    /// newer than the last one. See the module docs.
+    #[error("the mobile node's replay state changed since validation (a stale command)")]
     Stale,
 }
 
@@ -138,7 +183,9 @@ impl Refusal {
             Refusal::TooManyBindings => 135,
             // 129: administratively prohibited.
             Refusal::NoHomeAddress | Refusal::HomeAddressInUse => 129,
-            // 133: registration Identification mismatch [RFC 5944 § 5.7].
+            // 133: registration Identification mismatch [RFC 5944 § 5.7];
+            // the engine's reply carries what the mobile node needs to
+            // resynchronise (the HA's time, or the nonce to use next).
             Refusal::Stale => 133,
         }
     }
@@ -233,6 +280,12 @@ impl W {
     fn bool(&mut self, b: bool) {
         self.u8(u8::from(b));
     }
+    fn opt_u64(&mut self, v: Option<u64>) {
+        self.bool(v.is_some());
+        if let Some(v) = v {
+            self.u64(v);
+        }
+    }
     fn time(&mut self, d: Duration) {
         self.u64(d.as_secs());
         self.u32(d.subsec_nanos());
@@ -302,6 +355,13 @@ impl<'a> R<'a> {
             _ => Err(CommandError::Invalid("boolean")),
         }
     }
+    fn opt_u64(&mut self) -> Result<Option<u64>, CommandError> {
+        if self.bool()? {
+            self.u64().map(Some)
+        } else {
+            Ok(None)
+        }
+    }
     fn time(&mut self) -> Result<Duration, CommandError> {
         let s = self.u64()?;
         let n = self.u32()?;
@@ -363,6 +423,7 @@ impl Command {
                 nai,
                 care_of,
                 identification,
+                validated_against,
                 simultaneous,
             } => {
                 w.u8(1);
@@ -370,6 +431,7 @@ impl Command {
                 w.ip(*home_address);
                 w.nai(nai.as_ref());
                 w.u64(*identification);
+                w.opt_u64(*validated_against);
                 w.bool(*simultaneous);
                 w.care_of(care_of);
             }
@@ -379,12 +441,14 @@ impl Command {
                 nai,
                 care_of,
                 identification,
+                validated_against,
             } => {
                 w.u8(2);
                 w.u16(realm.0);
                 w.ip(*home_address);
                 w.nai(nai.as_ref());
                 w.u64(*identification);
+                w.opt_u64(*validated_against);
                 w.bool(care_of.is_some());
                 if let Some(c) = care_of {
                     w.ip(*c);
@@ -427,6 +491,7 @@ impl Command {
                 home_address: r.ip()?,
                 nai: r.nai()?,
                 identification: r.u64()?,
+                validated_against: r.opt_u64()?,
                 simultaneous: r.bool()?,
                 care_of: r.care_of()?,
             },
@@ -435,6 +500,7 @@ impl Command {
                 home_address: r.ip()?,
                 nai: r.nai()?,
                 identification: r.u64()?,
+                validated_against: r.opt_u64()?,
                 care_of: if r.bool()? { Some(r.ip()?) } else { None },
             },
             3 => Command::Expire {
@@ -491,9 +557,10 @@ pub struct StateMachine {
     realms: Vec<RealmState>,
     expiry: ExpirySchedule,
     applied: u64,
-    /// Identifications are timestamps (`[registration] replay`), so a
-    /// Register or Deregister older than the binding's is refused at apply
-    /// time [RFC 5944 § 5.7.1]. The same on every replica (one setting).
+    /// Identifications are timestamps (`[registration] replay`): a stale
+    /// Register or Deregister is one not newer than the mobile node's last
+    /// [RFC 5944 § 5.7.1]; otherwise (nonces) one whose `validated_against`
+    /// is not the last any more. The same on every replica (one setting).
     ordered_identification: bool,
 }
 
@@ -516,17 +583,33 @@ impl StateMachine {
         }
     }
 
-    /// Refuse Register and Deregister commands whose identification is not
-    /// newer than the binding's ([`Refusal::Stale`]); for timestamp
-    /// identification only (nonces are not ordered).
+    /// Timestamp identification: refuse Register and Deregister commands
+    /// whose identification is not newer than the mobile node's last
+    /// ([`Refusal::Stale`]) instead of comparing `validated_against` (the
+    /// default, for nonces, which are not ordered). See the module docs.
     pub fn with_ordered_identification(mut self, on: bool) -> Self {
         self.ordered_identification = on;
         self
     }
 
-    fn stale(&self, existing: Option<&BindingEntry>, identification: u64) -> bool {
-        self.ordered_identification
-            && existing.is_some_and(|e| identification <= e.last_identification)
+    /// Whether a Register or Deregister of the mobile node named by
+    /// (`home_address`, `nai`) is stale against the current state (module
+    /// docs, "Stale commands"). Reads only replicated state and the command.
+    fn stale(
+        &self,
+        realm: RealmId,
+        home_address: Ipv4Addr,
+        nai: Option<&Nai>,
+        identification: u64,
+        validated_against: Option<u64>,
+    ) -> bool {
+        let last = self.table.mn_last_identification(realm, home_address, nai);
+        if self.ordered_identification {
+            // Serial-number order, as the engine's check [RFC 5944 § 5.7].
+            last.is_some_and(|l| (identification.wrapping_sub(l) as i64) <= 0)
+        } else {
+            last != validated_against
+        }
     }
 
     /// A state machine for a (validated) configuration's realms.
@@ -560,6 +643,13 @@ impl StateMachine {
         self.applied
     }
 
+    /// The expiry schedule: every bound care-of address by expiry time.
+    /// The engine reads it for its timers ([`crate::engine::Engine::poll_timeout`])
+    /// instead of keeping a copy.
+    pub fn expiry_schedule(&self) -> &ExpirySchedule {
+        &self.expiry
+    }
+
     /// The earliest care-of expiry, for the driver's timer.
     pub fn next_expiry(&self) -> Option<Duration> {
         self.expiry.next_expiry()
@@ -588,9 +678,19 @@ impl StateMachine {
                 nai,
                 care_of,
                 identification,
+                validated_against,
                 simultaneous,
-            } => self
-                .register(
+            } => {
+                if self.stale(
+                    *realm,
+                    *home_address,
+                    nai.as_ref(),
+                    *identification,
+                    *validated_against,
+                ) {
+                    return ApplyResult::Refused(Refusal::Stale);
+                }
+                self.register(
                     *realm,
                     *home_address,
                     nai.as_ref(),
@@ -598,20 +698,33 @@ impl StateMachine {
                     *identification,
                     *simultaneous,
                 )
-                .unwrap_or_else(ApplyResult::Refused),
+                .unwrap_or_else(ApplyResult::Refused)
+            }
             Command::Deregister {
                 realm,
                 home_address,
                 nai,
                 care_of,
                 identification,
-            } => self.deregister(
-                *realm,
-                *home_address,
-                nai.as_ref(),
-                *care_of,
-                *identification,
-            ),
+                validated_against,
+            } => {
+                if self.stale(
+                    *realm,
+                    *home_address,
+                    nai.as_ref(),
+                    *identification,
+                    *validated_against,
+                ) {
+                    return ApplyResult::Refused(Refusal::Stale);
+                }
+                self.deregister(
+                    *realm,
+                    *home_address,
+                    nai.as_ref(),
+                    *care_of,
+                    *identification,
+                )
+            }
             Command::Expire {
                 realm,
                 home_address,
@@ -668,9 +781,6 @@ impl StateMachine {
             && e.nai.as_ref().is_some_and(|old| old != n)
         {
             return Err(Refusal::HomeAddressInUse);
-        }
-        if self.stale(existing.as_ref(), identification) {
-            return Err(Refusal::Stale);
         }
         let keep = simultaneous && max > 1;
         let list = match (&existing, keep) {
@@ -744,9 +854,6 @@ impl StateMachine {
         identification: u64,
     ) -> ApplyResult {
         let existing = self.table.get(realm, home_address);
-        if self.stale(existing.as_ref(), identification) {
-            return ApplyResult::Refused(Refusal::Stale);
-        }
         let remaining = match (existing, coa) {
             (Some(e), Some(c)) => match e.care_of.without(c) {
                 Some(rest) => {
@@ -885,7 +992,7 @@ impl StateMachine {
         });
         spans.sort_unstable_by_key(|(k, _, _)| *k);
         let mut w = W(Vec::with_capacity(body.0.len() + 3 + 4 * realms + 4));
-        w.u8(ENCODING_VERSION);
+        w.u8(SNAPSHOT_VERSION);
         w.u16(u16::try_from(realms).unwrap_or(u16::MAX));
         let mut rest = spans.as_slice();
         for i in 0..realms {
@@ -943,7 +1050,7 @@ impl StateMachine {
     fn restore_inner(&mut self, bytes: &[u8]) -> Result<(), CommandError> {
         let mut r = R(bytes);
         let v = r.u8()?;
-        if v != ENCODING_VERSION {
+        if v != SNAPSHOT_VERSION {
             return Err(CommandError::Version(v));
         }
         let n = usize::from(r.u16()?);
@@ -1086,6 +1193,7 @@ mod tests {
             nai: nai.and_then(Nai::new),
             care_of: c,
             identification: id,
+            validated_against: None,
             simultaneous: s,
         }
     }
@@ -1101,6 +1209,42 @@ mod tests {
         )
     }
 
+    impl StateMachine {
+        /// `cmd` with `validated_against` as the engine would record it
+        /// against the current state (nothing else in flight).
+        fn validated(&self, cmd: &Command) -> Command {
+            let mut cmd = cmd.clone();
+            match &mut cmd {
+                Command::Register {
+                    realm,
+                    home_address,
+                    nai,
+                    validated_against,
+                    ..
+                }
+                | Command::Deregister {
+                    realm,
+                    home_address,
+                    nai,
+                    validated_against,
+                    ..
+                } => {
+                    *validated_against =
+                        self.table
+                            .mn_last_identification(*realm, *home_address, nai.as_ref());
+                }
+                Command::Expire { .. } | Command::AdminRemove { .. } => {}
+            }
+            cmd
+        }
+
+        /// Validates `cmd` against the current state, then applies it.
+        fn apply_now(&mut self, cmd: &Command) -> ApplyResult {
+            let cmd = self.validated(cmd);
+            self.apply(&cmd)
+        }
+    }
+
     fn registered(r: ApplyResult) -> Ipv4Addr {
         match r {
             ApplyResult::Registered { home_address, .. } => home_address,
@@ -1111,7 +1255,7 @@ mod tests {
     #[test]
     fn register_fixed_replaces_without_s_bit() {
         let mut m = sm();
-        let r = m.apply(&reg(INNER, hoa(5), None, coa(1, 1000), 7, false));
+        let r = m.apply_now(&reg(INNER, hoa(5), None, coa(1, 1000), 7, false));
         assert_eq!(
             r,
             ApplyResult::Registered {
@@ -1120,7 +1264,7 @@ mod tests {
                 bindings: 1
             }
         );
-        m.apply(&reg(INNER, hoa(5), None, coa(2, 1100), 8, false));
+        m.apply_now(&reg(INNER, hoa(5), None, coa(2, 1100), 8, false));
         let e = m.table().get(INNER, hoa(5)).expect("bound");
         assert_eq!(e.care_of.len(), 1);
         assert_eq!(e.care_of[0].coa, coa(2, 0).coa);
@@ -1134,8 +1278,8 @@ mod tests {
     fn simultaneous_bindings_limit() {
         // Reference: RFC 5944 § 3.6.1.2 (S bit), reply code 135.
         let mut m = sm();
-        m.apply(&reg(INNER, hoa(5), None, coa(1, 1000), 1, true));
-        let r = m.apply(&reg(INNER, hoa(5), None, coa(2, 1000), 2, true));
+        m.apply_now(&reg(INNER, hoa(5), None, coa(1, 1000), 1, true));
+        let r = m.apply_now(&reg(INNER, hoa(5), None, coa(2, 1000), 2, true));
         assert_eq!(
             r,
             ApplyResult::Registered {
@@ -1145,17 +1289,17 @@ mod tests {
             }
         );
         let before = m.snapshot();
-        let r = m.apply(&reg(INNER, hoa(5), None, coa(3, 1000), 3, true));
+        let r = m.apply_now(&reg(INNER, hoa(5), None, coa(3, 1000), 3, true));
         assert_eq!(r, ApplyResult::Refused(Refusal::TooManyBindings));
         assert_eq!(Refusal::TooManyBindings.reply_code(), 135);
         assert_eq!(m.snapshot(), before, "a refusal changes nothing");
         // Refreshing an existing care-of address fits.
-        let r = m.apply(&reg(INNER, hoa(5), None, coa(2, 2000), 4, true));
+        let r = m.apply_now(&reg(INNER, hoa(5), None, coa(2, 2000), 4, true));
         assert!(matches!(r, ApplyResult::Registered { bindings: 2, .. }));
         // In a realm with max 1 the S bit is not honoured (reply code 1).
-        let r = m.apply(&dynamic("a@example.net", 1));
+        let r = m.apply_now(&dynamic("a@example.net", 1));
         let h = registered(r);
-        let r = m.apply(&reg(OUTER, h, Some("a@example.net"), coa(2, 1000), 2, true));
+        let r = m.apply_now(&reg(OUTER, h, Some("a@example.net"), coa(2, 1000), 2, true));
         assert_eq!(
             r,
             ApplyResult::Registered {
@@ -1169,26 +1313,39 @@ mod tests {
     #[test]
     fn pool_allocation_idempotent_and_exhaustion() {
         let mut m = sm();
-        assert_eq!(registered(m.apply(&dynamic("a@example.net", 1))), out(10));
-        assert_eq!(registered(m.apply(&dynamic("b@example.net", 1))), out(11));
+        assert_eq!(
+            registered(m.apply_now(&dynamic("a@example.net", 1))),
+            out(10)
+        );
+        assert_eq!(
+            registered(m.apply_now(&dynamic("b@example.net", 1))),
+            out(11)
+        );
         // Same NAI again: same address, no new allocation.
-        assert_eq!(registered(m.apply(&dynamic("a@example.net", 2))), out(10));
+        assert_eq!(
+            registered(m.apply_now(&dynamic("a@example.net", 2))),
+            out(10)
+        );
         assert_eq!(m.pool_usage(OUTER), Some((2, 3)));
-        assert_eq!(registered(m.apply(&dynamic("c@example.net", 1))), out(12));
+        assert_eq!(
+            registered(m.apply_now(&dynamic("c@example.net", 1))),
+            out(12)
+        );
         let before = m.snapshot();
         assert_eq!(
-            m.apply(&dynamic("d@example.net", 1)),
+            m.apply_now(&dynamic("d@example.net", 1)),
             ApplyResult::Refused(Refusal::PoolExhausted)
         );
         assert_eq!(Refusal::PoolExhausted.reply_code(), 130);
         assert_eq!(m.snapshot(), before);
         // Deregistration releases; the lowest free address is reused.
-        let r = m.apply(&Command::Deregister {
+        let r = m.apply_now(&Command::Deregister {
             realm: OUTER,
             home_address: out(11),
             nai: Nai::new("b@example.net"),
             care_of: None,
             identification: 5,
+            validated_against: None,
         });
         assert_eq!(
             r,
@@ -1197,7 +1354,10 @@ mod tests {
                 remaining: 0
             }
         );
-        assert_eq!(registered(m.apply(&dynamic("d@example.net", 1))), out(11));
+        assert_eq!(
+            registered(m.apply_now(&dynamic("d@example.net", 1))),
+            out(11)
+        );
         assert_eq!(
             m.table()
                 .last_identification(OUTER, crate::binding::MnId::Nai("b@example.net")),
@@ -1208,7 +1368,7 @@ mod tests {
     #[test]
     fn dynamic_refusals() {
         let mut m = sm();
-        let r = m.apply(&reg(
+        let r = m.apply_now(&reg(
             OUTER,
             Ipv4Addr::UNSPECIFIED,
             None,
@@ -1217,7 +1377,7 @@ mod tests {
             false,
         ));
         assert_eq!(r, ApplyResult::Refused(Refusal::NoHomeAddress));
-        let r = m.apply(&reg(
+        let r = m.apply_now(&reg(
             INNER,
             Ipv4Addr::UNSPECIFIED,
             Some("a@example.net"),
@@ -1226,10 +1386,10 @@ mod tests {
             false,
         ));
         assert_eq!(r, ApplyResult::Refused(Refusal::NoHomeAddress));
-        let r = m.apply(&reg(RealmId(9), hoa(1), None, coa(1, 9), 1, false));
+        let r = m.apply_now(&reg(RealmId(9), hoa(1), None, coa(1, 9), 1, false));
         assert_eq!(r, ApplyResult::Refused(Refusal::UnknownRealm));
-        m.apply(&dynamic("a@example.net", 1));
-        let r = m.apply(&reg(
+        m.apply_now(&dynamic("a@example.net", 1));
+        let r = m.apply_now(&reg(
             OUTER,
             out(10),
             Some("b@example.net"),
@@ -1245,7 +1405,7 @@ mod tests {
     fn explicit_pool_address_is_reserved() {
         let mut m = sm();
         // An MN re-registering with the address it was given earlier.
-        let r = m.apply(&reg(
+        let r = m.apply_now(&reg(
             OUTER,
             out(11),
             Some("a@example.net"),
@@ -1254,14 +1414,20 @@ mod tests {
             false,
         ));
         assert_eq!(registered(r), out(11));
-        assert_eq!(registered(m.apply(&dynamic("b@example.net", 1))), out(10));
-        assert_eq!(registered(m.apply(&dynamic("c@example.net", 1))), out(12));
+        assert_eq!(
+            registered(m.apply_now(&dynamic("b@example.net", 1))),
+            out(10)
+        );
+        assert_eq!(
+            registered(m.apply_now(&dynamic("c@example.net", 1))),
+            out(12)
+        );
         // Moving to another address gives the old one back.
-        m.apply(&Command::AdminRemove {
+        m.apply_now(&Command::AdminRemove {
             realm: OUTER,
             home_address: out(10),
         });
-        let r = m.apply(&reg(
+        let r = m.apply_now(&reg(
             OUTER,
             out(10),
             Some("a@example.net"),
@@ -1279,7 +1445,7 @@ mod tests {
         // A request forwarded before a failover can be appended after the
         // mobile node's newer retransmission (chaos test, partition heal).
         let mut m = sm().with_ordered_identification(true);
-        m.apply(&reg(INNER, hoa(5), None, coa(2, 1000), 20, false));
+        m.apply_now(&reg(INNER, hoa(5), None, coa(2, 1000), 20, false));
         let before = m.snapshot();
         for stale in [
             reg(INNER, hoa(5), None, coa(1, 900), 19, false),
@@ -1290,37 +1456,247 @@ mod tests {
                 nai: None,
                 care_of: None,
                 identification: 19,
+                validated_against: None,
             },
         ] {
-            assert_eq!(m.apply(&stale), ApplyResult::Refused(Refusal::Stale));
+            assert_eq!(m.apply_now(&stale), ApplyResult::Refused(Refusal::Stale));
             assert_eq!(m.snapshot(), before, "{stale:?} changed the state");
         }
         assert_eq!(Refusal::Stale.reply_code(), 133);
         // Newer ones apply.
         assert!(matches!(
-            m.apply(&reg(INNER, hoa(5), None, coa(3, 1100), 21, false)),
+            m.apply_now(&reg(INNER, hoa(5), None, coa(3, 1100), 21, false)),
             ApplyResult::Registered { .. }
         ));
-        // Nonce identification is not ordered: without the flag, as before.
+        // Nonce identification is not ordered: validated against the
+        // current state, a smaller identification applies.
         let mut n = sm();
-        n.apply(&reg(INNER, hoa(5), None, coa(2, 1000), 20, false));
+        n.apply_now(&reg(INNER, hoa(5), None, coa(2, 1000), 20, false));
         assert!(matches!(
-            n.apply(&reg(INNER, hoa(5), None, coa(1, 900), 19, false)),
+            n.apply_now(&reg(INNER, hoa(5), None, coa(1, 900), 19, false)),
             ApplyResult::Registered { .. }
         ));
+    }
+
+    /// `cmd` validated against `last` (what the proposing engine saw).
+    fn against(mut cmd: Command, last: Option<u64>) -> Command {
+        match &mut cmd {
+            Command::Register {
+                validated_against, ..
+            }
+            | Command::Deregister {
+                validated_against, ..
+            } => *validated_against = last,
+            Command::Expire { .. } | Command::AdminRemove { .. } => {}
+        }
+        cmd
+    }
+
+    /// Two replicas fed `log`: identical results and bytes; the results.
+    fn two_replicas(m: fn() -> StateMachine, log: &[Command]) -> (StateMachine, Vec<ApplyResult>) {
+        let (mut a, mut b) = (m(), m());
+        let mut results = Vec::new();
+        for c in log {
+            let r = a.apply(c);
+            assert_eq!(r, b.apply(c), "replicas disagree on {c:?}");
+            results.push(r);
+        }
+        assert_eq!(a.snapshot(), b.snapshot(), "replicas diverged");
+        (a, results)
+    }
+
+    #[test]
+    fn nonce_mode_the_second_of_two_requests_validated_alike_is_stale() {
+        // Two requests of one MN validated against the same state on two
+        // nodes (the one forwarded before a failover, the retransmission
+        // through another node): whichever the log puts second is refused,
+        // in either order, and changes nothing. Nonce identifications are
+        // unordered: 0x9999… can be the older request.
+        let first = reg(INNER, hoa(5), None, coa(1, 900), 0x1111, false);
+        let older = against(
+            reg(INNER, hoa(5), None, coa(2, 1000), 0x9999_0000, false),
+            Some(0x1111),
+        );
+        let newer = against(
+            reg(INNER, hoa(5), None, coa(3, 1100), 0x0000_2222, false),
+            Some(0x1111),
+        );
+        let first = against(first, None);
+        for (a, b) in [(&newer, &older), (&older, &newer)] {
+            let (m, r) = two_replicas(sm, &[first.clone(), a.clone(), b.clone()]);
+            assert!(matches!(r[1], ApplyResult::Registered { .. }), "{r:?}");
+            assert_eq!(r[2], ApplyResult::Refused(Refusal::Stale));
+            let e = m.table().get(INNER, hoa(5)).expect("bound");
+            let Command::Register {
+                care_of,
+                identification,
+                ..
+            } = a
+            else {
+                unreachable!()
+            };
+            assert_eq!(e.care_of[0], *care_of, "the first applied one stays");
+            assert_eq!(e.last_identification, *identification);
+            assert_eq!(m.next_expiry(), Some(care_of.expires_at()));
+        }
+        // A Deregister validated against the old state is stale alike, and
+        // one with nothing ever recorded (None) is stale once there is.
+        let dereg = against(
+            Command::Deregister {
+                realm: INNER,
+                home_address: hoa(5),
+                nai: None,
+                care_of: None,
+                identification: 7,
+                validated_against: None,
+            },
+            Some(0x1111),
+        );
+        let (m, r) = two_replicas(
+            sm,
+            &[
+                first.clone(),
+                newer.clone(),
+                dereg,
+                against(first.clone(), None),
+            ],
+        );
+        assert_eq!(r[2], ApplyResult::Refused(Refusal::Stale));
+        assert_eq!(r[3], ApplyResult::Refused(Refusal::Stale));
+        assert!(m.table().get(INNER, hoa(5)).is_some(), "still bound");
+    }
+
+    #[test]
+    fn a_retransmission_applied_twice_is_stale_the_second_time() {
+        // The same request proposed through two nodes: applied once; the
+        // second copy is refused in both modes (the MN resynchronises from
+        // the 133 if it sees it first, and its binding is in place).
+        let r = against(reg(INNER, hoa(5), None, coa(1, 900), 0x1234, false), None);
+        for m in [sm as fn() -> StateMachine, || {
+            sm().with_ordered_identification(true)
+        }] {
+            let (m, res) = two_replicas(m, &[r.clone(), r.clone()]);
+            assert!(matches!(res[0], ApplyResult::Registered { .. }));
+            assert_eq!(res[1], ApplyResult::Refused(Refusal::Stale));
+            assert_eq!(m.table().len(), 1);
+        }
+    }
+
+    #[test]
+    fn a_request_validated_before_an_expire_or_removal_still_applies() {
+        // Expire and AdminRemove leave the last identification in the
+        // replay memory: a refresh (or deregistration) the MN sent before
+        // them is still its newest request, and applies after them.
+        let first = against(reg(INNER, hoa(5), None, coa(1, 900), 10, false), None);
+        let refresh = against(reg(INNER, hoa(5), None, coa(2, 2000), 11, false), Some(10));
+        let dereg = against(
+            Command::Deregister {
+                realm: INNER,
+                home_address: hoa(5),
+                nai: None,
+                care_of: None,
+                identification: 11,
+                validated_against: None,
+            },
+            Some(10),
+        );
+        let expire = Command::Expire {
+            realm: INNER,
+            home_address: hoa(5),
+            coa: coa(1, 0).coa,
+            expires_at: Duration::from_secs(900),
+        };
+        let remove = Command::AdminRemove {
+            realm: INNER,
+            home_address: hoa(5),
+        };
+        for gone in [expire, remove] {
+            let (m, r) = two_replicas(sm, &[first.clone(), gone.clone(), refresh.clone()]);
+            assert!(
+                matches!(
+                    r[1],
+                    ApplyResult::Expired { removed: true }
+                        | ApplyResult::AdminRemoved { existed: true }
+                ),
+                "{r:?}"
+            );
+            assert!(matches!(r[2], ApplyResult::Registered { .. }), "{r:?}");
+            assert_eq!(m.next_expiry(), Some(Duration::from_secs(2000)));
+            let (m, r) = two_replicas(sm, &[first.clone(), gone, dereg.clone()]);
+            assert!(matches!(r[2], ApplyResult::Deregistered { .. }), "{r:?}");
+            assert!(m.table().is_empty());
+        }
+        // A NAI binding with a dynamic address: the NAI's replay memory
+        // carries the identification once the binding expired.
+        let d1 = against(dynamic("a@example.net", 10), None);
+        let d2 = against(dynamic("a@example.net", 11), Some(10));
+        let expire = Command::Expire {
+            realm: OUTER,
+            home_address: out(10),
+            coa: coa(1, 0).coa,
+            expires_at: Duration::from_secs(1000),
+        };
+        let (_, r) = two_replicas(sm, &[d1.clone(), expire, d2.clone()]);
+        assert_eq!(r[1], ApplyResult::Expired { removed: true });
+        assert!(matches!(r[2], ApplyResult::Registered { .. }), "{r:?}");
+        // The same pair in the other order: the older one is stale.
+        let (_, r) = two_replicas(
+            sm,
+            &[d1, against(dynamic("a@example.net", 12), Some(10)), d2],
+        );
+        assert_eq!(r[2], ApplyResult::Refused(Refusal::Stale));
+    }
+
+    #[test]
+    fn timestamp_mode_a_stale_register_after_a_deregistration_is_refused() {
+        // Ordering is checked against the replay memory too, not only a
+        // live binding: a registration forwarded before the MN's newer
+        // deregistration must not bring the binding back.
+        let ts = || sm().with_ordered_identification(true);
+        let first = reg(INNER, hoa(5), None, coa(1, 900), 100, false);
+        let late = reg(INNER, hoa(5), None, coa(2, 1000), 101, false);
+        let dereg = Command::Deregister {
+            realm: INNER,
+            home_address: hoa(5),
+            nai: None,
+            care_of: None,
+            identification: 102,
+            validated_against: None,
+        };
+        let (m, r) = two_replicas(ts, &[first, dereg, late]);
+        assert!(matches!(r[1], ApplyResult::Deregistered { .. }));
+        assert_eq!(r[2], ApplyResult::Refused(Refusal::Stale));
+        assert!(m.table().is_empty());
+        // Two newer requests validated concurrently both apply in log
+        // order (ordering, not compare-and-set, in timestamp mode).
+        let a = against(reg(INNER, hoa(6), None, coa(1, 900), 200, false), Some(1));
+        let b = against(reg(INNER, hoa(6), None, coa(2, 1000), 201, false), Some(1));
+        let (m, r) = two_replicas(ts, &[a, b]);
+        assert!(
+            r.iter()
+                .all(|r| matches!(r, ApplyResult::Registered { .. }))
+        );
+        assert_eq!(
+            m.table()
+                .get(INNER, hoa(6))
+                .expect("bound")
+                .last_identification,
+            201
+        );
     }
 
     #[test]
     fn deregister_one_and_all() {
         let mut m = sm();
-        m.apply(&reg(INNER, hoa(5), None, coa(1, 1000), 1, true));
-        m.apply(&reg(INNER, hoa(5), None, coa(2, 1000), 2, true));
-        let r = m.apply(&Command::Deregister {
+        m.apply_now(&reg(INNER, hoa(5), None, coa(1, 1000), 1, true));
+        m.apply_now(&reg(INNER, hoa(5), None, coa(2, 1000), 2, true));
+        let r = m.apply_now(&Command::Deregister {
             realm: INNER,
             home_address: hoa(5),
             nai: None,
             care_of: Some(coa(1, 0).coa),
             identification: 3,
+            validated_against: None,
         });
         assert_eq!(
             r,
@@ -1330,12 +1706,13 @@ mod tests {
             }
         );
         assert_eq!(m.expired(Duration::from_secs(1000)).len(), 1);
-        m.apply(&Command::Deregister {
+        m.apply_now(&Command::Deregister {
             realm: INNER,
             home_address: hoa(5),
             nai: None,
             care_of: None,
             identification: 4,
+            validated_against: None,
         });
         assert!(m.table().is_empty());
         assert_eq!(m.next_expiry(), None);
@@ -1346,12 +1723,13 @@ mod tests {
             Some(4)
         );
         // Deregistering with nothing bound still remembers the identification.
-        m.apply(&Command::Deregister {
+        m.apply_now(&Command::Deregister {
             realm: INNER,
             home_address: hoa(6),
             nai: None,
             care_of: None,
             identification: 9,
+            validated_against: None,
         });
         assert_eq!(
             m.table()
@@ -1363,14 +1741,14 @@ mod tests {
     #[test]
     fn expire_and_stale_expire() {
         let mut m = sm();
-        let h = registered(m.apply(&dynamic("a@example.net", 1)));
-        m.apply(&reg(INNER, hoa(5), None, coa(1, 500), 1, false));
+        let h = registered(m.apply_now(&dynamic("a@example.net", 1)));
+        m.apply_now(&reg(INNER, hoa(5), None, coa(1, 500), 1, false));
         assert_eq!(m.next_expiry(), Some(Duration::from_secs(500)));
         let due = m.expired(Duration::from_secs(1000));
         assert_eq!(due.len(), 2);
         assert_eq!(due[0].home_address, hoa(5), "earliest first");
         // The outer binding is refreshed before its Expire is applied.
-        m.apply(&reg(
+        m.apply_now(&reg(
             OUTER,
             h,
             Some("a@example.net"),
@@ -1379,7 +1757,7 @@ mod tests {
             false,
         ));
         for e in &due {
-            m.apply(&Command::Expire {
+            m.apply_now(&Command::Expire {
                 realm: e.realm,
                 home_address: e.home_address,
                 coa: e.coa,
@@ -1388,14 +1766,14 @@ mod tests {
         }
         assert!(m.table().get(INNER, hoa(5)).is_none());
         assert!(m.table().get(OUTER, h).is_some(), "refreshed binding kept");
-        let r = m.apply(&Command::Expire {
+        let r = m.apply_now(&Command::Expire {
             realm: OUTER,
             home_address: h,
             coa: coa(1, 0).coa,
             expires_at: Duration::from_secs(1000),
         });
         assert_eq!(r, ApplyResult::Expired { removed: false });
-        let r = m.apply(&Command::Expire {
+        let r = m.apply_now(&Command::Expire {
             realm: OUTER,
             home_address: h,
             coa: coa(1, 0).coa,
@@ -1409,36 +1787,44 @@ mod tests {
     #[test]
     fn admin_remove() {
         let mut m = sm();
-        m.apply(&reg(INNER, hoa(5), None, coa(1, 500), 1, false));
+        m.apply_now(&reg(INNER, hoa(5), None, coa(1, 500), 1, false));
         let rm = Command::AdminRemove {
             realm: INNER,
             home_address: hoa(5),
         };
-        assert_eq!(m.apply(&rm), ApplyResult::AdminRemoved { existed: true });
-        assert_eq!(m.apply(&rm), ApplyResult::AdminRemoved { existed: false });
+        assert_eq!(
+            m.apply_now(&rm),
+            ApplyResult::AdminRemoved { existed: true }
+        );
+        assert_eq!(
+            m.apply_now(&rm),
+            ApplyResult::AdminRemoved { existed: false }
+        );
         assert_eq!(m.next_expiry(), None);
     }
 
     fn busy() -> StateMachine {
         let mut m = sm();
-        m.apply(&reg(INNER, hoa(9), None, coa(3, 700), 1, true));
-        m.apply(&reg(INNER, hoa(5), None, coa(1, 500), 1, true));
-        m.apply(&reg(INNER, hoa(5), None, coa(2, 600), 2, true));
-        m.apply(&dynamic("b@example.net", 1));
-        m.apply(&dynamic("a@example.net", 1));
-        m.apply(&Command::Deregister {
+        m.apply_now(&reg(INNER, hoa(9), None, coa(3, 700), 1, true));
+        m.apply_now(&reg(INNER, hoa(5), None, coa(1, 500), 1, true));
+        m.apply_now(&reg(INNER, hoa(5), None, coa(2, 600), 2, true));
+        m.apply_now(&dynamic("b@example.net", 1));
+        m.apply_now(&dynamic("a@example.net", 1));
+        m.apply_now(&Command::Deregister {
             realm: INNER,
             home_address: hoa(7),
             nai: None,
             care_of: None,
             identification: 77,
+            validated_against: None,
         });
-        m.apply(&Command::Deregister {
+        m.apply_now(&Command::Deregister {
             realm: OUTER,
             home_address: out(10),
             nai: None,
             care_of: None,
             identification: 78,
+            validated_against: None,
         });
         m
     }
@@ -1461,7 +1847,7 @@ mod tests {
         // still produce the same bytes; and the restored one keeps working.
         let cmd = dynamic("c@example.net", 1);
         let mut m = m;
-        assert_eq!(m.apply(&cmd), n.apply(&cmd));
+        assert_eq!(m.apply_now(&cmd), n.apply_now(&cmd));
         assert_eq!(m.snapshot(), n.snapshot());
     }
 
@@ -1475,13 +1861,13 @@ mod tests {
             let a = (i * 7919) % 2000;
             let h = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + a);
             let c = coa((a % 200) as u8 + 1, 1000 + u64::from(a));
-            m.apply(&reg(INNER, h, None, c, u64::from(a), false));
+            m.apply_now(&reg(INNER, h, None, c, u64::from(a), false));
         }
         let mut all = Vec::new();
         m.table().for_each(|k, e| all.push((*k, e.clone())));
         all.sort_by_key(|(k, _)| *k);
         let mut w = W(Vec::new());
-        w.u8(ENCODING_VERSION);
+        w.u8(SNAPSHOT_VERSION);
         w.u16(2);
         for realm in [INNER, OUTER] {
             let of: Vec<_> = all.iter().filter(|((r, _), _)| *r == realm).collect();
@@ -1538,24 +1924,61 @@ mod tests {
         };
         assert_eq!(
             c.encode(),
-            hex::decode("01030001cb00710ac61200010000000000000102 00000005".replace(' ', ""))
+            hex::decode("02030001cb00710ac61200010000000000000102 00000005".replace(' ', ""))
                 .expect("hex")
         );
         let a = Command::AdminRemove {
             realm: RealmId(0),
             home_address: hoa(5),
         };
-        assert_eq!(a.encode(), vec![1, 4, 0, 0, 198, 51, 100, 5]);
+        assert_eq!(a.encode(), vec![2, 4, 0, 0, 198, 51, 100, 5]);
+        let d = Command::Deregister {
+            realm: RealmId(0),
+            home_address: hoa(5),
+            nai: None,
+            care_of: None,
+            identification: 0x0102,
+            validated_against: Some(0x0101),
+        };
         assert_eq!(
-            Command::decode(&[2, 4, 0, 0, 198, 51, 100, 5]),
-            Err(CommandError::Version(2))
+            d.encode(),
+            hex::decode(
+                "0202 0000 c6336405 00 0000000000000102 01 0000000000000101 00".replace(' ', "")
+            )
+            .expect("hex")
         );
-        assert_eq!(Command::decode(&[1, 9]), Err(CommandError::Tag(9)));
-        assert_eq!(Command::decode(&[1, 4, 0]), Err(CommandError::Truncated));
+        let mut none = d.clone();
+        if let Command::Deregister {
+            validated_against, ..
+        } = &mut none
+        {
+            *validated_against = None;
+        }
         assert_eq!(
-            Command::decode(&[1, 4, 0, 0, 198, 51, 100, 5, 0]),
+            none.encode(),
+            hex::decode("0202 0000 c6336405 00 0000000000000102 00 00".replace(' ', ""))
+                .expect("hex")
+        );
+        // Version 1 (no `validated_against`) and unknown versions are
+        // refused, never guessed at (module docs).
+        assert_eq!(
+            Command::decode(&[1, 4, 0, 0, 198, 51, 100, 5]),
+            Err(CommandError::Version(1))
+        );
+        assert_eq!(
+            Command::decode(&[3, 4, 0, 0, 198, 51, 100, 5]),
+            Err(CommandError::Version(3))
+        );
+        assert_eq!(Command::decode(&[2, 9]), Err(CommandError::Tag(9)));
+        assert_eq!(Command::decode(&[2, 4, 0]), Err(CommandError::Truncated));
+        assert_eq!(
+            Command::decode(&[2, 4, 0, 0, 198, 51, 100, 5, 0]),
             Err(CommandError::Trailing(1))
         );
+        // A presence flag other than 0/1 is not canonical.
+        let mut b = d.encode();
+        b[17] = 2;
+        assert_eq!(Command::decode(&b), Err(CommandError::Invalid("boolean")));
     }
 
     fn arb_time() -> impl Strategy<Value = Duration> {
@@ -1602,17 +2025,25 @@ mod tests {
                 arb_ip(),
                 arb_nai(),
                 arb_care_of(),
-                any::<u64>(),
+                (any::<u64>(), proptest::option::of(any::<u64>())),
                 any::<bool>()
             )
                 .prop_map(
-                    |(realm, home_address, nai, care_of, identification, simultaneous)| {
+                    |(
+                        realm,
+                        home_address,
+                        nai,
+                        care_of,
+                        (identification, validated_against),
+                        simultaneous,
+                    )| {
                         Command::Register {
                             realm,
                             home_address,
                             nai,
                             care_of,
                             identification,
+                            validated_against,
                             simultaneous,
                         }
                     }
@@ -1622,17 +2053,20 @@ mod tests {
                 arb_ip(),
                 arb_nai(),
                 proptest::option::of(arb_ip()),
-                any::<u64>()
+                (any::<u64>(), proptest::option::of(any::<u64>()))
             )
-                .prop_map(|(realm, home_address, nai, care_of, identification)| {
-                    Command::Deregister {
-                        realm,
-                        home_address,
-                        nai,
-                        care_of,
-                        identification,
+                .prop_map(
+                    |(realm, home_address, nai, care_of, (identification, validated_against))| {
+                        Command::Deregister {
+                            realm,
+                            home_address,
+                            nai,
+                            care_of,
+                            identification,
+                            validated_against,
+                        }
                     }
-                }),
+                ),
             (realm.clone(), arb_ip(), arb_ip(), arb_time()).prop_map(
                 |(realm, home_address, coa, expires_at)| Command::Expire {
                     realm,
@@ -1683,13 +2117,20 @@ mod tests {
         }
 
         #[test]
-        fn replicas_agree(cmds in proptest::collection::vec(arb_small_command(), 0..40)) {
+        fn replicas_agree(
+            cmds in proptest::collection::vec((arb_small_command(), any::<bool>()), 0..40),
+            ordered in any::<bool>(),
+        ) {
             // Two replicas fed the same log end in byte-identical states
             // with identical results, and a snapshot restores that state.
-            let mut a = sm();
-            let mut b = sm();
-            for c in &cmds {
-                prop_assert_eq!(a.apply(c), b.apply(c));
+            // Half the commands are validated against the state they are
+            // applied to (the engine's common case), the rest carry
+            // whatever `validated_against` (proposals that raced others).
+            let mut a = sm().with_ordered_identification(ordered);
+            let mut b = sm().with_ordered_identification(ordered);
+            for (c, fresh) in &cmds {
+                let c = if *fresh { a.validated(c) } else { c.clone() };
+                prop_assert_eq!(a.apply(&c), b.apply(&c));
             }
             let snap = a.snapshot();
             prop_assert_eq!(&snap, &b.snapshot());
@@ -1722,17 +2163,25 @@ mod tests {
                 h.clone(),
                 nai.clone(),
                 c.clone(),
-                any::<u64>(),
+                (0u64..8, proptest::option::of(0u64..8)),
                 any::<bool>()
             )
                 .prop_map(
-                    |(realm, home_address, nai, care_of, identification, simultaneous)| {
+                    |(
+                        realm,
+                        home_address,
+                        nai,
+                        care_of,
+                        (identification, validated_against),
+                        simultaneous,
+                    )| {
                         Command::Register {
                             realm,
                             home_address,
                             nai,
                             care_of,
                             identification,
+                            validated_against,
                             simultaneous,
                         }
                     }
@@ -1742,17 +2191,20 @@ mod tests {
                 h.clone(),
                 nai,
                 proptest::option::of(c.clone().prop_map(|c| c.coa)),
-                any::<u64>()
+                (0u64..8, proptest::option::of(0u64..8))
             )
-                .prop_map(|(realm, home_address, nai, care_of, identification)| {
-                    Command::Deregister {
-                        realm,
-                        home_address,
-                        nai,
-                        care_of,
-                        identification,
+                .prop_map(
+                    |(realm, home_address, nai, care_of, (identification, validated_against))| {
+                        Command::Deregister {
+                            realm,
+                            home_address,
+                            nai,
+                            care_of,
+                            identification,
+                            validated_against,
+                        }
                     }
-                }),
+                ),
             (realm.clone(), h.clone(), c).prop_map(|(realm, home_address, c)| Command::Expire {
                 realm,
                 home_address,

@@ -118,19 +118,29 @@
 //!   the expected nonce high and the MN's nonce low; every reply carries
 //!   the nonce the MN must use next.
 //!
+//! A Register or Deregister records the last identification it was
+//! validated against (`validated_against`); the state machine refuses it
+//! at apply time when another request of the MN was committed in between
+//! ([`Refusal::Stale`](crate::command::Refusal::Stale), module docs of
+//! [`crate::command`]). The proposing node then answers 133 built from the
+//! state at reply time: the HA's time (timestamps) or the nonce that
+//! follows the request that overtook it (nonces).
+//!
 //! # Expiry
 //!
 //! The expiry schedule lives in the [`StateMachine`](crate::command::StateMachine)
-//! that the replicator owns; the engine keeps a mirror of it, rebuilt from
-//! the binding table for every key an applied entry touches (and fully by
-//! [`Engine::resync_expiry`], which the driver calls after a snapshot was
-//! installed). [`Engine::poll_timeout`] includes the next expiry;
+//! that the replicator owns, next to the engine in the driver; the driver
+//! lends it to [`Engine::poll_timeout`] and [`Engine::handle_timeout`]
+//! ([`StateMachine::expiry_schedule`](crate::command::StateMachine::expiry_schedule)),
+//! so the engine keeps no copy (a mirror cost ≈ 164 heap bytes per binding,
+//! BENCHMARKS.md) and a snapshot install needs no resynchronisation.
+//! [`Engine::poll_timeout`] includes the next expiry;
 //! [`Engine::handle_timeout`] proposes one [`Command::Expire`] per expired
 //! care-of address, not again while it is in flight (a failed or lost one is
-//! retried after `commit_timeout`). An expiry whose binding changed since is
-//! checked against the table first and forgotten instead of proposed. Every
-//! node mirrors the schedule; [`Engine::set_propose_expiries`] lets a
-//! cluster driver keep only one node (the leader) proposing.
+//! retried after `commit_timeout`); one for a binding refreshed or removed
+//! before it is applied does nothing (its `expires_at` no longer matches).
+//! [`Engine::set_propose_expiries`] lets a cluster driver keep only one node
+//! (the leader) proposing.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -151,7 +161,7 @@ use haven_proto::mip::registration::{
     REQUEST_LEN, REQUEST_TYPE, ReplyRepr, RequestPacket, RequestRepr,
 };
 
-use crate::binding::{BindingKey, BindingTable, CareOf, Encap, Expiry, Identity, MnId, Nai};
+use crate::binding::{BindingTable, CareOf, Encap, Expiry, ExpirySchedule, Identity, MnId, Nai};
 use crate::command::{ApplyResult, Command};
 use crate::config::{Prefix, RealmConfig, RealmId, ReplayMode, ReverseTunnelPolicy};
 use crate::replicate::{Applied, RequestId};
@@ -340,8 +350,9 @@ struct Pending {
     request_home_address: Ipv4Addr,
     /// Identification of an accepted reply.
     accept_ident: Identification,
-    /// Identification of a reply refused at apply time.
-    refuse_ident: Identification,
+    /// The request's Identification (a reply refused at apply time is
+    /// built from it and the state then: `refusal_identification`).
+    ident: Identification,
     lifetime: u16,
     simultaneous: bool,
     udp: Option<UdpTunnelReply>,
@@ -391,9 +402,6 @@ pub struct Engine {
     expiring: HashMap<RequestId, (Expiry, Duration)>,
     expiring_set: BTreeSet<Expiry>,
     expiry_retries: BTreeSet<(Duration, RequestId)>,
-    /// Mirror of the state machine's expiry schedule.
-    schedule: BTreeSet<Expiry>,
-    scheduled: HashMap<BindingKey, Vec<Expiry>>,
     transmits: VecDeque<Transmit>,
     proposals: VecDeque<(RequestId, Command)>,
     events: VecDeque<Event>,
@@ -448,13 +456,6 @@ pub fn derive_nonce(key: &[u8], realm: RealmId, identity: &Identity, last: u64) 
     u32::from_be_bytes([mac[0], mac[1], mac[2], mac[3]])
 }
 
-fn mn_id(identity: &Identity) -> MnId<'_> {
-    match identity {
-        Identity::HomeAddress(a) => MnId::HomeAddress(*a),
-        Identity::Nai(n) => MnId::Nai(n.as_str()),
-    }
-}
-
 impl Engine {
     /// An engine for these realms (index = [`RealmId`], as in the config).
     pub fn new(
@@ -482,7 +483,7 @@ impl Engine {
                 keepalive: r.keepalive_interval_secs,
             });
         }
-        let mut e = Self {
+        Self {
             config,
             realms: rs,
             by_addr,
@@ -500,16 +501,12 @@ impl Engine {
             expiring: HashMap::new(),
             expiring_set: BTreeSet::new(),
             expiry_retries: BTreeSet::new(),
-            schedule: BTreeSet::new(),
-            scheduled: HashMap::new(),
             transmits: VecDeque::new(),
             proposals: VecDeque::new(),
             events: VecDeque::new(),
             stats: EngineStats::default(),
             last_now: Duration::ZERO,
-        };
-        e.resync_expiry();
-        e
+        }
     }
 
     /// Declares an FA-HA security association with the foreign agent at
@@ -530,9 +527,9 @@ impl Engine {
         self.reply_unauthenticated = on;
     }
 
-    /// Whether this node proposes `Expire` commands (default true). Every
-    /// node mirrors the schedule; in a cluster the driver may leave only the
-    /// leader proposing to avoid duplicate (harmless, stale) entries.
+    /// Whether this node proposes `Expire` commands (default true). In a
+    /// cluster the driver may leave only the leader proposing to avoid
+    /// duplicate (harmless, stale) entries.
     pub fn set_propose_expiries(&mut self, on: bool) {
         self.propose_expiries = on;
     }
@@ -729,25 +726,46 @@ impl Engine {
     /// The last accepted identification of the MN: the newest of what its
     /// home address and its NAI remember (a binding with a NAI is
     /// remembered by the NAI once it is gone).
+    ///
+    /// `mn.nai` is `Some` exactly when the MN authenticated by NAI, so this
+    /// is the function the state machine recomputes at apply time from the
+    /// command's `home_address` and `nai` (the compare-and-set of
+    /// [`Refusal::Stale`](crate::command::Refusal::Stale)).
     fn last_identification(&self, realm: RealmId, mn: &Mn, home_address: Ipv4Addr) -> Option<u64> {
-        let by_identity = self.table.last_identification(realm, mn_id(&mn.identity));
-        let by_home = (!home_address.is_unspecified())
-            .then(|| {
-                self.table
-                    .last_identification(realm, MnId::HomeAddress(home_address))
-            })
-            .flatten();
-        let by_nai = mn
-            .nai
-            .as_ref()
-            .and_then(|n| self.table.last_identification(realm, MnId::Nai(n.as_str())));
-        [by_identity, by_home, by_nai]
-            .into_iter()
-            .flatten()
-            .max_by(|a, b| {
-                // Serial-number order [RFC 5944 § 5.7], as must_be_newer.
-                (a.wrapping_sub(*b) as i64).cmp(&0)
-            })
+        self.table
+            .mn_last_identification(realm, home_address, mn.nai.as_ref())
+    }
+
+    /// The Identification of a reply to a request refused at apply time
+    /// (any code): in timestamp mode the HA's time high, the request's low
+    /// 32 bits [RFC 5944 § 5.7.1] for a 133, the request's own otherwise; in
+    /// nonce mode the nonce the MN must use next, derived from the state
+    /// as it is now — for a stale request a newer request of the MN has
+    /// been accepted since it was validated, so the nonce computed then
+    /// would not resynchronise it [RFC 5944 § 5.7.2].
+    fn refusal_identification(
+        &self,
+        now: Duration,
+        p: &Pending,
+        code: ReplyCode,
+    ) -> Identification {
+        match self.config.replay {
+            ReplayMode::Timestamp if code == ReplyCode::IdentificationMismatch => {
+                ha_identification_for_timestamp_mismatch(now, p.ident)
+            }
+            ReplayMode::Timestamp => p.ident,
+            ReplayMode::Nonce => {
+                let nai = match &p.mn.1 {
+                    Identity::Nai(n) => Some(n),
+                    Identity::HomeAddress(_) => None,
+                };
+                let last = self
+                    .table
+                    .mn_last_identification(p.realm, p.request_home_address, nai);
+                let nonce = derive_nonce(p.sa.key.as_bytes(), p.realm, &p.mn.1, last.unwrap_or(0));
+                Identification::from_nonces(nonce, p.ident.mn_nonce())
+            }
+        }
     }
 
     fn evaluate(
@@ -894,7 +912,7 @@ impl Engine {
                 sa: Arc::clone(&mn.sa),
                 request_home_address: hoa,
                 accept_ident,
-                refuse_ident: deny_ident,
+                ident,
                 lifetime,
                 simultaneous: flags.simultaneous_bindings(),
                 udp,
@@ -919,6 +937,12 @@ impl Engine {
                 nai: mn.nai.clone(),
                 care_of: (coa != hoa).then_some(coa),
                 identification: ident.0,
+                // From the command's own fields, as `apply` will compute it.
+                validated_against: self.table.mn_last_identification(
+                    realm_id,
+                    home_address,
+                    mn.nai.as_ref(),
+                ),
             };
             return Verdict::Propose(pending(0, None), cmd);
         }
@@ -974,6 +998,8 @@ impl Engine {
                 reverse_tunnel: t,
             },
             identification: ident.0,
+            // The value the identification check above was made against.
+            validated_against: last,
             simultaneous: flags.simultaneous_bindings(),
         };
         Verdict::Propose(pending(lifetime, udp), cmd)
@@ -1020,18 +1046,7 @@ impl Engine {
     pub fn handle_applied(&mut self, now: Duration, applied: &Applied) {
         self.last_now = self.last_now.max(now);
         match (&applied.command, &applied.result) {
-            (Command::Register { realm, .. }, ApplyResult::Registered { home_address, .. }) => {
-                self.sync_key((*realm, *home_address));
-            }
-            (Command::Register { .. }, _) => {}
-            (
-                Command::Deregister {
-                    realm,
-                    home_address,
-                    ..
-                },
-                _,
-            ) => self.sync_key((*realm, *home_address)),
+            (Command::Register { .. } | Command::Deregister { .. }, _) => {}
             (
                 Command::Expire {
                     realm,
@@ -1048,7 +1063,6 @@ impl Engine {
                     coa: *coa,
                 };
                 self.expiring_set.remove(&e);
-                self.sync_key((*realm, *home_address));
                 if matches!(result, ApplyResult::Expired { removed: true }) {
                     self.events.push_back(Event::Expired {
                         realm: *realm,
@@ -1063,7 +1077,6 @@ impl Engine {
                 },
                 result,
             ) => {
-                self.sync_key((*realm, *home_address));
                 if matches!(result, ApplyResult::AdminRemoved { existed: true }) {
                     self.events.push_back(Event::Removed {
                         realm: *realm,
@@ -1110,13 +1123,11 @@ impl Engine {
             ApplyResult::Deregistered { home_address, .. } => {
                 (ReplyCode::Accepted, home_address, 0, p.accept_ident, None)
             }
-            ApplyResult::Refused(r) => (
-                ReplyCode::from(r.reply_code()),
-                p.request_home_address,
-                0,
-                p.refuse_ident,
-                None,
-            ),
+            ApplyResult::Refused(r) => {
+                let code = ReplyCode::from(r.reply_code());
+                let identification = self.refusal_identification(now, &p, code);
+                (code, p.request_home_address, 0, identification, None)
+            }
             // Not a registration result: cannot happen for our ids.
             ApplyResult::Expired { .. } | ApplyResult::AdminRemoved { .. } => return,
         };
@@ -1139,64 +1150,10 @@ impl Engine {
         );
     }
 
-    /// Re-reads one binding's care-of expiries into the mirror.
-    fn sync_key(&mut self, key: BindingKey) {
-        if let Some(old) = self.scheduled.remove(&key) {
-            for e in old {
-                self.schedule.remove(&e);
-            }
-        }
-        let fresh: Vec<Expiry> = self
-            .table
-            .with(key.0, key.1, |b| {
-                b.care_of
-                    .iter()
-                    .map(|c| Expiry {
-                        expires_at: c.expires_at(),
-                        realm: key.0,
-                        home_address: key.1,
-                        coa: c.coa,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        if !fresh.is_empty() {
-            self.schedule.extend(fresh.iter().copied());
-            self.scheduled.insert(key, fresh);
-        }
-    }
-
-    /// Rebuilds the expiry mirror from the whole binding table (at start
-    /// and after a snapshot was installed).
-    pub fn resync_expiry(&mut self) {
-        self.schedule.clear();
-        self.scheduled.clear();
-        let mut after = None;
-        loop {
-            let page = self.table.page(None, after, 1024);
-            let Some((last, _)) = page.last() else {
-                break;
-            };
-            after = Some(*last);
-            for (key, entry) in &page {
-                let v: Vec<Expiry> = entry
-                    .care_of
-                    .iter()
-                    .map(|c| Expiry {
-                        expires_at: c.expires_at(),
-                        realm: key.0,
-                        home_address: key.1,
-                        coa: c.coa,
-                    })
-                    .collect();
-                self.schedule.extend(v.iter().copied());
-                self.scheduled.insert(*key, v);
-            }
-        }
-    }
-
     /// Timers: commit timeouts and binding expiries due at `now`.
-    pub fn handle_timeout(&mut self, now: Duration) {
+    /// `schedule` is this node's state machine's
+    /// ([`StateMachine::expiry_schedule`](crate::command::StateMachine::expiry_schedule)).
+    pub fn handle_timeout(&mut self, now: Duration, schedule: &ExpirySchedule) {
         self.last_now = self.last_now.max(now);
         while let Some(&(deadline, id)) = self.deadlines.first() {
             if deadline > now {
@@ -1221,25 +1178,12 @@ impl Engine {
         if !self.propose_expiries {
             return;
         }
-        let due: Vec<Expiry> = self
-            .schedule
+        let due: Vec<Expiry> = schedule
             .iter()
             .take_while(|e| e.expires_at <= now)
             .filter(|e| !self.expiring_set.contains(e))
-            .copied()
             .collect();
         for e in due {
-            let current = self
-                .table
-                .with(e.realm, e.home_address, |b| {
-                    b.care_of.find(e.coa).map(CareOf::expires_at)
-                })
-                .flatten();
-            if current != Some(e.expires_at) {
-                // Refreshed or removed behind the mirror's back.
-                self.sync_key((e.realm, e.home_address));
-                continue;
-            }
             let id = self.next_request_id();
             let retry = now + self.config.commit_timeout;
             self.expiring.insert(id, (e, retry));
@@ -1259,8 +1203,9 @@ impl Engine {
         }
     }
 
-    /// When [`handle_timeout`](Self::handle_timeout) wants to be called.
-    pub fn poll_timeout(&self) -> Option<Duration> {
+    /// When [`handle_timeout`](Self::handle_timeout) wants to be called
+    /// (`schedule` as there).
+    pub fn poll_timeout(&self, schedule: &ExpirySchedule) -> Option<Duration> {
         let commit = self.deadlines.first().map(|(d, _)| *d);
         let retry = self.expiry_retries.first().map(|(d, _)| *d);
         // Only the node that proposes expiries looks at the schedule; on
@@ -1269,7 +1214,7 @@ impl Engine {
         let expiry = self
             .propose_expiries
             .then(|| {
-                self.schedule
+                schedule
                     .iter()
                     .find(|e| !self.expiring_set.contains(e))
                     .map(|e| e.expires_at)

@@ -5,8 +5,7 @@
 //!   the sync messages; a receive task hands each datagram to the driver;
 //! * the driver ([`crate::server`]) steps datagrams and timeouts into the
 //!   replicator, proposes through the [`Replicator`] seam, and after every
-//!   pump calls [`PairNode::flush`]: transmits go out, a restored dump
-//!   re-seeds the engine's expiry schedule, and a role change flips
+//!   pump calls [`PairNode::flush`]: transmits go out, and a role change flips
 //!   expiry proposals (only the primary proposes `Expire`) and the
 //!   dispatcher health priority (the secondary advertises 0, so the
 //!   dispatcher steers every registration to the primary);
@@ -213,8 +212,10 @@ impl PairNode {
     /// role changes in the engine.
     pub async fn flush(&mut self, engine: &mut Engine) {
         if self.pair.take_restored() {
-            // A dump replaced the whole table without `Applied` entries.
-            engine.resync_expiry();
+            // A dump replaced the whole table without `Applied` entries; the
+            // engine reads the state machine's expiry schedule, so there is
+            // nothing to rebuild.
+            info!("pair state restored from the primary's dump");
         }
         if self.pair.take_role_change() {
             let primary = self.pair.role() == Role::Primary;

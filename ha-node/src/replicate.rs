@@ -153,6 +153,7 @@ mod tests {
                 reverse_tunnel: false,
             },
             identification: 1,
+            validated_against: None,
             simultaneous: false,
         };
         assert_eq!(r.poll_applied(), None);

@@ -224,7 +224,7 @@ pub async fn run(
     let (serve_tx, serve_rx) = watch::channel(ready_at_start);
     metrics::gauge!(READY).set(if ready_at_start { 1.0 } else { 0.0 });
     // Raft: the store is opened and the state machine restored from its
-    // snapshot before the engine mirrors the table's expiries.
+    // snapshot before the engine starts reading it.
     let (replicator, raft_in, raft_service, pair_in) = match config.cluster.mode {
         ClusterMode::Local => (Repl::Local(LocalReplicator::new(state)), None, None, None),
         ClusterMode::Raft => {
@@ -690,10 +690,13 @@ async fn drive(
     let mut gauges = tokio::time::interval(Duration::from_secs(1));
     gauges.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let timer = d.engine.poll_timeout().map(|at| {
-            let wait = at.saturating_sub(wall_now());
-            tokio::time::Instant::now() + wait
-        });
+        let timer = d
+            .engine
+            .poll_timeout(d.replicator.state().expiry_schedule())
+            .map(|at| {
+                let wait = at.saturating_sub(wall_now());
+                tokio::time::Instant::now() + wait
+            });
         let pair_timer = match &d.replicator {
             Repl::Pair(p) => p.poll_timeout().map(|at| {
                 let wait = at.saturating_sub(wall_now());
@@ -755,7 +758,8 @@ async fn drive(
                     None => std::future::pending().await,
                 }
             } => {
-                d.engine.handle_timeout(wall_now());
+                d.engine
+                    .handle_timeout(wall_now(), d.replicator.state().expiry_schedule());
             }
             _ = gauges.tick() => {
                 d.update_gauges();

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
-use haven_ha_node::command::Command;
+use haven_ha_node::command::{ApplyResult, Command, Refusal};
 use haven_ha_node::config::RealmId;
 use haven_ha_node::raft::{RaftConfig, RaftReplicator, RaftStore, Role};
 use haven_ha_node::replicate::{ProposeError, Replicator, RequestId};
@@ -71,7 +71,11 @@ struct Sim {
     /// request → (proposer, boot, command).
     proposed: HashMap<u64, (u64, u64, Command)>,
     reported: HashSet<u64>,
+    /// Commands applied on their proposer and not refused (the reply
+    /// accepts them).
     acknowledged: Vec<Command>,
+    /// request → result on its proposer.
+    results: HashMap<u64, ApplyResult>,
     next_request: u64,
     next_hoa: u32,
     totals: Totals,
@@ -122,6 +126,7 @@ impl Sim {
             proposed: HashMap::new(),
             reported: HashSet::new(),
             acknowledged: Vec::new(),
+            results: HashMap::new(),
             next_request: 1,
             next_hoa: 1,
             totals: Totals::default(),
@@ -172,7 +177,10 @@ impl Sim {
                 assert_eq!((*proposer, *pboot), (id, boot), "only the proposer reports");
                 assert_eq!(&a.command, cmd, "reported with its own command");
                 assert!(self.reported.insert(req.0), "reported once");
-                self.acknowledged.push(a.command.clone());
+                self.results.insert(req.0, a.result);
+                if !matches!(a.result, ApplyResult::Refused(_)) {
+                    self.acknowledged.push(a.command.clone());
+                }
             }
         }
         for (to, m) in out {
@@ -530,6 +538,75 @@ fn healthy_cluster_acknowledges_everything() {
         }
     }
     panic!("leadership not transferred to {to}");
+}
+
+/// A follower's proposal forwarded to the leader is appended after a
+/// proposal the leader took meanwhile, both validated against the same
+/// state (the MN's request before a failover and its retransmission
+/// through another node; nonce identifications, which are unordered): the
+/// later entry is refused as stale on every replica and the binding is
+/// the one of the entry applied first.
+#[test]
+fn a_forwarded_proposal_overtaken_by_another_is_stale_everywhere() {
+    let mut sim = Sim::new(7, 3);
+    for _ in 0..60 {
+        sim.step_tick();
+    }
+    let leader = (1..=3)
+        .find(|&id| sim.node(id).is_some_and(|r| r.is_leader()))
+        .expect("leader");
+    let follower = leader % 3 + 1;
+    let hoa = Ipv4Addr::new(198, 19, 255, 1);
+    // Both validated against "nothing recorded" (validated_against None).
+    let mut forwarded = sim::register(hoa, 0x9999_0001);
+    if let Command::Register { care_of, .. } = &mut forwarded {
+        care_of.coa = Ipv4Addr::new(203, 0, 113, 7);
+    }
+    let direct = sim::register(hoa, 2);
+    for (id, req, cmd) in [(follower, 9_001, &forwarded), (leader, 9_002, &direct)] {
+        let r = sim.node(id).expect("up");
+        let boot = r.boot();
+        r.propose(RequestId(req), cmd.clone()).expect("proposed");
+        sim.proposed.insert(req, (id, boot, cmd.clone()));
+        // The follower's proposal is now a message in flight to the
+        // leader; the leader appends its own at once, ahead of it.
+        sim.pump(id);
+    }
+    for _ in 0..200 {
+        if sim.results.len() == 2 {
+            break;
+        }
+        sim.step_tick();
+    }
+    assert!(
+        matches!(
+            sim.results.get(&9_002),
+            Some(ApplyResult::Registered { .. })
+        ),
+        "{:?}",
+        sim.results
+    );
+    assert_eq!(
+        sim.results.get(&9_001),
+        Some(&ApplyResult::Refused(Refusal::Stale)),
+        "the overtaken proposal is stale"
+    );
+    sim.heal();
+    sim.verify();
+    let Command::Register { care_of, .. } = &direct else {
+        unreachable!()
+    };
+    for id in 1..=3 {
+        let e = sim
+            .node(id)
+            .expect("up")
+            .state()
+            .table()
+            .get(RealmId(0), hoa)
+            .expect("bound");
+        assert_eq!(e.care_of[0], *care_of, "node {id}");
+        assert_eq!(e.last_identification, 2, "node {id}");
+    }
 }
 
 /// A node cut off from the majority never acknowledges: its proposals are

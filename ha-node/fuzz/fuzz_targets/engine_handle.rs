@@ -100,14 +100,14 @@ fn drive(bytes: &[u8], check_unsigned: bool) {
         }
     }
     let later = now + Duration::from_secs(70_000);
-    e.handle_timeout(later);
+    e.handle_timeout(later, repl.state().expiry_schedule());
     while let Some((id, cmd)) = e.poll_proposal() {
         repl.propose(id, cmd).expect("local never refuses");
         while let Some(a) = repl.poll_applied() {
             e.handle_applied(later, &a);
         }
     }
-    let _ = e.poll_timeout();
+    let _ = e.poll_timeout(repl.state().expiry_schedule());
     let _ = e.stats();
 }
 

@@ -135,6 +135,16 @@ impl Lab {
         std::iter::from_fn(|| self.e.poll_event()).collect()
     }
 
+    /// The engine's next timer, on the state machine's expiry schedule.
+    fn poll_timeout(&self) -> Option<Duration> {
+        self.e.poll_timeout(self.r.state().expiry_schedule())
+    }
+
+    /// Fires the engine's timers at `now`.
+    fn timeout(&mut self, now: Duration) {
+        self.e.handle_timeout(now, self.r.state().expiry_schedule());
+    }
+
     fn tick(&mut self, secs: u64) {
         self.now += Duration::from_secs(secs);
     }
@@ -883,7 +893,7 @@ fn deregistration_lifetime_zero_and_coa_equals_hoa() {
     let r = req(lab.now, HOA, INNER_VIP, HOA, 600, 0);
     assert_eq!(code(&lab.inner(&signed(&r, &[]))), 0);
     assert!(lab.table().is_empty());
-    assert_eq!(lab.e.poll_timeout(), None, "nothing left to expire");
+    assert_eq!(lab.poll_timeout(), None, "nothing left to expire");
 }
 
 #[test]
@@ -911,18 +921,18 @@ fn expiry_via_handle_timeout() {
     let mut lab = Lab::new();
     assert_eq!(code(&lab.inner(&signed(&inner_req(&lab, 60, 0), &[]))), 0);
     lab.events();
-    assert_eq!(lab.e.poll_timeout(), Some(T0 + Duration::from_secs(60)));
+    assert_eq!(lab.poll_timeout(), Some(T0 + Duration::from_secs(60)));
     lab.now = T0 + Duration::from_secs(59);
-    lab.e.handle_timeout(lab.now);
+    lab.timeout(lab.now);
     assert!(lab.e.poll_proposal().is_none(), "not yet");
     // A node told not to propose expiries (a follower) stays quiet.
     lab.e.set_propose_expiries(false);
-    assert_eq!(lab.e.poll_timeout(), None);
-    lab.e.handle_timeout(T0 + Duration::from_secs(60));
+    assert_eq!(lab.poll_timeout(), None);
+    lab.timeout(T0 + Duration::from_secs(60));
     assert!(lab.e.poll_proposal().is_none());
     lab.e.set_propose_expiries(true);
     lab.now = T0 + Duration::from_secs(60);
-    lab.e.handle_timeout(lab.now);
+    lab.timeout(lab.now);
     let (id, cmd) = lab.e.poll_proposal().expect("expire proposed");
     assert_eq!(
         cmd,
@@ -933,10 +943,10 @@ fn expiry_via_handle_timeout() {
             expires_at: T0 + Duration::from_secs(60)
         }
     );
-    lab.e.handle_timeout(lab.now);
+    lab.timeout(lab.now);
     assert!(lab.e.poll_proposal().is_none(), "not again while in flight");
     assert_eq!(
-        lab.e.poll_timeout(),
+        lab.poll_timeout(),
         Some(lab.now + Duration::from_secs(2)),
         "only the retry timer"
     );
@@ -951,7 +961,7 @@ fn expiry_via_handle_timeout() {
         }]
     );
     assert!(lab.table().is_empty());
-    assert_eq!(lab.e.poll_timeout(), None);
+    assert_eq!(lab.poll_timeout(), None);
     assert_eq!(lab.e.stats().expiries_proposed, 1);
 }
 
@@ -962,15 +972,17 @@ fn refreshed_binding_is_not_expired() {
     assert_eq!(code(&lab.inner(&signed(&inner_req(&lab, 60, 0), &[]))), 0);
     lab.tick(30);
     assert_eq!(code(&lab.inner(&signed(&inner_req(&lab, 60, 0), &[]))), 0);
-    assert_eq!(lab.e.poll_timeout(), Some(T0 + Duration::from_secs(90)));
+    assert_eq!(lab.poll_timeout(), Some(T0 + Duration::from_secs(90)));
     lab.now = T0 + Duration::from_secs(60);
-    lab.e.handle_timeout(lab.now);
+    lab.timeout(lab.now);
     assert!(lab.e.poll_proposal().is_none());
 }
 
 #[test]
-fn expiry_mirror_built_from_existing_table() {
-    // A node that starts (or installs a snapshot) with bindings present.
+fn expiries_of_a_state_the_engine_never_saw_applied() {
+    // A node that starts, or installs a snapshot (raft) or a dump (pair),
+    // with bindings present: no `Applied` entry for them ever reaches the
+    // engine, which reads the state machine's schedule directly.
     let mut lab = Lab::new();
     assert_eq!(code(&lab.inner(&signed(&inner_req(&lab, 60, 0), &[]))), 0);
     let cfg = base_config();
@@ -980,10 +992,36 @@ fn expiry_mirror_built_from_existing_table() {
         Arc::new(StaticSubscribers::from_config(&cfg)),
         lab.table(),
     );
-    assert_eq!(fresh.poll_timeout(), Some(T0 + Duration::from_secs(60)));
-    fresh.handle_timeout(T0 + Duration::from_secs(61));
+    let schedule = lab.r.state().expiry_schedule();
+    assert_eq!(
+        fresh.poll_timeout(schedule),
+        Some(T0 + Duration::from_secs(60))
+    );
+    fresh.handle_timeout(T0 + Duration::from_secs(61), schedule);
     assert!(matches!(
         fresh.poll_proposal(),
+        Some((_, Command::Expire { .. }))
+    ));
+    // A snapshot installed on another node: its engine reads the restored
+    // schedule, with nothing to resynchronise.
+    let snap = lab.r.state().snapshot();
+    let mut restored = StateMachine::from_config(&cfg);
+    restored.restore(&snap).expect("restores");
+    let mut other = Engine::new(
+        EngineConfig::from_config(&cfg),
+        &cfg.realm,
+        Arc::new(StaticSubscribers::from_config(&cfg)),
+        restored.reader(),
+    );
+    assert_eq!(
+        other.poll_timeout(restored.expiry_schedule()),
+        Some(T0 + Duration::from_secs(60))
+    );
+    other.handle_timeout(T0 + Duration::from_secs(59), restored.expiry_schedule());
+    assert!(other.poll_proposal().is_none(), "not yet");
+    other.handle_timeout(T0 + Duration::from_secs(60), restored.expiry_schedule());
+    assert!(matches!(
+        other.poll_proposal(),
         Some((_, Command::Expire { .. }))
     ));
 }
@@ -1035,9 +1073,9 @@ fn commit_timeout_never_replies_later() {
         &signed(&inner_req(&lab, 600, 0), &[]),
     );
     let (id, cmd) = lab.e.poll_proposal().expect("proposed");
-    assert_eq!(lab.e.poll_timeout(), Some(T0 + Duration::from_secs(2)));
+    assert_eq!(lab.poll_timeout(), Some(T0 + Duration::from_secs(2)));
     lab.now = T0 + Duration::from_secs(2);
-    lab.e.handle_timeout(lab.now);
+    lab.timeout(lab.now);
     assert_eq!(
         lab.events(),
         vec![Event::Dropped {
@@ -1053,7 +1091,7 @@ fn commit_timeout_never_replies_later() {
         lab.table().get(INNER, HOA).is_some(),
         "but the state followed the log"
     );
-    assert_eq!(lab.e.poll_timeout(), Some(T0 + Duration::from_secs(600)));
+    assert_eq!(lab.poll_timeout(), Some(T0 + Duration::from_secs(600)));
 
     // An apply that arrives after the deadline but before the timer fired.
     lab.tick(1);
@@ -1093,7 +1131,7 @@ fn refused_proposal_drops_without_reply() {
             reason: DropReason::ReplicationUnavailable
         }]
     );
-    assert_eq!(lab.e.poll_timeout(), None);
+    assert_eq!(lab.poll_timeout(), None);
     // The MN is not stuck as busy.
     lab.tick(1);
     assert_eq!(code(&lab.inner(&signed(&inner_req(&lab, 600, 0), &[]))), 0);
@@ -1126,7 +1164,7 @@ fn lost_proposal_frees_the_mn_at_once_and_is_never_answered_late() {
         }]
     );
     assert_eq!(lab.e.stats().in_flight, 0);
-    assert_eq!(lab.e.poll_timeout(), None, "no commit deadline left");
+    assert_eq!(lab.poll_timeout(), None, "no commit deadline left");
     // The retransmission 250 ms later, well inside the 2 s commit timeout.
     lab.now += Duration::from_millis(250);
     assert_eq!(
@@ -1183,7 +1221,7 @@ fn admin_removal() {
     );
     assert!(lab.table().is_empty());
     assert!(lab.e.poll_transmit().is_none());
-    assert_eq!(lab.e.poll_timeout(), None);
+    assert_eq!(lab.poll_timeout(), None);
 }
 
 #[test]
@@ -1203,6 +1241,7 @@ fn other_nodes_entries_are_followed() {
             reverse_tunnel: false,
         },
         identification: 1,
+        validated_against: None,
         simultaneous: false,
     };
     lab.r.propose(RequestId(999), cmd).expect("local");
@@ -1210,7 +1249,7 @@ fn other_nodes_entries_are_followed() {
     a.request = None;
     lab.e.handle_applied(lab.now, &a);
     assert!(lab.e.poll_transmit().is_none());
-    assert_eq!(lab.e.poll_timeout(), Some(T0 + Duration::from_secs(10)));
+    assert_eq!(lab.poll_timeout(), Some(T0 + Duration::from_secs(10)));
 }
 
 #[test]
@@ -1299,4 +1338,143 @@ fn handle_says_what_became_of_a_datagram() {
         Handled::Refused
     );
     assert_eq!(lab.pump(), 1, "only the good request was proposed");
+}
+
+/// A second engine on the lab's replicated state: another node of the
+/// cluster (each node's engine reads its own replica; here they share one).
+fn second_node(lab: &Lab, replay: ReplayMode) -> Engine {
+    let mut cfg = base_config();
+    cfg.registration.replay = replay;
+    cfg.validate().expect("test config is valid");
+    Engine::new(
+        EngineConfig::from_config(&cfg),
+        &cfg.realm,
+        Arc::new(StaticSubscribers::from_config(&cfg)),
+        lab.r.reader(),
+    )
+}
+
+/// Commits `cmd` proposed by `owner` (answered there) and shows the entry
+/// to `other` as another node's.
+fn commit(lab: &mut Lab, owner_is_lab: bool, other: &mut Engine, id: RequestId, cmd: Command) {
+    lab.r.propose(id, cmd).expect("local never refuses");
+    let a = lab.r.poll_applied().expect("applied");
+    let mut foreign = a.clone();
+    foreign.request = None;
+    if owner_is_lab {
+        lab.e.handle_applied(lab.now, &a);
+        other.handle_applied(lab.now, &foreign);
+    } else {
+        other.handle_applied(lab.now, &a);
+        lab.e.handle_applied(lab.now, &foreign);
+    }
+}
+
+#[test]
+fn nonce_mode_a_request_overtaken_by_the_retransmission_is_stale_133_with_the_next_nonce() {
+    // RFC 5944 § 5.7.2: a request validated on node A before the MN's
+    // retransmission through node B was committed must not apply after it
+    // (it would put the older care-of address back); A answers 133 with
+    // the nonce that follows B's accepted request, so the MN resynchronises.
+    let mut lab = Lab::with(|c| c.registration.replay = ReplayMode::Nonce);
+    let mut b = second_node(&lab, ReplayMode::Nonce);
+    let n0 = derive_nonce(&KEY, INNER, &Identity::HomeAddress(HOA), 0);
+    let dst = SocketAddrV4::new(INNER_VIP, 434);
+    let mut r1 = inner_req(&lab, 600, 0);
+    r1.identification = Identification::from_nonces(n0, 1);
+    let mut r2 = req(lab.now, HOA, INNER_VIP, COA2, 600, 0);
+    r2.identification = Identification::from_nonces(n0, 2);
+    assert_eq!(
+        lab.e.handle(lab.now, from_coa(), dst, &signed(&r1, &[])),
+        Handled::Proposed
+    );
+    let from2 = SocketAddrV4::new(COA2, 434);
+    assert_eq!(
+        b.handle(lab.now, from2, dst, &signed(&r2, &[])),
+        Handled::Proposed
+    );
+    let (id1, p1) = lab.e.poll_proposal().expect("A proposes");
+    let (id2, p2) = b.poll_proposal().expect("B proposes");
+    for p in [&p1, &p2] {
+        assert!(
+            matches!(
+                p,
+                Command::Register {
+                    validated_against: None,
+                    ..
+                }
+            ),
+            "{p:?}"
+        );
+    }
+    // The log puts B's (the retransmission) first.
+    commit(&mut lab, false, &mut b, id2, p2);
+    let t2 = b.poll_transmit().expect("B answers");
+    assert_eq!(code(&t2), 0);
+    commit(&mut lab, true, &mut b, id1, p1);
+    let t1 = lab.e.poll_transmit().expect("A answers");
+    assert_eq!(code(&t1), 133);
+    assert!(signed_by(&t1, Algorithm::HmacMd5, &KEY));
+    let id = parsed(&t1).fixed.identification;
+    assert_eq!(id.mn_nonce(), 1, "the MN's nonce echoed [RFC 5944 § 5.7.2]");
+    let next = derive_nonce(
+        &KEY,
+        INNER,
+        &Identity::HomeAddress(HOA),
+        r2.identification.0,
+    );
+    assert_eq!(id.ha_nonce(), next, "the nonce after B's request");
+    assert_eq!(id.ha_nonce(), parsed(&t2).fixed.identification.ha_nonce());
+    // Nothing of the stale request was applied.
+    let e = lab.table().get(INNER, HOA).expect("bound");
+    assert_eq!(e.care_of[0].coa, COA2);
+    assert_eq!(e.last_identification, r2.identification.0);
+    assert!(lab.e.poll_transmit().is_none() && b.poll_transmit().is_none());
+    // The MN, resynchronised, registers through A again.
+    let mut r3 = inner_req(&lab, 600, 0);
+    r3.identification = Identification::from_nonces(next, 3);
+    assert_eq!(code(&lab.inner(&signed(&r3, &[]))), 0);
+    assert_eq!(
+        lab.table().get(INNER, HOA).expect("bound").care_of[0].coa,
+        COA
+    );
+}
+
+#[test]
+fn timestamp_mode_a_stale_apply_is_133_with_the_ha_time() {
+    // RFC 5944 § 5.7.1: the 133 of a request overtaken by a newer one
+    // carries the HA's time high and the request's low 32 bits.
+    let mut lab = Lab::new();
+    let mut b = second_node(&lab, ReplayMode::Timestamp);
+    let dst = SocketAddrV4::new(INNER_VIP, 434);
+    let r1 = inner_req(&lab, 600, 0);
+    lab.tick(1);
+    let r2 = req(lab.now, HOA, INNER_VIP, COA2, 600, 0);
+    lab.e.handle(lab.now, from_coa(), dst, &signed(&r1, &[]));
+    b.handle(
+        lab.now,
+        SocketAddrV4::new(COA2, 434),
+        dst,
+        &signed(&r2, &[]),
+    );
+    let (id1, p1) = lab.e.poll_proposal().expect("A proposes");
+    let (id2, p2) = b.poll_proposal().expect("B proposes");
+    commit(&mut lab, false, &mut b, id2, p2);
+    assert_eq!(code(&b.poll_transmit().expect("B answers")), 0);
+    // Within the commit timeout, later than the request's timestamp.
+    lab.tick(1);
+    commit(&mut lab, true, &mut b, id1, p1);
+    let t = lab.e.poll_transmit().expect("A answers");
+    assert_eq!(code(&t), 133);
+    let id = parsed(&t).fixed.identification;
+    assert_eq!(
+        id,
+        ha_identification_for_timestamp_mismatch(lab.now, r1.identification)
+    );
+    assert_ne!(id.high(), r1.identification.high(), "the HA's time");
+    assert_eq!(id.low(), r1.identification.low());
+    assert_eq!(
+        lab.table().get(INNER, HOA).expect("bound").care_of[0].coa,
+        COA2
+    );
 }

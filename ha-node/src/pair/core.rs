@@ -319,8 +319,8 @@ impl PairReplicator {
     pub fn take_role_change(&mut self) -> bool {
         std::mem::take(&mut self.role_changed)
     }
-    /// True once after a dump replaced the whole state: the daemon calls
-    /// `Engine::resync_expiry` (no [`Applied`] is emitted for a dump).
+    /// True once after a dump replaced the whole state (no [`Applied`] is
+    /// emitted for a dump; the daemon logs it).
     pub fn take_restored(&mut self) -> bool {
         std::mem::take(&mut self.restored)
     }

@@ -146,7 +146,7 @@
 //!     }
 //!     while let Some((to, b)) = pair.poll_transmit() { sock.send_to(&b, to) }
 //!     while let Some(a) = pair.poll_applied() { engine.handle_applied(now, &a) }
-//!     if pair.take_restored() { engine.resync_expiry() }
+//!     if pair.take_restored() { /* a dump replaced the state: log it */ }
 //!     if pair.take_role_change() {
 //!         engine.set_propose_expiries(pair.role() == Role::Primary);
 //!         // dispatcher health advert priority: capacity on primary, 0 on secondary

@@ -50,6 +50,7 @@ fn register(n: u32) -> Command {
             reverse_tunnel: false,
         },
         identification: u64::from(n),
+        validated_against: None,
         simultaneous: false,
     }
 }

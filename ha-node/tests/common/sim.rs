@@ -56,6 +56,7 @@ pub fn register(home_address: Ipv4Addr, n: u32) -> Command {
             reverse_tunnel: false,
         },
         identification: u64::from(n),
+        validated_against: None,
         simultaneous: false,
     }
 }
