@@ -19,14 +19,14 @@
 //!   address [RFC 5944 § 3.6] and its reply is accepted; then it moves with
 //!   the VPN and re-registers, still from the same TIA.
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use haven_cluster_tests::datapath::register;
 use haven_cluster_tests::fleet::{NodeSpec, RealmSpec, havenctl_json, start_node};
-use haven_cluster_tests::mn::{Event, MnConfig, MobileNode};
-use haven_cluster_tests::mnsim::unix_now;
+use haven_cluster_tests::mn::{MnConfig, MobileNode};
 use haven_cluster_tests::supervisor::{
     Process, Proto, Spec, wait_for, wait_port, workspace_binary,
 };
@@ -319,36 +319,6 @@ const KEY: &[u8] = b"vpn-inner-realm-key";
 const SPI: u32 = 1000;
 const INNER_HOA: Ipv4Addr = Ipv4Addr::new(198, 18, 101, 10);
 
-/// Registers `core` over `sock` within [`BOUND`]; the accepted home
-/// address, or why not.
-fn register(core: &mut MobileNode, sock: &UdpSocket) -> Result<Ipv4Addr, String> {
-    let start = Instant::now();
-    let mut buf = vec![0u8; 65_536];
-    while start.elapsed() < BOUND {
-        while let Some((dst, bytes)) = core.poll_transmit() {
-            // The send can fail for a moment during a move; the core's
-            // retransmission timer covers it.
-            let _ = sock.send_to(&bytes, dst);
-        }
-        while let Some(ev) = core.poll_event() {
-            match ev {
-                Event::Accepted { home_address, .. } => return Ok(home_address),
-                Event::Denied { code } => return Err(format!("denied: {code:?}")),
-                Event::GaveUp => return Err("gave up".into()),
-                _ => {}
-            }
-        }
-        match sock.recv_from(&mut buf) {
-            Ok((n, SocketAddr::V4(from))) => {
-                let _ = core.handle(unix_now(), from, &buf[..n]);
-            }
-            Ok(_) => {}
-            Err(_) => core.handle_timeout(unix_now()),
-        }
-    }
-    Err("no reply within the bound".into())
-}
-
 #[test]
 fn inner_client_registers_with_the_tia() {
     if topo::skip_without_root() {
@@ -399,8 +369,7 @@ fn inner_client_registers_with_the_tia() {
         Capture::start("client", &client_ns, &[&phys, TUN_DEV]).expect("start the capture")
     });
     let t0 = Instant::now();
-    core.register(unix_now());
-    assert_eq!(register(&mut core, &sock), Ok(INNER_HOA));
+    assert_eq!(register(&mut core, &sock, None, BOUND), Ok(INNER_HOA));
     println!(
         "inner registration through the VPN accepted in {:?}",
         t0.elapsed()
@@ -436,8 +405,7 @@ fn inner_client_registers_with_the_tia() {
         .wait_local_addr(plan::CLIENT_B, BOUND)
         .expect("MOBIKE update");
     let t1 = Instant::now();
-    core.register(unix_now());
-    assert_eq!(register(&mut core, &sock), Ok(INNER_HOA));
+    assert_eq!(register(&mut core, &sock, None, BOUND), Ok(INNER_HOA));
     println!(
         "inner re-registration after the MOBIKE move accepted in {:?}",
         t1.elapsed()

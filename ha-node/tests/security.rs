@@ -14,20 +14,18 @@ use std::time::Duration;
 
 use haven_cluster_tests::fleet::{ClusterSpec, NodeSpec, RealmSpec, TlsSpec};
 use haven_cluster_tests::mnsim::{self, HomeMode, SimConfig};
-use haven_cluster_tests::supervisor::{Process, Spec, await_metric, free_port, scrape, wait_for};
-use haven_proto::grpc::{self, admin_client::AdminClient};
+use haven_cluster_tests::supervisor::{Process, await_metric, free_port, scrape, wait_for};
+use haven_proto::grpc;
 use protobuf::Message as _;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 
+mod common;
+use common::node::{self, BOUND, Timeouts, check_config, loopback};
+
 const KEY: &[u8] = b"security-test-key";
 const SPI: u32 = 256;
-const BOUND: Duration = Duration::from_secs(20);
 const EX_USAGE: i32 = 64;
 const HOME_BASE: Ipv4Addr = Ipv4Addr::new(198, 18, 40, 0);
-
-fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
-}
 
 // ------------------------------------------------------------------ PKI ----
 
@@ -86,33 +84,9 @@ fn read(p: &Path) -> Vec<u8> {
 
 // -------------------------------------------------------------- daemons ----
 
-fn spawn(spec: &NodeSpec, dir: &Path) -> Process {
-    let config = spec.write(dir).expect("write the config");
-    Process::spawn(
-        &format!("ha-node-{}", spec.id),
-        Spec::new(env!("CARGO_BIN_EXE_ha-node"))
-            .arg("--config")
-            .arg(config)
-            .env("RUST_LOG", "info,raft=warn"),
-        None,
-    )
-    .expect("spawn ha-node")
-}
-
+/// The node, ready (its log tail is printed if it does not start).
 fn start(spec: &NodeSpec, dir: &Path) -> Process {
-    let mut p = spawn(spec, dir);
-    if let Err(e) = await_metric(
-        &spec.metrics_url(),
-        None,
-        "haven_build_info",
-        &[],
-        |v| v == 1.0,
-        BOUND,
-    ) {
-        panic!("node {} did not start: {e}\n{}", spec.id, p.log_tail(30));
-    }
-    let _ = p.is_running();
-    p
+    node::start(spec, dir, "info,raft=warn")
 }
 
 /// A raft node `id` with VIP `127.0.0.(vip_base + id)`.
@@ -150,25 +124,14 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .block_on(f)
 }
 
-async fn admin_client(
-    addr: SocketAddr,
-) -> Result<AdminClient<tonic::transport::Channel>, tonic::transport::Error> {
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(Duration::from_millis(500))
-        .timeout(Duration::from_secs(10))
-        .connect()
-        .await?;
-    Ok(AdminClient::new(ch))
-}
+/// What the admin calls of these tests may take.
+const ADMIN: Timeouts = Timeouts {
+    connect: Duration::from_millis(500),
+    call: Duration::from_secs(10),
+};
 
 fn status(spec: &NodeSpec) -> Option<grpc::StatusReply> {
-    block_on(async {
-        let mut c = admin_client(spec.admin).await.ok()?;
-        c.status(grpc::StatusRequest {})
-            .await
-            .ok()
-            .map(|r| r.into_inner())
-    })
+    node::status_in(spec, None, ADMIN)
 }
 
 /// The sum of every sample of `name` whose labels include `labels`.
@@ -424,10 +387,9 @@ fn admin_tokens_separate_read_from_write() {
     spec.admin_read_token_file = Some(write_secret(dir.path(), "read.token", "read-secret-2"));
     let _node = start(&spec, dir.path());
 
-    let codes = block_on(async {
-        let mut c = admin_client(spec.admin).await.expect("connect");
+    let codes = node::admin(&spec, ADMIN, |mut c| async move {
         let drain = |t: Option<&str>| with_token(grpc::DrainRequest { drain: true }, t);
-        (
+        Ok((
             code(c.status(with_token(grpc::StatusRequest {}, None)).await),
             code(c.drain(drain(None)).await),
             code(c.drain(drain(Some("wrong"))).await),
@@ -454,8 +416,9 @@ fn admin_tokens_separate_read_from_write() {
                 .await,
             ),
             code(c.drain(drain(Some("write-secret-1"))).await),
-        )
-    });
+        ))
+    })
+    .expect("connect");
     use tonic::Code::{PermissionDenied, Unauthenticated};
     assert_eq!(codes.0, Err(Unauthenticated), "status without a token");
     assert_eq!(codes.1, Err(Unauthenticated), "drain without a token");
@@ -581,15 +544,6 @@ fn admin_tls_requires_a_client_certificate_from_its_ca() {
 }
 
 // ------------------------------------------------- configuration checks ----
-
-fn check_config(path: &Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_ha-node"))
-        .arg("--config")
-        .arg(path)
-        .arg("--check-config")
-        .output()
-        .expect("run ha-node")
-}
 
 #[test]
 fn unprotected_remote_admin_and_readable_secrets_are_refused() {
