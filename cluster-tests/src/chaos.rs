@@ -1,17 +1,22 @@
 //! # Chaos under continuous load (issue 8 item 4; DESIGN.md § 4, § 9)
 //!
-//! Faults are fired at a running rack ([`crate::rack`]) one at a time while
-//! its mnsim fleets register, move and re-register with short lifetimes
-//! and its stream mobile nodes send data through their RFC 3519 tunnels.
-//! After each fault the scenario waits for the heal (conditions, never
-//! sleeps), then stops the fleets and checks the invariants:
+//! Faults are fired at a running bed ([`Bed`]: the rack of [`crate::rack`],
+//! one cluster serving both realms, or the two-cluster site of
+//! [`crate::site`]) one at a time while its mnsim fleets register, move and
+//! re-register with short lifetimes and its stream mobile nodes send data
+//! through their RFC 3519 tunnels. Each event hits every cluster at the
+//! same moment (victims chosen per cluster with the seeded generator).
+//! After each fault the scenario waits for the heal in every cluster
+//! (conditions, never sleeps), then stops the fleets and checks the
+//! invariants per cluster, against that cluster's fleets:
 //!
 //! * no acknowledged registration lost: every binding an mnsim mobile node
 //!   was last acknowledged (its last accepted reply) is on every live node,
 //!   with that care-of address or the later one it moved to (DESIGN.md § 4:
 //!   "losing an acknowledged binding is a bug");
 //! * every mobile node still registered (the fleets' reports);
-//! * exactly one VIP owner per realm (the dispatchers' VRRP metrics);
+//! * exactly one VIP owner per realm of each cluster (the dispatchers'
+//!   VRRP metrics);
 //! * the gaps: the registration gap from the mnsim timelines (first
 //!   transmission to acceptance of each registration in flight across the
 //!   fault) and the data-plane gap at the correspondent, against the
@@ -29,7 +34,7 @@
 //! ([`vip_owners_ok`]) — are free functions, so a two-cluster topology can
 //! run them for each of its clusters.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::Ipv4Addr;
@@ -40,7 +45,11 @@ use serde::Deserialize;
 
 use crate::mn::SplitMix64;
 use crate::mnsim::unix_now;
-use crate::rack::{CnSnapshot, FleetRun, Monitor, Rack, RackError, RackOptions, Sample};
+use crate::rack::{
+    Bed, Cluster, CnSnapshot, Correspondent, FleetRun, Monitor, Rack, RackError, RackOptions,
+    Sample,
+};
+use crate::site::{Site, SiteOptions};
 use crate::supervisor::{SupError, wait_for};
 
 /// What a scenario can fail with.
@@ -454,8 +463,36 @@ pub fn dispatchers_see(sample: &Sample, id: u64, up: bool) -> bool {
             .all(|d| d.node_up.get(&key).copied().unwrap_or(false) == up)
 }
 
-/// One line about the rack's state, for a timeout's message.
-fn describe(s: &Sample, m: &Monitor, rack: &Rack) -> String {
+/// How far behind the leader's commit index a restarted node may be and
+/// count as caught up in a heal condition. The nodes are scraped one after
+/// the other, so under continuous load (about a thousand commits/s per
+/// cluster here) the leader's index is read tens of entries after a
+/// follower's on a busy machine; a node still replaying is thousands
+/// behind. The exact check comes after the fleets stop: every live node
+/// applied the leader's commit index before its bindings are listed.
+const CATCH_UP_SLACK: u64 = 256;
+
+/// Whether the live nodes agree on a leader and node `id` (if any) is up
+/// with at most [`CATCH_UP_SLACK`] entries less applied than the leader
+/// committed.
+fn caught_up(s: &Sample, live: &[u64], id: Option<u64>) -> bool {
+    let Some(l) = live_leader(s, live) else {
+        return false;
+    };
+    let commit = s
+        .nodes
+        .iter()
+        .find(|x| x.id == l)
+        .map_or(u64::MAX, |x| x.commit);
+    id.is_none_or(|id| {
+        s.nodes
+            .iter()
+            .any(|x| x.id == id && x.up && x.applied + CATCH_UP_SLACK >= commit)
+    })
+}
+
+/// One line about a cluster's state, for a timeout's message.
+fn describe(s: &Sample, m: &Monitor, c: &Cluster, cn: Option<&Correspondent>) -> String {
     let nodes: Vec<String> = s
         .nodes
         .iter()
@@ -476,23 +513,22 @@ fn describe(s: &Sample, m: &Monitor, rack: &Rack) -> String {
         .iter()
         .map(|d| format!("{}:vrrp={:?}:active={}", d.name(), d.vrrp, d.active))
         .collect();
-    let flows = rack
-        .correspondent
-        .as_ref()
-        .map_or(0, |c| c.snapshot().flows.len());
+    let flows = cn.map_or(0, |c| c.snapshot().flows.len());
     format!(
-        "{} | {} | accepted_total={} denied_total={} cn_flows={flows} live={:?}",
+        "[{}] {} | {} | accepted_total={} denied_total={} cn_flows={flows} live={:?}",
+        s.cluster,
         nodes.join(" "),
         disps.join(" "),
         m.accepted_total,
         m.denied_total,
-        rack.live_nodes()
+        c.live_nodes()
     )
 }
 
 // ----------------------------------------------------------- scenario ----
 
-/// A fault, or the undoing of one.
+/// A fault, or the undoing of one. Each is applied to every cluster of the
+/// bed at the same moment, the victims chosen per cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChaosEvent {
     /// SIGKILL a follower chosen by the scenario's seeded generator.
@@ -503,11 +539,26 @@ pub enum ChaosEvent {
     Partition,
     /// Undo the partition.
     HealPartition,
-    /// SIGKILL both dispatcher processes on the host that holds the VIPs.
+    /// SIGKILL every dispatcher process on the host that holds the VIPs.
     KillDispatcher,
     /// Restart every process killed.
     RestartKilled,
+    /// SIGKILL a random node every few seconds for a bounded period
+    /// (issue 8): [`RANDOM_ROUNDS`] rounds [`RANDOM_PERIOD`] apart, each
+    /// restarting the previous victim (and waiting until it caught up) and
+    /// killing a random live node (the leader or not, maybe the one just
+    /// back; at most one dead or behind per cluster, so a quorum holds),
+    /// then the last victim restarted.
+    RandomKills,
 }
+
+/// Rounds of [`ChaosEvent::RandomKills`].
+pub const RANDOM_ROUNDS: usize = 3;
+/// At least this long between two kills of [`ChaosEvent::RandomKills`]
+/// ("every few seconds"): a round also waits until the survivors agree
+/// on a leader and the dispatchers dropped the victim, so a slow machine
+/// stretches the rounds instead of stacking failures.
+pub const RANDOM_PERIOD: Duration = Duration::from_secs(2);
 
 impl ChaosEvent {
     /// A short name.
@@ -519,6 +570,7 @@ impl ChaosEvent {
             ChaosEvent::HealPartition => "heal-partition",
             ChaosEvent::KillDispatcher => "kill-dispatcher",
             ChaosEvent::RestartKilled => "restart-killed",
+            ChaosEvent::RandomKills => "random-kills",
         }
     }
 
@@ -532,18 +584,20 @@ impl ChaosEvent {
     }
 }
 
-/// What one event showed.
+/// What one event showed in one cluster.
 #[derive(Debug, Clone)]
 pub struct EventResult {
+    /// The cluster ([`Cluster::name`]).
+    pub cluster: String,
     /// The event.
     pub event: ChaosEvent,
-    /// Its target (`node-2`, `disp-a`, …).
+    /// Its target (`node-2`, `disp-a`, `inode-1>inode-3>inode-2`, …).
     pub target: String,
-    /// From the fault to the heal.
+    /// From the fault to the heal (every stream resumed) in this cluster.
     pub heal: Duration,
-    /// Per fleet.
+    /// Per fleet of this cluster's realms.
     pub reg_gaps: Vec<(String, RegGap)>,
-    /// At the correspondent.
+    /// At this cluster's correspondent.
     pub data_gap: DataGap,
     /// Acknowledged bindings checked, summed over the live nodes.
     pub acked_checked: usize,
@@ -555,6 +609,11 @@ pub struct EventResult {
     pub nodes_checked: Vec<u64>,
     /// The VIP owners after it.
     pub vip_owners: String,
+    /// When the fault was applied (to measure other streams across it,
+    /// e.g. the dual mobile node's).
+    pub at: Instant,
+    /// When this cluster healed (its streams resumed).
+    pub healed_at: Instant,
 }
 
 impl EventResult {
@@ -564,6 +623,21 @@ impl EventResult {
             .iter()
             .map(|(_, g)| g.max_ms)
             .fold(0.0, f64::max)
+    }
+
+    /// One row of [`Chaos::table`].
+    pub fn row(&self) -> String {
+        format!(
+            "{:<7} {:<16} {:<28} {:>7.2} {:>8.0} {:>8.0} {:>11} {:>6}",
+            self.cluster,
+            self.event.name(),
+            self.target,
+            self.heal.as_secs_f64(),
+            self.reg_gap_ms(),
+            self.data_gap.max.as_secs_f64() * 1e3,
+            format!("{}/{}", self.data_gap.interrupted, self.data_gap.flows),
+            self.acked_per_node,
+        )
     }
 }
 
@@ -583,8 +657,9 @@ impl fmt::Display for EventResult {
         };
         write!(
             f,
-            "chaos event={} target={} heal={:.2}s reg_gap={:.0}ms{target} data_gap[{}] \
+            "chaos cluster={} event={} target={} heal={:.2}s reg_gap={:.0}ms{target} data_gap[{}] \
              acked_checked={} ({} per node on {:?}; {} skipped as expiring) vip={}",
+            self.cluster,
             self.event.name(),
             self.target,
             self.heal.as_secs_f64(),
@@ -603,59 +678,94 @@ impl fmt::Display for EventResult {
     }
 }
 
-/// A rack under chaos: see the module docs.
-pub struct Chaos {
-    /// The rack.
-    pub rack: Rack,
+/// A bed under chaos: see the module docs. One [`Monitor`] per cluster.
+pub struct Chaos<B: Bed = Rack> {
+    /// The rack or the site.
+    pub bed: B,
     opts: RackOptions,
     rng: SplitMix64,
-    monitor: Monitor,
-    partitioned: Option<u64>,
-    /// Each event's figures, in order.
+    monitors: Vec<Monitor>,
+    partitioned: Vec<Option<u64>>,
+    /// Each event's figures, per cluster, in order.
     pub results: Vec<EventResult>,
     bound: Duration,
 }
 
-impl fmt::Debug for Chaos {
+impl<B: Bed> fmt::Debug for Chaos<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Chaos")
-            .field("rack", &self.rack)
+            .field("clusters", &self.bed.clusters())
             .field("results", &self.results)
             .finish_non_exhaustive()
     }
 }
 
-impl Chaos {
+impl Chaos<Rack> {
     /// Starts the rack of `opts` (namespaces; timelines on) with `seed`
     /// for the choice of victims.
     ///
     /// # Errors
     /// The rack does not start.
-    pub fn start(opts: &RackOptions, seed: u64) -> Result<Chaos, ChaosError> {
+    pub fn start(opts: &RackOptions, seed: u64) -> Result<Chaos<Rack>, ChaosError> {
         let opts = RackOptions {
             timelines: true,
             ..opts.clone()
         };
         let rack = Rack::start(&opts)?;
-        let monitor = Monitor::new(rack.expected);
+        Ok(Chaos::new(rack, opts, seed))
+    }
+}
+
+impl Chaos<Site> {
+    /// Starts the site of `opts` (timelines on) with `seed` for the choice
+    /// of victims.
+    ///
+    /// # Errors
+    /// The site does not start.
+    pub fn start_site(opts: &SiteOptions, seed: u64) -> Result<Chaos<Site>, ChaosError> {
+        let mut opts = opts.clone();
+        opts.load.timelines = true;
+        let site = Site::start(&opts)?;
+        Ok(Chaos::new(site, opts.load, seed))
+    }
+}
+
+impl<B: Bed> Chaos<B> {
+    /// Chaos on a started `bed` whose fleets run with `opts` (timelines
+    /// on: the registration gaps and expiries come from them).
+    pub fn new(bed: B, opts: RackOptions, seed: u64) -> Chaos<B> {
+        let n = bed.clusters().len();
+        let monitors = bed
+            .clusters()
+            .iter()
+            .map(|c| Monitor::new(c.expected))
+            .collect();
         let mut chaos = Chaos {
-            rack,
-            opts,
+            bed,
+            opts: RackOptions {
+                timelines: true,
+                ..opts
+            },
             rng: SplitMix64::new(seed),
-            monitor,
-            partitioned: None,
+            monitors,
+            partitioned: vec![None; n],
             results: Vec::new(),
             bound: Duration::from_secs(15),
         };
-        // The monitor counts acceptances between samples: a first one now.
+        // The monitors count acceptances between samples: a first one now.
         chaos.sample();
-        Ok(chaos)
+        chaos
     }
 
-    fn sample(&mut self) -> Sample {
-        let s = self.rack.sample();
-        let _ = self.monitor.observe(&s);
-        s
+    fn sample(&mut self) -> Vec<Sample> {
+        let n = self.bed.clusters().len();
+        (0..n)
+            .map(|k| {
+                let s = self.bed.cluster_lab(k).0.sample();
+                let _ = self.monitors[k].observe(&s);
+                s
+            })
+            .collect()
     }
 
     fn fail(&self, event: ChaosEvent, what: impl Into<String>) -> ChaosError {
@@ -665,246 +775,487 @@ impl Chaos {
         }
     }
 
-    /// Waits until `cond` holds on a fresh sample (bounded); returns when.
+    /// Waits until `cond` holds on fresh samples of every cluster
+    /// (bounded); returns when.
     fn until(
         &mut self,
         what: &str,
-        mut cond: impl FnMut(&Sample, &Monitor, &Rack) -> bool,
+        mut cond: impl FnMut(&[Sample], &[Monitor], &B) -> bool,
     ) -> Result<Instant, ChaosError> {
         let bound = self.bound;
         let mut at = Instant::now();
-        let mut last: Option<Sample> = None;
+        let mut last: Vec<Sample> = Vec::new();
         let r = wait_for(what, bound, || {
             let s = self.sample();
             at = Instant::now();
-            let ok = cond(&s, &self.monitor, &self.rack);
-            last = Some(s);
+            let ok = cond(&s, &self.monitors, &self.bed);
+            last = s;
             ok
         });
         if let Err(e) = r {
+            let seen: Vec<String> = last
+                .iter()
+                .enumerate()
+                .map(|(k, s)| {
+                    describe(
+                        s,
+                        &self.monitors[k],
+                        &self.bed.clusters()[k],
+                        self.bed.correspondent(k),
+                    )
+                })
+                .collect();
             return Err(ChaosError::Parse(format!(
                 "{e}; last seen: {}",
-                last.map_or_else(String::new, |s| describe(&s, &self.monitor, &self.rack))
+                seen.join(" || ")
             )));
         }
         Ok(at)
     }
 
-    /// One event under load: fleets started, load steady, the fault, the
-    /// heal, more load, fleets stopped, invariants checked. Returns (and
-    /// keeps) the figures.
+    /// Like [`Chaos::until`] with one condition per cluster: returns, per
+    /// cluster, the first instant its condition held (once all held in
+    /// the same round).
+    fn until_each(
+        &mut self,
+        what: &str,
+        mut cond: impl FnMut(usize, &Sample, &Monitor, &B) -> bool,
+    ) -> Result<Vec<Instant>, ChaosError> {
+        let n = self.bed.clusters().len();
+        let mut first: Vec<Option<Instant>> = vec![None; n];
+        self.until(what, |ss, ms, b| {
+            let now = Instant::now();
+            let mut all = true;
+            for k in 0..n {
+                if cond(k, &ss[k], &ms[k], b) {
+                    first[k].get_or_insert(now);
+                } else {
+                    all = false;
+                }
+            }
+            all
+        })?;
+        Ok(first
+            .into_iter()
+            .map(|t| t.unwrap_or_else(Instant::now))
+            .collect())
+    }
+
+    /// Picks one of `ids` with the scenario's generator.
+    fn pick(&mut self, ids: &[u64]) -> Option<u64> {
+        if ids.is_empty() {
+            return None;
+        }
+        let k = (self.rng.next_u64() % ids.len() as u64) as usize;
+        ids.get(k).copied()
+    }
+
+    /// [`ChaosEvent::RandomKills`]'s rounds; returns each cluster's victims
+    /// (names) and its last victim (killed, to be restarted).
+    fn random_kills(&mut self) -> Result<(Vec<Vec<String>>, Vec<u64>), ChaosError> {
+        let event = ChaosEvent::RandomKills;
+        let n = self.bed.clusters().len();
+        let mut names: Vec<Vec<String>> = vec![Vec::new(); n];
+        let mut victims: Vec<Option<u64>> = vec![None; n];
+        for round in 0..RANDOM_ROUNDS {
+            // The previous victims back and caught up first: at most one
+            // node per cluster is dead or behind at any time, so a quorum
+            // of up-to-date voters always remains (DESIGN.md § 4).
+            let restarted: Vec<Option<u64>> = victims.clone();
+            if restarted.iter().any(Option::is_some) {
+                for k in 0..n {
+                    self.bed.cluster_lab(k).0.restart_killed()?;
+                }
+                self.until(
+                    &format!("random kills round {round}: caught up"),
+                    |ss, _, b| {
+                        (0..n)
+                            .all(|k| caught_up(&ss[k], &b.clusters()[k].live_nodes(), restarted[k]))
+                    },
+                )?;
+            }
+            let t_round = Instant::now();
+            for k in 0..n {
+                let live = self.bed.clusters()[k].live_nodes();
+                let id = self
+                    .pick(&live)
+                    .ok_or_else(|| self.fail(event, "no live node to kill"))?;
+                names[k].push(self.bed.cluster_lab(k).0.kill_node(id)?);
+                victims[k] = Some(id);
+            }
+            let v = victims.clone();
+            self.until(&format!("random kills round {round}"), |ss, _, b| {
+                t_round.elapsed() >= RANDOM_PERIOD
+                    && (0..n).all(|k| {
+                        let live = b.clusters()[k].live_nodes();
+                        live_leader(&ss[k], &live).is_some()
+                            && v[k].is_none_or(|id| dispatchers_see(&ss[k], id, false))
+                    })
+            })?;
+        }
+        let last = victims
+            .into_iter()
+            .map(|v| v.ok_or_else(|| self.fail(event, "no victim")))
+            .collect::<Result<Vec<u64>, ChaosError>>()?;
+        Ok((names, last))
+    }
+
+    /// One event under load, in every cluster at once: fleets started,
+    /// load steady, the fault (victims per cluster), the heal in every
+    /// cluster, more load, fleets stopped, invariants checked per cluster
+    /// against that cluster's fleets. Returns (and keeps) the figures, one
+    /// per cluster.
     ///
     /// # Errors
     /// A wait that timed out or a broken invariant.
-    pub fn run(&mut self, event: ChaosEvent) -> Result<EventResult, ChaosError> {
-        let expected = self.rack.expected as u64;
-        let realms: Vec<String> = self
-            .rack
-            .fleet_sizes
+    pub fn run(&mut self, event: ChaosEvent) -> Result<Vec<EventResult>, ChaosError> {
+        let n = self.bed.clusters().len();
+        let names: Vec<String> = self.bed.clusters().iter().map(|c| c.name.clone()).collect();
+        let expected: Vec<u64> = self
+            .bed
+            .clusters()
             .iter()
-            .map(|(r, _)| r.clone())
+            .map(|c| c.expected as u64)
             .collect();
-        let floor = self
-            .rack
-            .correspondent
-            .as_ref()
-            .map_or(Duration::from_secs(1), |c| c.gap_floor);
-        let mns = self.rack.expected as f64;
-        let base = self.monitor.accepted_total;
-        self.rack.start_fleets(&self.opts)?;
+        let realms: Vec<Vec<String>> = self
+            .bed
+            .clusters()
+            .iter()
+            .map(|c| c.realms().to_vec())
+            .collect();
+        let floors: Vec<Duration> = (0..n)
+            .map(|k| {
+                self.bed
+                    .correspondent(k)
+                    .map_or(Duration::from_secs(1), |c| c.gap_floor)
+            })
+            .collect();
+        // Stream flows each cluster's correspondent hears: one per stream
+        // mobile node of each of its realms.
+        let streams: Vec<usize> = (0..n)
+            .map(|k| {
+                if self.bed.correspondent(k).is_some() {
+                    self.opts.streams * realms[k].len()
+                } else {
+                    0
+                }
+            })
+            .collect();
+        let base: Vec<f64> = self.monitors.iter().map(|m| m.accepted_total).collect();
+        self.bed.start_fleets(&self.opts)?;
         // Load steady: about every mobile node of this run registered (one
         // acceptance each, on whichever node got it), every live node holds
-        // every binding, and every stream sends.
-        let streams = 2 * self.opts.streams;
+        // every binding (at least: a dual mobile node may add its own), and
+        // every stream sends.
         let t_fleets = Instant::now();
-        self.until("the fleets registered and streaming", |s, m, r| {
-            let live = r.live_nodes();
-            let snap = r.correspondent.as_ref().map(|c| c.snapshot());
-            let sending = snap.map_or(0, |c| c.flows.iter().filter(|f| f.last > t_fleets).count());
-            m.accepted_total >= base + mns
-                && live_leader(s, &live).is_some()
-                && s.nodes
-                    .iter()
-                    .filter(|n| live.contains(&n.id))
-                    .all(|n| n.total_bindings() == expected)
-                && sending >= streams
+        self.until("the fleets registered and streaming", |ss, ms, b| {
+            (0..n).all(|k| {
+                let live = b.clusters()[k].live_nodes();
+                let sending = b.correspondent(k).map_or(0, |c| {
+                    c.snapshot()
+                        .flows
+                        .iter()
+                        .filter(|f| f.last > t_fleets)
+                        .count()
+                });
+                ms[k].accepted_total >= base[k] + expected[k] as f64
+                    && live_leader(&ss[k], &live).is_some()
+                    && ss[k]
+                        .nodes
+                        .iter()
+                        .filter(|x| live.contains(&x.id))
+                        .all(|x| x.total_bindings() >= expected[k])
+                    && sending >= streams[k]
+            })
         })?;
         let before = self.sample();
-        let live_before = self.rack.live_nodes();
-        let leader = live_leader(&before, &live_before)
-            .ok_or_else(|| self.fail(event, "no leader before the event"))?;
+        let mut leaders = Vec::new();
+        for (k, s) in before.iter().enumerate() {
+            let live = self.bed.clusters()[k].live_nodes();
+            leaders.push(
+                live_leader(s, &live).ok_or_else(|| {
+                    self.fail(event, format!("{}: no leader before it", names[k]))
+                })?,
+            );
+        }
         let t_event = Instant::now();
         let u_event = unix_now();
-        let acc_event = self.monitor.accepted_total;
-        // The fault.
-        let mut restored_dispatcher = false;
-        let (target, restored): (String, Vec<u64>) = match event {
-            ChaosEvent::KillFollower | ChaosEvent::Partition => {
-                let followers: Vec<u64> = live_before
-                    .iter()
-                    .copied()
-                    .filter(|id| *id != leader)
-                    .collect();
-                if followers.is_empty() {
-                    return Err(self.fail(event, "no follower to hit"));
+        let acc_event: Vec<f64> = self.monitors.iter().map(|m| m.accepted_total).collect();
+        // The fault, in every cluster.
+        let mut targets: Vec<String> = vec![String::new(); n];
+        let mut restored: Vec<Vec<u64>> = vec![Vec::new(); n];
+        let mut victims: Vec<Option<u64>> = vec![None; n];
+        let mut killed_host: Vec<Option<String>> = vec![None; n];
+        let mut restored_dispatcher = vec![false; n];
+        if event == ChaosEvent::RandomKills {
+            let (kills, last) = self.random_kills()?;
+            for k in 0..n {
+                self.bed.cluster_lab(k).0.restart_killed()?;
+                targets[k] = kills[k].join(">");
+                restored[k] = vec![last[k]];
+            }
+        }
+        for k in 0..n {
+            let live = self.bed.clusters()[k].live_nodes();
+            let leader = leaders[k];
+            match event {
+                ChaosEvent::KillFollower | ChaosEvent::Partition => {
+                    let followers: Vec<u64> =
+                        live.iter().copied().filter(|id| *id != leader).collect();
+                    let id = self
+                        .pick(&followers)
+                        .ok_or_else(|| self.fail(event, "no follower to hit"))?;
+                    let (c, lab) = self.bed.cluster_lab(k);
+                    targets[k] = if event == ChaosEvent::KillFollower {
+                        c.kill_node(id)?
+                    } else {
+                        let lab = lab.ok_or_else(|| {
+                            RackError::Options("partitions need namespaces".into())
+                        })?;
+                        let name = c.partition_node(lab, id)?;
+                        self.partitioned[k] = Some(id);
+                        name
+                    };
+                    victims[k] = Some(id);
                 }
-                let k = (self.rng.next_u64() % followers.len() as u64) as usize;
-                let id = followers[k];
-                let name = if event == ChaosEvent::KillFollower {
-                    self.rack.kill_node(id)?
-                } else {
-                    self.partitioned = Some(id);
-                    self.rack.partition_node(id)?
-                };
-                (name, Vec::new())
-            }
-            ChaosEvent::KillLeader => (self.rack.kill_node(leader)?, Vec::new()),
-            ChaosEvent::HealPartition => {
-                let id = self
-                    .partitioned
-                    .take()
-                    .ok_or_else(|| self.fail(event, "nothing partitioned"))?;
-                (self.rack.heal_node(id)?, vec![id])
-            }
-            ChaosEvent::KillDispatcher => (self.rack.kill_active_dispatcher(&before)?, Vec::new()),
-            ChaosEvent::RestartKilled => {
-                restored_dispatcher = self.rack.dispatchers.iter().any(|d| d.killed);
-                let nodes: Vec<u64> = self
-                    .rack
-                    .nodes
-                    .iter()
-                    .filter(|n| n.killed)
-                    .map(|n| n.id)
-                    .collect();
-                let names = self.rack.restart_killed()?;
-                if names.is_empty() {
-                    return Err(self.fail(event, "nothing to restart"));
+                ChaosEvent::KillLeader => {
+                    targets[k] = self.bed.cluster_lab(k).0.kill_node(leader)?;
+                    victims[k] = Some(leader);
                 }
-                (names.join(","), nodes)
+                ChaosEvent::HealPartition => {
+                    let id = self.partitioned[k]
+                        .take()
+                        .ok_or_else(|| self.fail(event, "nothing partitioned"))?;
+                    let (c, lab) = self.bed.cluster_lab(k);
+                    let lab =
+                        lab.ok_or_else(|| RackError::Options("partitions need namespaces".into()))?;
+                    targets[k] = c.heal_node(lab, id)?;
+                    restored[k] = vec![id];
+                }
+                ChaosEvent::KillDispatcher => {
+                    let host = self
+                        .bed
+                        .cluster_lab(k)
+                        .0
+                        .kill_active_dispatcher(&before[k])?;
+                    targets[k] = host.clone();
+                    killed_host[k] = Some(host);
+                }
+                ChaosEvent::RestartKilled => {
+                    let c = self.bed.cluster_lab(k).0;
+                    restored_dispatcher[k] = c.dispatchers.iter().any(|d| d.killed);
+                    restored[k] = c.nodes.iter().filter(|x| x.killed).map(|x| x.id).collect();
+                    let restarted = c.restart_killed()?;
+                    if restarted.is_empty() {
+                        return Err(self.fail(event, format!("{}: nothing to restart", names[k])));
+                    }
+                    targets[k] = restarted.join(",");
+                }
+                ChaosEvent::RandomKills => {}
             }
-        };
-        // The heal.
-        let victim: Option<u64> = match event {
-            ChaosEvent::KillFollower | ChaosEvent::KillLeader | ChaosEvent::Partition => self
-                .rack
-                .nodes
-                .iter()
-                .find(|n| n.name() == target)
-                .map(|n| n.id),
-            _ => None,
-        };
-        let killed_host = (event == ChaosEvent::KillDispatcher).then(|| target.clone());
+        }
+        // The heal, in every cluster.
         // A restarted dispatcher pair settles with the preferred host
         // (highest VRRP priority, preempting) holding every VIP again.
-        let preferred = (event == ChaosEvent::RestartKilled && restored_dispatcher)
-            .then(|| self.rack.vip_preferred())
-            .flatten();
-        let need = (mns / 20.0).max(10.0);
-        let realms2 = realms.clone();
-        let t_mark = self.until(&format!("the heal after {}", event.name()), |s, m, r| {
-            let live = r.live_nodes();
-            let Some(l) = live_leader(s, &live) else {
-                return false;
-            };
-            let full = s
-                .nodes
-                .iter()
-                .filter(|n| live.contains(&n.id))
-                .all(|n| n.up && n.total_bindings() == expected);
-            let steered = victim.is_none_or(|v| dispatchers_see(s, v, false));
-            let back = restored.iter().all(|id| {
-                dispatchers_see(s, *id, true)
-                    && s.nodes.iter().any(|n| {
-                        n.id == *id
-                            && n.up
-                            && n.applied + 2
-                                >= s.nodes
-                                    .iter()
-                                    .find(|x| x.id == l)
-                                    .map_or(u64::MAX, |x| x.commit)
-                    })
-            });
-            let disp_ok = realms2.iter().all(|realm| {
-                let owners = s.vip_owners(realm);
-                owners.len() == 1
-                    && killed_host.as_ref().is_none_or(|h| owners[0] != *h)
-                    && preferred.as_ref().is_none_or(|p| owners[0] == *p)
-            }) && s
-                .dispatchers
-                .iter()
-                .filter(|d| d.running)
-                .all(|d| d.up && matches!(d.vrrp, Some(1) | Some(2)));
-            full && steered && back && disp_ok && m.accepted_total >= acc_event + need
-        })?;
-        // Data resumed: every flow that was sending before the event has an
-        // arrival after the heal's conditions held.
-        let recent = t_event.checked_sub(floor * 3).unwrap_or(t_event);
-        let watched: Vec<Ipv4Addr> = self
-            .rack
-            .correspondent
-            .as_ref()
-            .map(|c| {
-                c.snapshot()
-                    .flows
-                    .iter()
-                    .filter(|f| f.last >= recent)
-                    .map(|f| f.source)
-                    .collect()
+        let preferred: Vec<Option<String>> = (0..n)
+            .map(|k| {
+                restored_dispatcher[k]
+                    .then(|| self.bed.clusters()[k].vip_preferred())
+                    .flatten()
             })
-            .unwrap_or_default();
-        let t_heal = self.until("every stream resumed", |_, _, r| {
-            let Some(c) = &r.correspondent else {
-                return true;
-            };
-            let snap = c.snapshot();
-            watched
-                .iter()
-                .all(|w| snap.flows.iter().any(|f| f.source == *w && f.last > t_mark))
-        })?;
+            .collect();
+        let need: Vec<f64> = expected
+            .iter()
+            .map(|e| (*e as f64 / 20.0).max(10.0))
+            .collect();
+        // Data resumed: every flow that was sending before the event has an
+        // arrival after its cluster's heal conditions held.
+        let watched: Vec<Vec<Ipv4Addr>> = (0..n)
+            .map(|k| {
+                let recent = t_event.checked_sub(floors[k] * 3).unwrap_or(t_event);
+                self.bed
+                    .correspondent(k)
+                    .map(|c| {
+                        c.snapshot()
+                            .flows
+                            .iter()
+                            .filter(|f| f.last >= recent)
+                            .map(|f| f.source)
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            })
+            .collect();
+        // The heal of each cluster: its conditions held (first at
+        // `marks[k]`), then every watched stream arrived after that.
+        let mut marks: Vec<Option<Instant>> = vec![None; n];
+        let t_heal = self.until_each(
+            &format!("the heal after {} and every stream resumed", event.name()),
+            |k, s, m, b| {
+                if let Some(mark) = marks[k] {
+                    let Some(c) = b.correspondent(k) else {
+                        return true;
+                    };
+                    let snap = c.snapshot();
+                    return watched[k]
+                        .iter()
+                        .all(|w| snap.flows.iter().any(|f| f.source == *w && f.last > mark));
+                }
+                let heal = Heal {
+                    expected: expected[k],
+                    victim: victims[k],
+                    restored: &restored[k],
+                    realms: &realms[k],
+                    killed_host: killed_host[k].as_deref(),
+                    preferred: preferred[k].as_deref(),
+                    accepted: acc_event[k] + need[k],
+                };
+                let healed = heal.holds(s, m, &b.clusters()[k].live_nodes());
+                if healed {
+                    marks[k] = Some(Instant::now());
+                }
+                false
+            },
+        );
+        let t_heal = match t_heal {
+            Ok(t) => t,
+            Err(e) => {
+                // Say which part is missing: the heal itself, or which
+                // streams never came back (a stream mobile node that lost
+                // its binding comes back from another pool address).
+                let mut why = Vec::new();
+                for k in 0..n {
+                    match marks[k] {
+                        None => why.push(format!("{}: not healed", names[k])),
+                        Some(mark) => {
+                            let snap = self
+                                .bed
+                                .correspondent(k)
+                                .map(Correspondent::snapshot)
+                                .unwrap_or_default();
+                            let silent: Vec<&Ipv4Addr> = watched[k]
+                                .iter()
+                                .filter(|w| {
+                                    !snap.flows.iter().any(|f| f.source == **w && f.last > mark)
+                                })
+                                .collect();
+                            if !silent.is_empty() {
+                                why.push(format!("{}: streams not resumed {silent:?}", names[k]));
+                            }
+                        }
+                    }
+                }
+                return Err(ChaosError::Parse(format!("{}; {e}", why.join("; "))));
+            }
+        };
         let u_heal = unix_now();
         // More load after the heal: registrations the survivors acknowledge.
-        let acc_heal = self.monitor.accepted_total;
-        self.until("registrations after the heal", |_, m, _| {
-            m.accepted_total >= acc_heal + need
+        let acc_heal: Vec<f64> = self.monitors.iter().map(|m| m.accepted_total).collect();
+        self.until("registrations after the heal", |_, ms, _| {
+            (0..n).all(|k| ms[k].accepted_total >= acc_heal[k] + need[k])
         })?;
-        let snap = self
-            .rack
-            .correspondent
-            .as_ref()
-            .map(|c| c.snapshot())
-            .unwrap_or_default();
-        let data_gap = data_gap(&snap, floor, t_event, t_heal);
-        let runs = self.rack.stop_fleet_runs();
+        let gaps: Vec<DataGap> = (0..n)
+            .map(|k| {
+                let snap = self
+                    .bed
+                    .correspondent(k)
+                    .map(|c| c.snapshot())
+                    .unwrap_or_default();
+                data_gap(&snap, floors[k], t_event, t_heal[k])
+            })
+            .collect();
+        let runs = self.bed.stop_fleet_runs();
         // Every acknowledged registration is committed (the reply leaves
         // after the entry is applied on the node that got the request), but
         // another node may apply it a moment later: wait until every live
         // node has applied what the leader had committed once the fleets
         // stopped, then look.
-        let live = self.rack.live_nodes();
+        let lives: Vec<Vec<u64>> = self
+            .bed
+            .clusters()
+            .iter()
+            .map(Cluster::live_nodes)
+            .collect();
         let stopped = self.sample();
-        let commit = live_leader(&stopped, &live)
-            .and_then(|l| stopped.nodes.iter().find(|n| n.id == l))
-            .map(|n| n.commit)
-            .ok_or_else(|| self.fail(event, "no leader once the fleets stopped"))?;
-        let live2 = live.clone();
+        let mut commits = Vec::new();
+        for k in 0..n {
+            commits.push(
+                live_leader(&stopped[k], &lives[k])
+                    .and_then(|l| stopped[k].nodes.iter().find(|x| x.id == l))
+                    .map(|x| x.commit)
+                    .ok_or_else(|| {
+                        self.fail(
+                            event,
+                            format!("{}: no leader once the fleets stopped", names[k]),
+                        )
+                    })?,
+            );
+        }
         self.until(
             "every live node applied the leader's commit index",
-            |s, _, _| {
-                s.nodes
-                    .iter()
-                    .filter(|n| live2.contains(&n.id))
-                    .all(|n| n.up && n.applied >= commit)
+            |ss, _, _| {
+                (0..n).all(|k| {
+                    ss[k]
+                        .nodes
+                        .iter()
+                        .filter(|x| lives[k].contains(&x.id))
+                        .all(|x| x.up && x.applied >= commits[k])
+                })
             },
         )?;
-        // Invariants. Every mobile node registered, none gave up.
+        let mut out = Vec::new();
+        for k in 0..n {
+            let mine: Vec<&FleetRun> = runs
+                .iter()
+                .filter(|r| realms[k].contains(&r.realm))
+                .collect();
+            let r = self.check_cluster(
+                event,
+                k,
+                &mine,
+                &lives[k],
+                (u_event, u_heal),
+                CheckFigures {
+                    target: targets[k].clone(),
+                    at: t_event,
+                    healed_at: t_heal[k],
+                    data_gap: gaps[k],
+                },
+            )?;
+            out.push(r);
+        }
+        // Exactly one VIP owner per realm of every cluster.
+        let after = self.sample();
+        for (k, r) in out.iter_mut().enumerate() {
+            r.vip_owners = vip_owners_ok(&after[k], &realms[k])
+                .map_err(|e| self.fail(event, format!("{}: {e}", names[k])))?;
+        }
+        self.results.extend(out.iter().cloned());
+        Ok(out)
+    }
+
+    /// The invariants of one cluster after `event`: every mobile node of
+    /// its fleets registered and none gave up; every acknowledged binding
+    /// on every one of its live nodes.
+    fn check_cluster(
+        &self,
+        event: ChaosEvent,
+        k: usize,
+        runs: &[&FleetRun],
+        live: &[u64],
+        (u_event, u_heal): (Duration, Duration),
+        fig: CheckFigures,
+    ) -> Result<EventResult, ChaosError> {
+        let cluster = &self.bed.clusters()[k];
+        let name = &cluster.name;
         let mut acked = Vec::new();
         let mut reg_gaps = Vec::new();
         let first_ms = self.opts.initial_timeout.as_secs_f64() * 1e3;
-        for run in &runs {
+        for run in runs {
             let report = run
                 .report
                 .as_ref()
-                .map_err(|e| self.fail(event, format!("fleet {}: {e}", run.name)))?;
+                .map_err(|e| self.fail(event, format!("{name}: fleet {}: {e}", run.name)))?;
             let never = report
                 .mns
                 .iter()
@@ -914,7 +1265,7 @@ impl Chaos {
                 return Err(self.fail(
                     event,
                     format!(
-                        "fleet {}: {never} mobile nodes never registered, {} gave up",
+                        "{name}: fleet {}: {never} mobile nodes never registered, {} gave up",
                         run.name, report.summary.gave_up
                     ),
                 ));
@@ -929,14 +1280,9 @@ impl Chaos {
             }
             acked.extend(acknowledged(run)?);
         }
-        // Every acknowledged binding on every live node.
-        let mut checked = 0;
-        let mut per_node = 0;
-        let mut expiring = 0;
         // The nodes are listed in parallel, and a binding counts as due
         // only if its lifetime outlasts the end of its node's listing (one
         // that ran out meanwhile may be gone, rightly).
-        let rack = &self.rack;
         let lists: Vec<(u64, Result<serde_json::Value, RackError>, Duration)> =
             std::thread::scope(|sc| {
                 let handles: Vec<_> = live
@@ -944,7 +1290,7 @@ impl Chaos {
                     .map(|id| {
                         let id = *id;
                         sc.spawn(move || {
-                            let list = rack.havenctl(id, &["bindings", "list"]);
+                            let list = cluster.havenctl(id, &["bindings", "list"]);
                             (id, list, unix_now())
                         })
                     })
@@ -954,17 +1300,17 @@ impl Chaos {
         if lists.len() != live.len() {
             return Err(self.fail(event, "a binding listing thread panicked"));
         }
+        let (mut checked, mut per_node, mut expiring) = (0, 0, 0);
         for (id, list, listed_at) in lists {
-            let id = &id;
             let bindings = parse_bindings(&list?)?;
             let c = check_acknowledged(&acked, &bindings, listed_at, Duration::from_millis(200));
             if !c.missing.is_empty() {
-                let n = c.missing.len();
+                let m = c.missing.len();
                 let some: Vec<&String> = c.missing.iter().take(5).collect();
                 return Err(self.fail(
                     event,
                     format!(
-                        "node-{id} lacks {n} of {} acknowledged bindings, e.g. {some:?}",
+                        "{name}: node-{id} lacks {m} of {} acknowledged bindings, e.g. {some:?}",
                         c.checked
                     ),
                 ));
@@ -973,33 +1319,126 @@ impl Chaos {
             per_node = per_node.max(c.checked);
             expiring = expiring.max(c.expiring);
         }
-        // Exactly one VIP owner per realm.
-        let after = self.sample();
-        let vip_owners = vip_owners_ok(&after, &realms).map_err(|e| self.fail(event, e))?;
-        let result = EventResult {
+        Ok(EventResult {
+            cluster: name.clone(),
             event,
-            target,
-            heal: t_heal.saturating_duration_since(t_event),
+            target: fig.target,
+            heal: fig.healed_at.saturating_duration_since(fig.at),
             reg_gaps,
-            data_gap,
+            data_gap: fig.data_gap,
             acked_checked: checked,
             acked_per_node: per_node,
             acked_expiring: expiring,
-            nodes_checked: live,
-            vip_owners,
-        };
-        self.results.push(result.clone());
-        Ok(result)
+            nodes_checked: live.to_vec(),
+            vip_owners: String::new(),
+            at: fig.at,
+            healed_at: fig.healed_at,
+        })
     }
 
-    /// A table of every event's figures.
+    /// Every event's figures: a table per cluster (heal, registration gap,
+    /// data gap, acknowledged bindings checked per node), then the detail.
     pub fn table(&self) -> String {
-        let mut by: BTreeMap<usize, String> = BTreeMap::new();
-        for (i, r) in self.results.iter().enumerate() {
-            by.insert(i, r.to_string());
+        let mut out = vec![format!(
+            "{:<7} {:<16} {:<28} {:>7} {:>8} {:>8} {:>11} {:>6}",
+            "cluster", "event", "target", "heal_s", "reg_ms", "data_ms", "interrupted", "acked"
+        )];
+        let mut clusters: Vec<&str> = Vec::new();
+        for r in &self.results {
+            if !clusters.contains(&r.cluster.as_str()) {
+                clusters.push(&r.cluster);
+            }
         }
-        by.into_values().collect::<Vec<_>>().join("\n")
+        for c in &clusters {
+            out.extend(
+                self.results
+                    .iter()
+                    .filter(|r| r.cluster == *c)
+                    .map(EventResult::row),
+            );
+        }
+        out.extend(self.results.iter().map(ToString::to_string));
+        out.join("\n")
     }
+
+    /// The last lines of every component's log, for a failure's report.
+    pub fn log_tails(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for c in self.bed.clusters() {
+            for (name, _) in c.logs() {
+                if let Some(t) = c.log_tail(&name, lines) {
+                    out.push_str(&format!("--- {}/{name}\n{t}\n", c.name));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// What one cluster must show after a fault to count as healed.
+struct Heal<'a> {
+    /// Bindings every live node holds (at least).
+    expected: u64,
+    /// The node killed or cut off: out of every active dispatcher's table.
+    victim: Option<u64>,
+    /// The nodes restarted or healed: back in the tables, caught up.
+    restored: &'a [u64],
+    realms: &'a [String],
+    /// The dispatcher host killed: not a VIP owner.
+    killed_host: Option<&'a str>,
+    /// The host that must own every VIP again (a restarted pair).
+    preferred: Option<&'a str>,
+    /// Registrations accepted (monitor total) it must have reached.
+    accepted: f64,
+}
+
+impl Heal<'_> {
+    /// Every live node agrees on a live leader and holds every binding,
+    /// the dispatchers steer around the victim and to the restored nodes,
+    /// one VIP owner per realm (not the killed host, the preferred one
+    /// after a restart), every running dispatcher in VRRP Backup or
+    /// Master, and registrations accepted since the fault.
+    fn holds(&self, s: &Sample, m: &Monitor, live: &[u64]) -> bool {
+        let Some(l) = live_leader(s, live) else {
+            return false;
+        };
+        let full = s
+            .nodes
+            .iter()
+            .filter(|x| live.contains(&x.id))
+            .all(|x| x.up && x.total_bindings() >= self.expected);
+        let steered = self.victim.is_none_or(|v| dispatchers_see(s, v, false));
+        let commit = s
+            .nodes
+            .iter()
+            .find(|x| x.id == l)
+            .map_or(u64::MAX, |x| x.commit);
+        let back = self.restored.iter().all(|id| {
+            dispatchers_see(s, *id, true)
+                && s.nodes
+                    .iter()
+                    .any(|x| x.id == *id && x.up && x.applied + CATCH_UP_SLACK >= commit)
+        });
+        let disp_ok = self.realms.iter().all(|realm| {
+            let owners = s.vip_owners(realm);
+            owners.len() == 1
+                && self.killed_host.is_none_or(|h| owners[0] != h)
+                && self.preferred.is_none_or(|p| owners[0] == p)
+        }) && s
+            .dispatchers
+            .iter()
+            .filter(|d| d.running)
+            .all(|d| d.up && matches!(d.vrrp, Some(1) | Some(2)));
+        full && steered && back && disp_ok && m.accepted_total >= self.accepted
+    }
+}
+
+/// What [`Chaos::run`] measured for one cluster before its checks.
+struct CheckFigures {
+    target: String,
+    at: Instant,
+    healed_at: Instant,
+    data_gap: DataGap,
 }
 
 #[cfg(test)]

@@ -76,34 +76,50 @@
 //! [`Status`] on every change and every 200 ms: mode, registrations,
 //! adapters' packet counts. Tests wait on it with bounds; no sleeps.
 //!
-//! ## Address plan of `tests/dual_client.rs` ([`plan`])
+//! ## Where it runs
 //!
-//! ```text
-//!  mn 198.19.10.2 ── nat1 (masq) 203.0.113.2 ─┐
-//!  mn 198.19.11.2 ── nat2 (masq) 203.0.113.6 ─┤ inet ── 203.0.113.66 gw (VPN, DMZ)
-//!                                             └ inet ── 203.0.113.10 oha (outer HA, DMZ)
-//!  outer home prefix 198.51.100.0/24 (routed by inet to oha), outer HoA .10
-//!  gw 198.18.100.1 ── irtr ──┬── 198.18.100.6 iha (inner HA)
-//!                            ├── 198.18.100.10 cn
-//!                            └── 198.18.102.1 ── mn 198.18.102.2 (inside access)
-//!  inner home prefix 198.18.101.0/24 (routed by irtr to iha), inner HoA .10
-//!  TIA pool 198.18.200.0/24; VPN traffic selector 198.18.100.0/23
-//! ```
+//! On the two-cluster site (`crate::site`, addresses in `site::plan`),
+//! driven by `crate::e2e::DualRig`: the node starts behind `nat1`
+//! (198.19.10.2), moves to `nat2` (198.19.11.2) and to the inside access
+//! network behind `irtr` (198.18.102.2); the inner home agent is the inner
+//! cluster's VIP 198.18.100.100 (inner HoA 198.18.16.5, SPI 1000), the outer
+//! one the outer cluster's VIP 203.0.113.100 (outer HoA 198.18.128.5, SPI
+//! 2000), the VPN gateway 203.0.113.66 with the TIA pool 198.18.200.0/24 and
+//! the traffic selector 198.18.100.0/24 (the intranet segment, where the
+//! inner VIP is: the VPN only ever carries the inner client's RFC 3519
+//! tunnel between the TIA and that VIP).
 //!
-//! It shares vpn.rs's access networks, gateway and selectors (labs are
-//! separate namespaces, so both can run at once).
+//! ## Domain detection on the wire: the ICMP shortcut and its rate limit
+//!
+//! Outside, `inet` has no route into the intranet and answers the direct
+//! registration with ICMP network unreachable; `dual-mn` reads it from the
+//! direct socket's error queue (`IP_RECVERR`, `MSG_ERRQUEUE`: the type,
+//! code and the router that sent it, counted as `direct_icmp` and logged).
+//! Linux rate-limits those per destination host, and its no-route path
+//! (`ip_error`) and `icmp_send` each take a token from the same per-host
+//! bucket, so behind one NAT address only a few arrive within seconds
+//! (`IcmpOutRateLimitHost` grows in `inet`, the node's `IcmpInMsgs` stays
+//! flat): that was the "one move in three" miss. The node then decides at
+//! the end of the probe window, as on a real network, where routers limit
+//! too (RFC 1812 § 4.3.2.8); the lab rig lifts `inet`'s limit for
+//! deterministic decisions (`e2e::RigOptions::icmp_unlimited`).
 //!
 //! ## On the wire (seed 000 figures 14–15)
 //!
-//! Captured by `tests/dual_client.rs` on the mobile node outside behind
-//! NAT1 (`tshark -T fields`: interface|length|src|dst|udp dst|layers|UDP
-//! payload, nested headers comma-separated outermost first):
+//! Captured by `tests/dual_client.rs` on the site, the mobile node outside
+//! behind NAT1 (`tshark -T fields`: interface|length|src|dst|udp dst|layers|
+//! UDP payload, nested headers comma-separated outermost first; one packet
+//! each way per interface):
 //!
 //! ```text
-//! e0|202|198.19.10.2,198.51.100.10|203.0.113.10,203.0.113.66|434,4500|eth:ethertype:ip:udp:mip:ip:udp:udpencap:esp|04040000 4500009c ...
-//! mob0|156|198.51.100.10|203.0.113.66|4500|raw:ip:udp:udpencap:esp|98f5b716 00000002 ...
-//! ipsec0|92|198.18.200.1,198.18.101.10|198.18.100.6,198.18.100.10|434|raw:ip:udp:mip:ip:tcp|04040000 4500003c ...
-//! intra0|58|198.18.101.10|198.18.100.10|58421|raw:ip:udp:data|...
+//! e0|202|198.19.10.2,198.18.128.5|203.0.113.100,203.0.113.66|434,4500|eth:ethertype:ip:udp:mip:ip:udp:udpencap:esp|04040000 4500009c ...
+//! e0|202|203.0.113.100,203.0.113.66|198.19.10.2,198.18.128.5|39138,4500|eth:ethertype:ip:udp:mip:ip:udp:udpencap:esp|04040000 4500009c ...
+//! mob0|156|198.18.128.5|203.0.113.66|4500|raw:ip:udp:udpencap:esp|eddbe391 00000002 ...
+//! mob0|156|203.0.113.66|198.18.128.5|4500|raw:ip:udp:udpencap:esp|ef2f6743 00000002 ...
+//! ipsec0|92|198.18.200.1,198.18.16.5|198.18.100.100,198.18.100.10|434|raw:ip:udp:mip:ip:tcp|04040000 4500003c ...
+//! ipsec0|92|198.18.100.100,198.18.100.10|198.18.200.1,198.18.16.5|37576|raw:ip:udp:mip:ip:tcp|04040000 4500003c ...
+//! intra0|33|198.18.100.10|198.18.16.5|7777|raw:ip:udp:data|75647020 30 ("udp 0")
+//! intra0|58|198.18.16.5|198.18.100.10|51480|raw:ip:udp:data|66726f6d ... ("from ...")
 //! ```
 //!
 //! The physical interface carries RFC 3519 tunnel data (`04 04 00 00`:
@@ -117,44 +133,11 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::fd::{FromRawFd, OwnedFd};
-
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::mn::{Event, MnConfig, MobileNode};
-
-/// The address plan of `tests/dual_client.rs` (see the module docs).
-pub mod plan {
-    use std::net::Ipv4Addr;
-    /// The mobile node on the first NATed access network.
-    pub const MN_NAT1: Ipv4Addr = Ipv4Addr::new(198, 19, 10, 2);
-    /// nat1's inside address.
-    pub const NAT1_INSIDE: Ipv4Addr = Ipv4Addr::new(198, 19, 10, 1);
-    /// The mobile node on the second NATed access network.
-    pub const MN_NAT2: Ipv4Addr = Ipv4Addr::new(198, 19, 11, 2);
-    /// nat2's inside address.
-    pub const NAT2_INSIDE: Ipv4Addr = Ipv4Addr::new(198, 19, 11, 1);
-    /// The mobile node on the inside access network.
-    pub const MN_INSIDE: Ipv4Addr = Ipv4Addr::new(198, 18, 102, 2);
-    /// The inside access router (irtr).
-    pub const INSIDE_GW: Ipv4Addr = Ipv4Addr::new(198, 18, 102, 1);
-    /// The outer home agent (its node address is the realm's VIP).
-    pub const OUTER_HA: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
-    /// The outer home prefix.
-    pub const OUTER_PREFIX: &str = "198.51.100.0/24";
-    /// The mobile node's outer home address.
-    pub const OUTER_HOA: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
-    /// The inner home agent.
-    pub const INNER_HA: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 6);
-    /// The inner home prefix.
-    pub const INNER_PREFIX: &str = "198.18.101.0/24";
-    /// The mobile node's inner home address.
-    pub const INNER_HOA: Ipv4Addr = Ipv4Addr::new(198, 18, 101, 10);
-    /// The correspondent node in the intranet.
-    pub const CN: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 10);
-}
 
 /// Which architecture the node runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -651,6 +634,7 @@ impl DualCore {
 
 /// What `dual-mn` writes to its status file.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Status {
     /// "seed000" or "mc".
     pub variant: String,
@@ -686,6 +670,14 @@ pub struct Status {
     pub held: u64,
     /// Keepalives sent [RFC 3519 § 3.3].
     pub keepalives: u64,
+    /// ICMP errors for the direct inner registration (destination
+    /// unreachable), read from the socket's error queue (`IP_RECVERR`).
+    pub direct_icmp: u64,
+    /// `swanctl --initiate` runs (the first per StartVpn and the retries).
+    pub vpn_initiates: u64,
+    /// `swanctl --initiate` runs that failed (each is retried with a
+    /// bounded backoff while the VPN is wanted).
+    pub vpn_initiate_failures: u64,
 }
 
 impl Status {
@@ -707,59 +699,17 @@ impl Status {
 }
 
 /// Opens `/dev/net/tun` and attaches it to a new TUN device `name` with
-/// `IFF_TUN | IFF_NO_PI` (bare IPv4 packets), non-blocking.
-///
-/// The same ioctl as ha-node's `dataplane::tun` (which lives in the daemon
-/// crate, not a dependency of the lab): see the report of issue 8 about
-/// sharing it.
+/// `IFF_TUN | IFF_NO_PI` (bare IPv4 packets), non-blocking: the workspace's
+/// `haven-tun`, the same code as ha-node's `dataplane::tun`.
 ///
 /// # Errors
 /// A bad name, or the kernel refusing (no CAP_NET_ADMIN).
-pub fn open_tun(name: &str) -> io::Result<OwnedFd> {
-    let bytes = name.as_bytes();
-    if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ || bytes.contains(&0) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("bad TUN device name {name:?}"),
-        ));
-    }
-    // SAFETY: a NUL-terminated literal path; the result is checked.
-    let raw = unsafe {
-        libc::open(
-            c"/dev/net/tun".as_ptr(),
-            libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
-        )
-    };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a descriptor open(2) just returned, owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    // SAFETY: ifreq is plain old data; all zeroes is a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in req.ifr_name.iter_mut().zip(bytes) {
-        *d = *s as libc::c_char;
-    }
-    req.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short;
-    // SAFETY: TUNSETIFF reads and writes one ifreq, alive and exclusively
-    // borrowed for the call; the name is NUL-terminated (checked length
-    // over a zeroed array).
-    let rc = unsafe {
-        libc::ioctl(
-            std::os::fd::AsRawFd::as_raw_fd(&fd),
-            libc::TUNSETIFF as _,
-            &mut req as *mut libc::ifreq,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(fd)
-}
+pub use haven_tun::open as open_tun;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::site::plan;
     use haven_proto::mip::ReplyCode;
     use haven_proto::mip::auth::Algorithm;
     use haven_proto::mip::ext::{
@@ -778,7 +728,7 @@ mod tests {
     fn cfg(variant: Variant) -> DualConfig {
         let mut inner = MnConfig::new(
             plan::INNER_HOA,
-            plan::INNER_HA,
+            plan::INNER_VIP,
             Ipv4Addr::UNSPECIFIED,
             1,
             KEY,
@@ -788,7 +738,7 @@ mod tests {
         inner.reverse_tunnel = true;
         let outer = MnConfig::new(
             plan::OUTER_HOA,
-            plan::OUTER_HA,
+            plan::OUTER_VIP,
             Ipv4Addr::UNSPECIFIED,
             2,
             OKEY,

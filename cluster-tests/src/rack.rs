@@ -36,6 +36,12 @@
 //! pair (two processes on each dispatcher host) and each node advertises its
 //! health to all four.
 //!
+//! The per-cluster part (nodes, dispatchers, their metrics proxies, faults,
+//! samples) is [`Cluster`], built on the hosts a [`ClusterLayout`] names in
+//! a [`Lab`] built elsewhere: the rack is one of them serving both realms,
+//! the two-cluster site ([`crate::site`]) places it twice. Both are a
+//! [`Bed`] for [`crate::chaos`], and share the fleet code (`FleetPlace`).
+//!
 //! Without root, [`Rack::start`] builds the loopback variant: the three raft
 //! nodes and one encap-mode dispatcher on 127.0.0.x, and the inner fleet
 //! only, with no data plane (see [`Mode::Loopback`] for why).
@@ -85,17 +91,17 @@ const RAFT_PORT: u16 = 7400;
 
 /// The realms' address plan (default or [`RackOptions::wide`]).
 #[derive(Debug, Clone, Copy)]
-struct Plan {
-    inner_prefix: &'static str,
-    inner_base: Ipv4Addr,
-    outer_prefix: &'static str,
-    outer_pool: &'static str,
-    max_inner: usize,
-    max_outer: usize,
+pub(crate) struct Plan {
+    pub(crate) inner_prefix: &'static str,
+    pub(crate) inner_base: Ipv4Addr,
+    pub(crate) outer_prefix: &'static str,
+    pub(crate) outer_pool: &'static str,
+    pub(crate) max_inner: usize,
+    pub(crate) max_outer: usize,
 }
 
 impl Plan {
-    fn new(wide: bool) -> Self {
+    pub(crate) fn new(wide: bool) -> Self {
         if wide {
             Plan {
                 inner_prefix: "198.18.16.0/20",
@@ -141,7 +147,7 @@ pub enum RackError {
     Options(String),
 }
 
-fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> RackError {
+pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> RackError {
     let what = what.into();
     move |source| RackError::Io { what, source }
 }
@@ -226,8 +232,10 @@ impl Default for RackOptions {
 /// One `ha-node`.
 #[derive(Debug)]
 pub struct RackNode {
-    /// Raft id 1..=3.
+    /// Raft id 1..=3 (in its cluster: every cluster counts from 1).
     pub id: u64,
+    /// Its host (`node-2`, `inode-2`, …): also its name.
+    pub host: String,
     spec: NodeSpec,
     proc: Process,
     ns: Option<String>,
@@ -236,14 +244,14 @@ pub struct RackNode {
     pub metrics: SocketAddr,
     /// SIGKILLed by us and not restarted yet.
     pub killed: bool,
-    /// Cut off by [`Rack::partition_node`] and not healed yet.
+    /// Cut off by [`Cluster::partition_node`] and not healed yet.
     pub partitioned: bool,
 }
 
 impl RackNode {
-    /// `node-<id>`.
+    /// Its host's name (`node-<id>` in the rack).
     pub fn name(&self) -> String {
-        format!("node-{}", self.id)
+        self.host.clone()
     }
 }
 
@@ -267,6 +275,466 @@ impl RackDispatcher {
         format!("{}/{}", self.host, self.realm)
     }
 }
+
+// ------------------------------------------------------------ cluster ----
+
+/// One realm a cluster serves: its node-side configuration and the
+/// dispatcher pair in front of its VIP.
+#[derive(Debug, Clone)]
+pub struct LayoutRealm {
+    /// The realm as every node of the cluster serves it (name, VIP, port,
+    /// home prefix, pool, SAs).
+    pub spec: RealmSpec,
+    /// The dispatcher pair's VRRP virtual router id (RFC 5798 § 5.2.3).
+    pub vrid: u8,
+    /// The dispatchers' health-advert listener port for this realm.
+    pub health_port: u16,
+    /// The dispatchers' metrics port (127.0.0.1 inside their namespace).
+    pub metrics_port: u16,
+}
+
+/// Where a cluster goes in a [`Lab`] someone else built: its hosts, their
+/// addresses on the cluster's switch, and the realms it serves. The rack
+/// is one of these serving both realms; the site two, one per realm.
+#[derive(Debug, Clone)]
+pub struct ClusterLayout {
+    /// The Raft cluster id, its directory's and samples' name.
+    pub name: String,
+    /// The switch its nodes and dispatchers share (the l2 DSR segment).
+    pub switch: String,
+    /// Node hosts and their addresses; node *i* (from 0) is Raft id *i+1*.
+    pub nodes: Vec<(String, Ipv4Addr)>,
+    /// The dispatcher pair's hosts and addresses: the first is the VRRP
+    /// preferred one (priority 200, preempting), the second its Backup.
+    pub dispatchers: [(String, Ipv4Addr); 2],
+    /// The realms, each with its own dispatcher process on both hosts (a
+    /// dispatcher serves one VIP:port).
+    pub realms: Vec<LayoutRealm>,
+    /// Node health adverts every this many ms.
+    pub advert_interval_ms: u32,
+}
+
+/// One haven cluster: three Raft `ha-node`s and a dispatcher pair per
+/// realm (DESIGN.md § 4-5), built by [`Cluster::start`] on the hosts of a
+/// [`ClusterLayout`]. Dropping it SIGKILLs its processes.
+#[derive(Debug)]
+pub struct Cluster {
+    /// Its name ([`ClusterLayout::name`]).
+    pub name: String,
+    /// The nodes, by id order.
+    pub nodes: Vec<RackNode>,
+    /// The dispatchers.
+    pub dispatchers: Vec<RackDispatcher>,
+    /// Bindings every node holds once all mobile nodes registered.
+    pub expected: usize,
+    realms: Vec<String>,
+    preferred: Option<String>,
+    proxies: Vec<Proxy>,
+}
+
+impl Cluster {
+    /// Starts the cluster's processes on `lab` (configs and Raft logs
+    /// under `dir/<name>`); [`Cluster::await_ready`] waits for them.
+    ///
+    /// # Errors
+    /// A host of the layout is missing, a file or a process.
+    pub fn start(lab: &Lab, layout: &ClusterLayout, dir: &Path) -> Result<Cluster, RackError> {
+        let ns = |h: &str| -> Result<String, RackError> {
+            lab.ns_name(h)
+                .map(str::to_owned)
+                .ok_or_else(|| RackError::Options(format!("no host {h}")))
+        };
+        let dir = dir.join(&layout.name);
+        std::fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        let bin = crate::supervisor::workspace_binary("haven-dispatcher", "dispatcher")?;
+        let peers: Vec<(u64, SocketAddr)> = (1u64..)
+            .zip(&layout.nodes)
+            .map(|(id, (_, a))| (id, SocketAddr::from((*a, RAFT_PORT))))
+            .collect();
+        // Each node advertises its health to every dispatcher process of
+        // every realm (DESIGN.md § 5).
+        let adverts: Vec<SocketAddrV4> = layout
+            .realms
+            .iter()
+            .flat_map(|r| {
+                layout
+                    .dispatchers
+                    .iter()
+                    .map(|(_, d)| SocketAddrV4::new(*d, r.health_port))
+            })
+            .collect();
+        let mut proxies = Vec::new();
+        let mut nodes = Vec::new();
+        for ((host, me), (id, raft)) in layout.nodes.iter().zip(&peers) {
+            let data = dir.join(format!("raft-{id}"));
+            let mut spec = NodeSpec::new(*id, local(4340), local(9434))
+                .cluster(ClusterSpec::raft(&layout.name, *raft, &data, peers.clone()))
+                .dispatch(DispatchSpec::l2(
+                    *me,
+                    adverts.clone(),
+                    layout.advert_interval_ms,
+                ))
+                .dataplane(DataplaneSpec::default());
+            for r in &layout.realms {
+                spec = spec.realm(r.spec.clone());
+            }
+            let n = ns(host)?;
+            let proc = start_node(&spec, &dir, Some(&n))?;
+            let proxy = Proxy::start(&n, spec.metrics)?;
+            nodes.push(RackNode {
+                id: *id,
+                host: host.clone(),
+                metrics: proxy.addr,
+                spec,
+                proc,
+                ns: Some(n),
+                killed: false,
+                partitioned: false,
+            });
+            proxies.push(proxy);
+        }
+        let mut dispatchers = Vec::new();
+        for r in &layout.realms {
+            let (realm, vip, prefix) = (&r.spec.name, r.spec.vip, &r.spec.home_prefix);
+            for (k, (host, addr)) in layout.dispatchers.iter().enumerate() {
+                let dev = lab.iface(host, &layout.switch).ok_or_else(|| {
+                    RackError::Options(format!("{host} is not on {}", layout.switch))
+                })?;
+                // The home prefix's gateway (DESIGN.md § 6): the router in
+                // front routes it via the VIP, the VRRP Master hands each
+                // packet to the node Maglev picks for its destination.
+                let mut cfg = format!(
+                    "[dispatcher]\nvip = \"{vip}\"\nport = {}\nmode = \"l2\"\ninterface = \"{dev}\"\n\
+                     address = \"{addr}\"\nhome_prefixes = [\"{prefix}\"]\n\n\
+                     [health]\nlisten_port = {}\nrise = 1\n\n\
+                     [vrrp]\nvrid = {}\npriority = {}\ninterval_cs = 10\npeer = \"{}\"\n\n\
+                     [metrics]\nlisten = \"127.0.0.1:{}\"\n\n",
+                    r.spec.port,
+                    r.health_port,
+                    r.vrid,
+                    [200, 100][k],
+                    layout.dispatchers[1 - k].1,
+                    r.metrics_port,
+                );
+                for (id, (_, a)) in (1u64..).zip(&layout.nodes) {
+                    cfg.push_str(&format!("[[node]]\nid = {id}\naddress = \"{a}\"\n\n"));
+                }
+                let path = dir.join(format!("{host}-{realm}.toml"));
+                std::fs::write(&path, cfg)
+                    .map_err(io_err(format!("writing {}", path.display())))?;
+                let n = ns(host)?;
+                let proc = Process::spawn(
+                    &format!("{host}-{realm}"),
+                    Spec::new(&bin)
+                        .arg("--config")
+                        .arg(&path)
+                        .env("RUST_LOG", "info"),
+                    Some(&n),
+                )?;
+                let proxy = Proxy::start(&n, local(r.metrics_port))?;
+                dispatchers.push(RackDispatcher {
+                    host: host.clone(),
+                    realm: realm.clone(),
+                    proc,
+                    metrics: proxy.addr,
+                    killed: false,
+                });
+                proxies.push(proxy);
+            }
+        }
+        Ok(Cluster {
+            name: layout.name.clone(),
+            nodes,
+            dispatchers,
+            expected: 0,
+            realms: layout.realms.iter().map(|r| r.spec.name.clone()).collect(),
+            preferred: Some(layout.dispatchers[0].0.clone()),
+            proxies,
+        })
+    }
+
+    /// Every node agrees on a leader; every dispatcher reports all nodes
+    /// up and each realm has one active dispatcher.
+    ///
+    /// # Errors
+    /// A wait ran out.
+    pub fn await_ready(&self) -> Result<(), RackError> {
+        let c = &self.name;
+        wait_for(
+            &format!("{c}: a raft leader all nodes agree on"),
+            BOUND,
+            || {
+                let leaders: Vec<f64> = self
+                    .nodes
+                    .iter()
+                    .map(|n| {
+                        http_metrics(n.metrics)
+                            .ok()
+                            .and_then(|t| sum(&t, "haven_raft_leader_id", &[]))
+                            .unwrap_or(0.0)
+                    })
+                    .collect();
+                leaders[0] > 0.0 && leaders.iter().all(|l| *l == leaders[0])
+            },
+        )?;
+        for d in &self.dispatchers {
+            for n in &self.nodes {
+                let id = n.id.to_string();
+                await_metric(
+                    &format!("http://{}/metrics", d.metrics),
+                    None,
+                    "haven_dispatcher_node_up",
+                    &[("node", &id)],
+                    |v| v == 1.0,
+                    BOUND,
+                )?;
+            }
+        }
+        for realm in &self.realms {
+            wait_for(
+                &format!("{c}: an active dispatcher for {realm}"),
+                BOUND,
+                || {
+                    self.dispatchers
+                        .iter()
+                        .filter(|d| d.realm == *realm)
+                        .filter(|d| {
+                            http_metrics(d.metrics)
+                                .ok()
+                                .and_then(|t| sum(&t, "haven_dispatcher_active", &[]))
+                                == Some(1.0)
+                        })
+                        .count()
+                        == 1
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The realms it serves.
+    pub fn realms(&self) -> &[String] {
+        &self.realms
+    }
+
+    /// Where each component's Prometheus endpoint answers on loopback.
+    pub fn endpoints(&self) -> Vec<(String, String)> {
+        let nodes = self
+            .nodes
+            .iter()
+            .map(|n| (n.name(), format!("http://{}/metrics", n.metrics)));
+        let disps = self
+            .dispatchers
+            .iter()
+            .map(|d| (d.name(), format!("http://{}/metrics", d.metrics)));
+        nodes.chain(disps).collect()
+    }
+
+    /// Scrapes every component once.
+    pub fn sample(&mut self) -> Sample {
+        let nodes = self
+            .nodes
+            .iter_mut()
+            .map(|n| {
+                let running = n.proc.is_running();
+                let text = if running {
+                    http_metrics(n.metrics).ok()
+                } else {
+                    None
+                };
+                NodeSample::from_metrics(n.id, running, text.as_deref())
+            })
+            .collect();
+        let dispatchers = self
+            .dispatchers
+            .iter_mut()
+            .map(|d| {
+                let running = d.proc.is_running();
+                let text = if running {
+                    http_metrics(d.metrics).ok()
+                } else {
+                    None
+                };
+                DispSample::from_metrics(&d.host, &d.realm, running, text.as_deref())
+            })
+            .collect();
+        Sample {
+            at: Instant::now(),
+            cluster: self.name.clone(),
+            nodes,
+            dispatchers,
+        }
+    }
+
+    /// SIGKILLs node `id` and reaps it; returns its name.
+    ///
+    /// # Errors
+    /// No such node, or it does not die.
+    pub fn kill_node(&mut self, id: u64) -> Result<String, RackError> {
+        let n = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.id == id)
+            .ok_or_else(|| RackError::Options(format!("no node {id}")))?;
+        n.proc.sigkill()?;
+        n.proc.wait_exit(Duration::from_secs(5))?;
+        n.killed = true;
+        Ok(n.name())
+    }
+
+    /// SIGKILLs every dispatcher process on the host that holds the first
+    /// realm's VIP (VRRP Master; loopback: the one dispatcher). Returns its
+    /// host.
+    ///
+    /// # Errors
+    /// No active dispatcher in `sample`, or it does not die.
+    pub fn kill_active_dispatcher(&mut self, sample: &Sample) -> Result<String, RackError> {
+        let first = self.realms.first().cloned().unwrap_or_default();
+        let host = sample
+            .dispatchers
+            .iter()
+            .find(|d| d.realm == first && d.active)
+            .map(|d| d.host.clone())
+            .ok_or_else(|| RackError::Options(format!("{}: no active dispatcher", self.name)))?;
+        for d in self.dispatchers.iter_mut().filter(|d| d.host == host) {
+            d.proc.sigkill()?;
+            d.proc.wait_exit(Duration::from_secs(5))?;
+            d.killed = true;
+        }
+        Ok(host)
+    }
+
+    /// Restarts everything killed: nodes first (each waits until its
+    /// metrics answer), then dispatchers. Returns the names restarted.
+    ///
+    /// # Errors
+    /// A process does not come back.
+    pub fn restart_killed(&mut self) -> Result<Vec<String>, RackError> {
+        let mut out = Vec::new();
+        for n in self.nodes.iter_mut().filter(|n| n.killed) {
+            n.proc.restart()?;
+            await_metric(
+                &n.spec.metrics_url(),
+                n.ns.as_deref(),
+                "haven_build_info",
+                &[],
+                |v| v == 1.0,
+                BOUND,
+            )?;
+            n.killed = false;
+            out.push(n.name());
+        }
+        for d in self.dispatchers.iter_mut().filter(|d| d.killed) {
+            d.proc.restart()?;
+            d.killed = false;
+            out.push(d.name());
+        }
+        Ok(out)
+    }
+
+    /// Whether anything is killed and not restarted.
+    pub fn anything_killed(&self) -> bool {
+        self.nodes.iter().any(|n| n.killed) || self.dispatchers.iter().any(|d| d.killed)
+    }
+
+    /// Cuts node `id` off the network (an nftables table dropping all but
+    /// loopback inside its namespace, [`Lab::partition`]).
+    ///
+    /// # Errors
+    /// No such node, or nftables.
+    pub fn partition_node(&mut self, lab: &Lab, id: u64) -> Result<String, RackError> {
+        let n = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.id == id)
+            .ok_or_else(|| RackError::Options(format!("no node {id}")))?;
+        lab.partition(&n.host)?;
+        n.partitioned = true;
+        Ok(n.name())
+    }
+
+    /// Undoes [`Cluster::partition_node`].
+    ///
+    /// # Errors
+    /// No such node, or nftables.
+    pub fn heal_node(&mut self, lab: &Lab, id: u64) -> Result<String, RackError> {
+        let n = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.id == id)
+            .ok_or_else(|| RackError::Options(format!("no node {id}")))?;
+        lab.heal(&n.host)?;
+        n.partitioned = false;
+        Ok(n.name())
+    }
+
+    /// Runs `havenctl --json ARGS` against node `id`'s admin API (inside
+    /// its namespace when it has one).
+    ///
+    /// # Errors
+    /// No such node, or havenctl failed.
+    pub fn havenctl(&self, id: u64, args: &[&str]) -> Result<serde_json::Value, RackError> {
+        let n = self
+            .nodes
+            .iter()
+            .find(|n| n.id == id)
+            .ok_or_else(|| RackError::Options(format!("no node {id}")))?;
+        Ok(havenctl_json(&n.spec, n.ns.as_deref(), args)?)
+    }
+
+    /// The dispatcher host that holds every VIP when both run (the higher
+    /// VRRP priority, which preempts; none for the loopback rack).
+    pub fn vip_preferred(&self) -> Option<String> {
+        self.preferred.clone()
+    }
+
+    /// The ids of the nodes that run and are not partitioned.
+    pub fn live_nodes(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter(|n| !n.killed && !n.partitioned)
+            .map(|n| n.id)
+            .collect()
+    }
+
+    /// The last lines of a component's log (for error reports).
+    pub fn log_tail(&self, name: &str, lines: usize) -> Option<String> {
+        self.nodes
+            .iter()
+            .find(|n| n.name() == name)
+            .map(|n| n.proc.log_tail(lines))
+            .or_else(|| {
+                self.dispatchers
+                    .iter()
+                    .find(|d| d.name() == name)
+                    .map(|d| d.proc.log_tail(lines))
+            })
+    }
+
+    /// Every component's log file.
+    pub fn logs(&self) -> Vec<(String, PathBuf)> {
+        let n = self
+            .nodes
+            .iter()
+            .map(|n| (n.name(), n.proc.log_path().to_owned()));
+        let d = self
+            .dispatchers
+            .iter()
+            .map(|d| (d.name(), d.proc.log_path().to_owned()));
+        n.chain(d).collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // The processes before the proxies into their namespaces.
+        self.dispatchers.clear();
+        self.nodes.clear();
+        self.proxies.clear();
+    }
+}
+
+// ------------------------------------------------------------- fleets ----
 
 struct Fleet {
     /// `inner`, `outer`, `inner-streams`, `outer-streams`.
@@ -296,17 +764,293 @@ pub struct FleetRun {
     pub report: Result<Report, String>,
 }
 
-/// A running rack. Dropping it stops the fleets, SIGKILLs every process
+/// Where one realm's fleets run and register: the rack's `mn` for both
+/// realms, the site's `ifleet` and `ofleet`.
+#[derive(Debug, Clone)]
+pub(crate) struct FleetPlace {
+    /// The realm.
+    pub realm: String,
+    /// Its VIP:port.
+    pub vip: SocketAddrV4,
+    /// The namespace the threads enter (`None`: loopback).
+    pub ns: Option<String>,
+    /// The mobile nodes' LAN addresses (the second one is where they move).
+    pub bind: Vec<Ipv4Addr>,
+    /// The main fleet's home addresses (`count` from `opts`).
+    pub home: HomeMode,
+    /// Mobile nodes in the main fleet.
+    pub count: usize,
+    /// The stream mobile nodes' home addresses.
+    pub stream_home: HomeMode,
+    /// Stream mobile nodes.
+    pub streams: usize,
+    /// The correspondent its data goes to (`None`: no data plane).
+    pub correspondent: Option<SocketAddrV4>,
+    /// Set the UDP Tunnel Request's F bit (RFC 3519 § 3.1): without a NAT
+    /// in the path the home agent would otherwise answer with IP-in-IP,
+    /// which mnsim's user-space data plane does not speak.
+    pub force_udp_tunnel: bool,
+}
+
+impl FleetPlace {
+    /// The inner realm's fleets: fixed home addresses from `base` (the
+    /// stream mobile nodes after the main fleet's), RFC 5944 § 3.6.
+    pub(crate) fn inner(
+        vip: SocketAddrV4,
+        ns: Option<String>,
+        bind: &[Ipv4Addr],
+        base: Ipv4Addr,
+        opts: &RackOptions,
+        correspondent: Option<SocketAddrV4>,
+    ) -> Self {
+        FleetPlace {
+            realm: "inner".into(),
+            vip,
+            ns,
+            bind: bind.to_vec(),
+            home: HomeMode::Static { base },
+            count: opts.inner,
+            stream_home: HomeMode::Static {
+                base: Ipv4Addr::from(u32::from(base) + opts.inner as u32),
+            },
+            streams: opts.streams,
+            correspondent,
+            force_udp_tunnel: false,
+        }
+    }
+
+    /// The outer realm's fleets: home addresses from the pool by NAI
+    /// (RFC 2794).
+    pub(crate) fn outer(
+        vip: SocketAddrV4,
+        ns: Option<String>,
+        bind: &[Ipv4Addr],
+        opts: &RackOptions,
+        correspondent: Option<SocketAddrV4>,
+    ) -> Self {
+        FleetPlace {
+            realm: "outer".into(),
+            vip,
+            ns,
+            bind: bind.to_vec(),
+            home: HomeMode::Nai {
+                pattern: OUTER_NAI.into(),
+            },
+            count: opts.outer,
+            stream_home: HomeMode::Nai {
+                pattern: STREAM_NAI.into(),
+            },
+            streams: opts.streams,
+            correspondent,
+            force_udp_tunnel: false,
+        }
+    }
+}
+
+/// The mnsim fleets of a rack or a site: threads, each running one fleet
+/// in its namespace until stopped.
+#[derive(Default)]
+pub(crate) struct Fleets {
+    fleets: Vec<Fleet>,
+    runs: u32,
+    lifetime: u16,
+}
+
+impl Fleets {
+    /// Starts, for each of `places` (index `k`), its main fleet and its
+    /// stream fleet (`<realm>-streams`); timelines go to `dir` when
+    /// [`RackOptions::timelines`].
+    pub(crate) fn start(
+        &mut self,
+        places: &[FleetPlace],
+        opts: &RackOptions,
+        dir: &Path,
+    ) -> Result<(), RackError> {
+        self.runs += 1;
+        let run = self.runs;
+        for (k, p) in places.iter().enumerate() {
+            // (name, count, home addresses, data rate, rate of starts)
+            let mut kinds = Vec::new();
+            if p.count > 0 {
+                kinds.push((
+                    p.realm.clone(),
+                    p.count,
+                    p.home.clone(),
+                    opts.data_rate,
+                    opts.rate,
+                ));
+            }
+            if p.streams > 0 && p.correspondent.is_some() {
+                // Spread like the main fleet, over the same time.
+                let rate = if p.count > 0 && opts.rate > 0.0 {
+                    opts.rate * p.streams as f64 / p.count as f64
+                } else {
+                    opts.rate
+                };
+                kinds.push((
+                    format!("{}-streams", p.realm),
+                    p.streams,
+                    p.stream_home.clone(),
+                    opts.stream_rate,
+                    rate,
+                ));
+            }
+            for (j, (name, count, home, data_rate, rate)) in kinds.into_iter().enumerate() {
+                let mut sim = SimConfig::new(p.vip, KEY.to_vec());
+                sim.count = count;
+                sim.rate = rate;
+                sim.seed = (k * 2 + j) as u64 + 1 + u64::from(run) * 16;
+                sim.home = home;
+                sim.spi = SPI;
+                sim.udp_tunnel = true;
+                sim.force_udp_tunnel = p.force_udp_tunnel;
+                sim.bind = p.bind.clone();
+                sim.lifetime = opts.lifetime;
+                sim.move_after = Some(opts.move_after);
+                // Until stopped: the fleet's own end would deregister early.
+                sim.duration = Some(Duration::from_secs(7 * 24 * 3600));
+                sim.deregister = false;
+                sim.initial_timeout = opts.initial_timeout;
+                sim.max_timeout = opts.max_timeout;
+                // Long enough to ride out a leader election or a dispatcher
+                // takeover (RFC 5944 § 3.6.3 lets the MN choose).
+                sim.max_attempts = 20;
+                if let Some(cn) = p.correspondent.filter(|_| data_rate > 0.0) {
+                    sim.data = Some(DataConfig {
+                        correspondent: cn,
+                        rate: data_rate,
+                        payload_len: 64,
+                    });
+                }
+                let timeline = opts
+                    .timelines
+                    .then(|| dir.join(format!("timeline-{name}-{run}.jsonl")));
+                sim.timeline = timeline.clone();
+                sim.validate()
+                    .map_err(|e| RackError::Options(format!("fleet {name}: {e}")))?;
+                let stop = Arc::new(AtomicBool::new(false));
+                let started = unix_now();
+                let handle = {
+                    let (stop, ns) = (stop.clone(), p.ns.clone());
+                    std::thread::Builder::new()
+                        .name(format!("fleet-{name}"))
+                        .spawn(move || {
+                            let run =
+                                || mnsim::run_with_stop(&sim, &stop).map_err(|e| e.to_string());
+                            match &ns {
+                                Some(ns) => in_netns(ns, run).map_err(|e| e.to_string())?,
+                                None => run(),
+                            }
+                        })
+                        .map_err(io_err("spawning a fleet thread"))?
+                };
+                self.fleets.push(Fleet {
+                    name,
+                    realm: p.realm.clone(),
+                    started,
+                    timeline,
+                    stop,
+                    handle: Some(handle),
+                });
+            }
+        }
+        self.lifetime = opts.lifetime;
+        Ok(())
+    }
+
+    /// The fleets that ended on their own.
+    pub(crate) fn ended(&self) -> Vec<String> {
+        self.fleets
+            .iter()
+            .filter(|f| f.handle.as_ref().is_none_or(JoinHandle::is_finished))
+            .map(|f| f.name.clone())
+            .collect()
+    }
+
+    /// Stops every fleet (without deregistering) and returns its run.
+    pub(crate) fn stop_runs(&mut self) -> Vec<FleetRun> {
+        for f in &self.fleets {
+            f.stop.store(true, Ordering::SeqCst);
+        }
+        let lifetime = self.lifetime;
+        self.fleets
+            .drain(..)
+            .map(|mut f| {
+                let report = f.handle.take().map_or_else(
+                    || Err("not running".to_owned()),
+                    |h| {
+                        h.join()
+                            .unwrap_or_else(|_| Err("the fleet thread panicked".into()))
+                    },
+                );
+                FleetRun {
+                    name: f.name,
+                    realm: f.realm,
+                    started: f.started,
+                    timeline: f.timeline,
+                    lifetime,
+                    report,
+                }
+            })
+            .collect()
+    }
+}
+
+// ---------------------------------------------------------------- bed ----
+
+/// A test bed of clusters, each with its fleets and correspondent: the
+/// rack (one cluster serving both realms) or the site (one per realm,
+/// [`crate::site`]). [`crate::chaos::Chaos`] runs on either.
+pub trait Bed {
+    /// The clusters, in a fixed order.
+    fn clusters(&self) -> &[Cluster];
+    /// Cluster `k` and the lab it runs in (`None`: loopback), borrowed
+    /// together so a fault can be applied through the lab.
+    fn cluster_lab(&mut self, k: usize) -> (&mut Cluster, Option<&Lab>);
+    /// The correspondent receiving cluster `k`'s data, if any.
+    fn correspondent(&self, k: usize) -> Option<&Correspondent>;
+    /// Starts every fleet ([`Rack::start_fleets`]).
+    ///
+    /// # Errors
+    /// A bad option, a thread.
+    fn start_fleets(&mut self, opts: &RackOptions) -> Result<(), RackError>;
+    /// Stops every fleet and returns its run ([`Rack::stop_fleet_runs`]).
+    fn stop_fleet_runs(&mut self) -> Vec<FleetRun>;
+}
+
+impl Bed for Rack {
+    fn clusters(&self) -> &[Cluster] {
+        std::slice::from_ref(&self.cluster)
+    }
+
+    fn cluster_lab(&mut self, _k: usize) -> (&mut Cluster, Option<&Lab>) {
+        (&mut self.cluster, self.lab.as_ref())
+    }
+
+    fn correspondent(&self, _k: usize) -> Option<&Correspondent> {
+        self.correspondent.as_ref()
+    }
+
+    fn start_fleets(&mut self, opts: &RackOptions) -> Result<(), RackError> {
+        Rack::start_fleets(self, opts)
+    }
+
+    fn stop_fleet_runs(&mut self) -> Vec<FleetRun> {
+        Rack::stop_fleet_runs(self)
+    }
+}
+
+// --------------------------------------------------------------- rack ----
+
+/// A running rack: one [`Cluster`] serving both realms, its fleets and
+/// correspondent. Dropping it stops the fleets, SIGKILLs every process
 /// and removes the namespaces.
 pub struct Rack {
     /// Where it runs.
     pub mode: Mode,
-    fleets: Vec<Fleet>,
-    /// The nodes, by id order.
-    pub nodes: Vec<RackNode>,
-    /// The dispatchers.
-    pub dispatchers: Vec<RackDispatcher>,
-    proxies: Vec<Proxy>,
+    /// The one cluster.
+    pub cluster: Cluster,
+    fleets: Fleets,
     /// Bindings every node holds once all mobile nodes registered.
     pub expected: usize,
     /// Mobile nodes per realm (stream mobile nodes included).
@@ -314,8 +1058,6 @@ pub struct Rack {
     /// The correspondent node (namespace rack).
     pub correspondent: Option<Correspondent>,
     plan: Plan,
-    runs: u32,
-    lifetime: u16,
     lab: Option<Lab>,
     dir: tempfile::TempDir,
 }
@@ -324,8 +1066,7 @@ impl std::fmt::Debug for Rack {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Rack")
             .field("mode", &self.mode)
-            .field("nodes", &self.nodes)
-            .field("dispatchers", &self.dispatchers)
+            .field("cluster", &self.cluster)
             .finish_non_exhaustive()
     }
 }
@@ -349,19 +1090,42 @@ impl Rack {
                 plan.max_outer
             )));
         }
-        let rates_ok = opts.data_rate.is_finite()
-            && opts.data_rate >= 0.0
-            && opts.stream_rate.is_finite()
-            && opts.stream_rate > 0.0;
-        if !rates_ok {
-            return Err(RackError::Options(
-                "data rates must be finite, the stream rate positive".into(),
-            ));
-        }
+        check_rates(opts)?;
         if topo::is_root() && !opts.loopback {
             Self::start_namespaces(opts)
         } else {
             Self::start_loopback(opts)
+        }
+    }
+
+    /// The rack's one cluster: both realms behind `disp-a`/`disp-b`
+    /// (vrid 7 inner, vrid 8 outer), nodes `node-1..3`.
+    fn layout(opts: &RackOptions, plan: &Plan) -> ClusterLayout {
+        ClusterLayout {
+            name: "rack".into(),
+            switch: "rack".into(),
+            nodes: (1..=3u8)
+                .map(|i| (format!("node-{i}"), topo::racks::node_addr(i)))
+                .collect(),
+            dispatchers: [
+                (DISP_HOSTS[0].to_owned(), DISP[0]),
+                (DISP_HOSTS[1].to_owned(), DISP[1]),
+            ],
+            realms: vec![
+                LayoutRealm {
+                    spec: inner_realm(plan, VIP_INNER, 434, opts.inner + opts.streams),
+                    vrid: 7,
+                    health_port: 4341,
+                    metrics_port: 9435,
+                },
+                LayoutRealm {
+                    spec: outer_realm(plan, VIP_OUTER, 434, opts.outer, opts.streams),
+                    vrid: 8,
+                    health_port: 4343,
+                    metrics_port: 9436,
+                },
+            ],
+            advert_interval_ms: opts.advert_interval_ms,
         }
     }
 
@@ -373,139 +1137,32 @@ impl Rack {
         // Built (if need be) before the lab exists: its watchdog clock
         // starts with it, and a first build takes minutes.
         crate::supervisor::workspace_binary("haven-ha-node", "ha-node")?;
-        let bin = crate::supervisor::workspace_binary("haven-dispatcher", "dispatcher")?;
+        crate::supervisor::workspace_binary("haven-dispatcher", "dispatcher")?;
         let plan = Plan::new(opts.wide);
         let lab = topology(opts.expire, &plan)?;
-        let ns = |h: &str| -> Result<String, RackError> {
-            lab.ns_name(h)
-                .map(str::to_owned)
-                .ok_or_else(|| RackError::Options(format!("no host {h}")))
-        };
-        let peers: Vec<(u64, SocketAddr)> = (1..=3u8)
-            .map(|i| {
-                (
-                    u64::from(i),
-                    SocketAddr::from((topo::racks::node_addr(i), RAFT_PORT)),
-                )
-            })
-            .collect();
-        let adverts: Vec<SocketAddrV4> = [4341, 4343]
-            .into_iter()
-            .flat_map(|p| DISP.map(|d| SocketAddrV4::new(d, p)))
-            .collect();
-        let mut proxies = Vec::new();
-        let mut nodes = Vec::new();
-        for i in 1..=3u8 {
-            let id = u64::from(i);
-            let me = topo::racks::node_addr(i);
-            let data = dir.path().join(format!("raft-{i}"));
-            let spec = NodeSpec::new(id, local(4340), local(9434))
-                .realm(inner_realm(
-                    &plan,
-                    VIP_INNER,
-                    434,
-                    opts.inner + opts.streams,
-                ))
-                .realm(outer_realm(&plan, VIP_OUTER, 434, opts.outer, opts.streams))
-                .cluster(ClusterSpec::raft(
-                    "rack",
-                    SocketAddr::from((me, RAFT_PORT)),
-                    &data,
-                    peers.clone(),
-                ))
-                .dispatch(DispatchSpec::l2(
-                    me,
-                    adverts.clone(),
-                    opts.advert_interval_ms,
-                ))
-                .dataplane(DataplaneSpec::default());
-            let n = ns(&format!("node-{i}"))?;
-            let proc = start_node(&spec, dir.path(), Some(&n))?;
-            let proxy = Proxy::start(&n, spec.metrics)?;
-            nodes.push(RackNode {
-                id,
-                metrics: proxy.addr,
-                spec,
-                proc,
-                ns: Some(n),
-                killed: false,
-                partitioned: false,
-            });
-            proxies.push(proxy);
-        }
-        let mut dispatchers = Vec::new();
-        for (realm, vip, vrid, health, metrics, prefix) in [
-            ("inner", VIP_INNER, 7u8, 4341u16, 9435u16, plan.inner_prefix),
-            ("outer", VIP_OUTER, 8, 4343, 9436, plan.outer_prefix),
-        ] {
-            for (k, host) in DISP_HOSTS.into_iter().enumerate() {
-                let dev = lab
-                    .iface(host, "rack")
-                    .ok_or_else(|| RackError::Options(format!("{host} is not on the rack")))?;
-                // The home prefix's gateway (DESIGN.md § 6): rtr routes it via
-                // the VIP, the VRRP Master hands each packet to the node
-                // Maglev picks for its destination home address.
-                let mut cfg = format!(
-                    "[dispatcher]\nvip = \"{vip}\"\nmode = \"l2\"\ninterface = \"{dev}\"\n\
-                     address = \"{}\"\nhome_prefixes = [\"{prefix}\"]\n\n\
-                     [health]\nlisten_port = {health}\nrise = 1\n\n\
-                     [vrrp]\nvrid = {vrid}\npriority = {}\ninterval_cs = 10\npeer = \"{}\"\n\n\
-                     [metrics]\nlisten = \"127.0.0.1:{metrics}\"\n\n",
-                    DISP[k],
-                    [200, 100][k],
-                    DISP[1 - k]
-                );
-                for i in 1..=3u8 {
-                    cfg.push_str(&format!(
-                        "[[node]]\nid = {i}\naddress = \"{}\"\n\n",
-                        topo::racks::node_addr(i)
-                    ));
-                }
-                let path = dir.path().join(format!("{host}-{realm}.toml"));
-                std::fs::write(&path, cfg)
-                    .map_err(io_err(format!("writing {}", path.display())))?;
-                let n = ns(host)?;
-                let proc = Process::spawn(
-                    &format!("{host}-{realm}"),
-                    Spec::new(&bin)
-                        .arg("--config")
-                        .arg(&path)
-                        .env("RUST_LOG", "info"),
-                    Some(&n),
-                )?;
-                let proxy = Proxy::start(&n, local(metrics))?;
-                dispatchers.push(RackDispatcher {
-                    host: host.to_owned(),
-                    realm: realm.to_owned(),
-                    proc,
-                    metrics: proxy.addr,
-                    killed: false,
-                });
-                proxies.push(proxy);
-            }
-        }
-        let cn_ns = ns("cn")?;
+        let mut cluster = Cluster::start(&lab, &Self::layout(opts, &plan), dir.path())?;
+        cluster.expected = opts.inner + opts.outer + 2 * opts.streams;
+        let cn_ns = lab
+            .ns_name("cn")
+            .map(str::to_owned)
+            .ok_or_else(|| RackError::Options("no host cn".into()))?;
         let correspondent =
             Correspondent::start(&cn_ns, SocketAddrV4::new(CN, CN_PORT), gap_floor(opts))?;
         let rack = Rack {
             mode: Mode::Namespaces,
-            fleets: Vec::new(),
-            nodes,
-            dispatchers,
-            proxies,
-            expected: opts.inner + opts.outer + 2 * opts.streams,
+            expected: cluster.expected,
+            cluster,
+            fleets: Fleets::default(),
             fleet_sizes: vec![
                 ("inner".into(), opts.inner + opts.streams),
                 ("outer".into(), opts.outer + opts.streams),
             ],
             correspondent: Some(correspondent),
             plan,
-            runs: 0,
-            lifetime: 0,
             lab: Some(lab),
             dir,
         };
-        rack.await_ready()?;
+        rack.cluster.await_ready()?;
         Ok(rack)
     }
 
@@ -556,6 +1213,7 @@ impl Rack {
             ));
             nodes.push(RackNode {
                 id,
+                host: format!("node-{i}"),
                 metrics: spec.metrics,
                 spec,
                 proc,
@@ -584,9 +1242,8 @@ impl Rack {
                 .env("RUST_LOG", "info"),
             None,
         )?;
-        let rack = Rack {
-            mode: Mode::Loopback,
-            fleets: Vec::new(),
+        let cluster = Cluster {
+            name: "rack".into(),
             nodes,
             dispatchers: vec![RackDispatcher {
                 host: "disp".into(),
@@ -595,69 +1252,29 @@ impl Rack {
                 metrics: local(disp_metrics),
                 killed: false,
             }],
-            proxies: Vec::new(),
             expected: opts.inner,
+            realms: vec!["inner".into()],
+            preferred: None,
+            proxies: Vec::new(),
+        };
+        let rack = Rack {
+            mode: Mode::Loopback,
+            expected: cluster.expected,
+            cluster,
+            fleets: Fleets::default(),
             fleet_sizes: vec![("inner".into(), opts.inner)],
             correspondent: None,
             plan: Plan::new(opts.wide),
-            runs: 0,
-            lifetime: 0,
             lab: None,
             dir,
         };
-        rack.await_ready()?;
+        rack.cluster.await_ready()?;
         Ok(rack)
     }
 
-    /// Every node agrees on a leader; every dispatcher reports all nodes
-    /// up and each realm has one active dispatcher.
-    fn await_ready(&self) -> Result<(), RackError> {
-        wait_for("a raft leader all nodes agree on", BOUND, || {
-            let leaders: Vec<f64> = self
-                .nodes
-                .iter()
-                .map(|n| {
-                    http_metrics(n.metrics)
-                        .ok()
-                        .and_then(|t| sum(&t, "haven_raft_leader_id", &[]))
-                        .unwrap_or(0.0)
-                })
-                .collect();
-            leaders[0] > 0.0 && leaders.iter().all(|l| *l == leaders[0])
-        })?;
-        for d in &self.dispatchers {
-            for n in &self.nodes {
-                let id = n.id.to_string();
-                await_metric(
-                    &format!("http://{}/metrics", d.metrics),
-                    None,
-                    "haven_dispatcher_node_up",
-                    &[("node", &id)],
-                    |v| v == 1.0,
-                    BOUND,
-                )?;
-            }
-        }
-        for realm in self.realms() {
-            wait_for(&format!("an active dispatcher for {realm}"), BOUND, || {
-                self.dispatchers
-                    .iter()
-                    .filter(|d| d.realm == realm)
-                    .filter(|d| {
-                        http_metrics(d.metrics)
-                            .ok()
-                            .and_then(|t| sum(&t, "haven_dispatcher_active", &[]))
-                            == Some(1.0)
-                    })
-                    .count()
-                    == 1
-            })?;
-        }
-        Ok(())
-    }
-
-    fn realms(&self) -> Vec<String> {
-        self.fleet_sizes.iter().map(|(r, _)| r.clone()).collect()
+    /// The lab (namespace rack).
+    pub fn lab(&self) -> Option<&Lab> {
+        self.lab.as_ref()
     }
 
     /// Starts one mnsim fleet per realm, plus one of stream mobile nodes
@@ -666,152 +1283,46 @@ impl Rack {
     /// or [`Rack::stop_fleet_runs`]; the rack can start them again after
     /// that (new sockets, the same home addresses and NAIs).
     pub fn start_fleets(&mut self, opts: &RackOptions) -> Result<(), RackError> {
-        let (bind, vips, mn_ns) = match self.mode {
+        let places: Vec<FleetPlace> = match self.mode {
             Mode::Namespaces => {
                 let ns = self
                     .lab
                     .as_ref()
                     .and_then(|l| l.ns_name("mn"))
                     .map(str::to_owned);
-                (
-                    MN_LAN.to_vec(),
-                    vec![
+                let cn = Some(SocketAddrV4::new(CN, CN_PORT));
+                vec![
+                    FleetPlace::inner(
                         SocketAddrV4::new(VIP_INNER, 434),
-                        SocketAddrV4::new(VIP_OUTER, 434),
-                    ],
-                    ns,
-                )
+                        ns.clone(),
+                        &MN_LAN,
+                        self.plan.inner_base,
+                        opts,
+                        cn,
+                    ),
+                    FleetPlace::outer(SocketAddrV4::new(VIP_OUTER, 434), ns, &MN_LAN, opts, cn),
+                ]
             }
-            Mode::Loopback => (
-                vec![Ipv4Addr::LOCALHOST, Ipv4Addr::new(127, 0, 0, 5)],
-                vec![SocketAddrV4::new(
+            // The data plane runs in the namespace rack only.
+            Mode::Loopback => {
+                let vip = SocketAddrV4::new(
                     Ipv4Addr::LOCALHOST,
-                    self.nodes[0].spec.realms[0].port,
-                )],
-                None,
-            ),
+                    self.cluster.nodes[0].spec.realms[0].port,
+                );
+                let bind = [Ipv4Addr::LOCALHOST, Ipv4Addr::new(127, 0, 0, 5)];
+                vec![FleetPlace {
+                    streams: 0,
+                    ..FleetPlace::inner(vip, None, &bind, self.plan.inner_base, opts, None)
+                }]
+            }
         };
-        // The data plane runs in the namespace rack only.
-        let data = self.mode == Mode::Namespaces;
-        let streams = if data { opts.streams } else { 0 };
-        let cn = SocketAddrV4::new(CN, CN_PORT);
-        let realms: Vec<String> = self.realms();
-        self.runs += 1;
-        let run = self.runs;
-        for (k, (realm, vip)) in realms.iter().zip(vips).enumerate() {
-            let main = if realm == "inner" {
-                opts.inner
-            } else {
-                opts.outer
-            };
-            // (name, count, home addresses, data rate, rate of starts)
-            let mut kinds = Vec::new();
-            if main > 0 {
-                let home = if realm == "inner" {
-                    HomeMode::Static {
-                        base: self.plan.inner_base,
-                    }
-                } else {
-                    HomeMode::Nai {
-                        pattern: OUTER_NAI.into(),
-                    }
-                };
-                kinds.push((realm.clone(), main, home, opts.data_rate, opts.rate));
-            }
-            if streams > 0 {
-                let home = if realm == "inner" {
-                    HomeMode::Static {
-                        base: Ipv4Addr::from(u32::from(self.plan.inner_base) + opts.inner as u32),
-                    }
-                } else {
-                    HomeMode::Nai {
-                        pattern: STREAM_NAI.into(),
-                    }
-                };
-                // Spread like the main fleet, over the same time.
-                let rate = if main > 0 && opts.rate > 0.0 {
-                    opts.rate * streams as f64 / main as f64
-                } else {
-                    opts.rate
-                };
-                kinds.push((
-                    format!("{realm}-streams"),
-                    streams,
-                    home,
-                    opts.stream_rate,
-                    rate,
-                ));
-            }
-            for (j, (name, count, home, data_rate, rate)) in kinds.into_iter().enumerate() {
-                let mut sim = SimConfig::new(vip, KEY.to_vec());
-                sim.count = count;
-                sim.rate = rate;
-                sim.seed = (k * 2 + j) as u64 + 1 + u64::from(run) * 16;
-                sim.home = home;
-                sim.spi = SPI;
-                sim.udp_tunnel = true;
-                sim.bind = bind.clone();
-                sim.lifetime = opts.lifetime;
-                sim.move_after = Some(opts.move_after);
-                // Until stopped: the fleet's own end would deregister early.
-                sim.duration = Some(Duration::from_secs(7 * 24 * 3600));
-                sim.deregister = false;
-                sim.initial_timeout = opts.initial_timeout;
-                sim.max_timeout = opts.max_timeout;
-                // Long enough to ride out a leader election or a dispatcher
-                // takeover (RFC 5944 § 3.6.3 lets the MN choose).
-                sim.max_attempts = 20;
-                if data && data_rate > 0.0 {
-                    sim.data = Some(DataConfig {
-                        correspondent: cn,
-                        rate: data_rate,
-                        payload_len: 64,
-                    });
-                }
-                let timeline = opts
-                    .timelines
-                    .then(|| self.dir.path().join(format!("timeline-{name}-{run}.jsonl")));
-                sim.timeline = timeline.clone();
-                sim.validate()
-                    .map_err(|e| RackError::Options(format!("fleet {name}: {e}")))?;
-                let stop = Arc::new(AtomicBool::new(false));
-                let started = unix_now();
-                let handle = {
-                    let (stop, ns) = (stop.clone(), mn_ns.clone());
-                    std::thread::Builder::new()
-                        .name(format!("fleet-{name}"))
-                        .spawn(move || {
-                            let run =
-                                || mnsim::run_with_stop(&sim, &stop).map_err(|e| e.to_string());
-                            match &ns {
-                                Some(ns) => in_netns(ns, run).map_err(|e| e.to_string())?,
-                                None => run(),
-                            }
-                        })
-                        .map_err(io_err("spawning a fleet thread"))?
-                };
-                self.fleets.push(Fleet {
-                    name,
-                    realm: realm.clone(),
-                    started,
-                    timeline,
-                    stop,
-                    handle: Some(handle),
-                });
-            }
-        }
-        self.lifetime = opts.lifetime;
-        Ok(())
+        self.fleets.start(&places, opts, self.dir.path())
     }
 
     /// The fleets that ended on their own (an error: fleets run until
     /// stopped).
     pub fn fleets_ended(&self) -> Vec<String> {
-        self.fleets
-            .iter()
-            .filter(|f| f.handle.as_ref().is_none_or(JoinHandle::is_finished))
-            .map(|f| f.name.clone())
-            .collect()
+        self.fleets.ended()
     }
 
     /// Stops the fleets and returns each one's report, by fleet name.
@@ -825,43 +1336,12 @@ impl Rack {
     /// Stops the fleets (without deregistering: every binding they were
     /// acknowledged stays) and returns each one's run.
     pub fn stop_fleet_runs(&mut self) -> Vec<FleetRun> {
-        for f in &self.fleets {
-            f.stop.store(true, Ordering::SeqCst);
-        }
-        let lifetime = self.lifetime;
-        self.fleets
-            .drain(..)
-            .map(|mut f| {
-                let report = f.handle.take().map_or_else(
-                    || Err("not running".to_owned()),
-                    |h| {
-                        h.join()
-                            .unwrap_or_else(|_| Err("the fleet thread panicked".into()))
-                    },
-                );
-                FleetRun {
-                    name: f.name,
-                    realm: f.realm,
-                    started: f.started,
-                    timeline: f.timeline,
-                    lifetime,
-                    report,
-                }
-            })
-            .collect()
+        self.fleets.stop_runs()
     }
 
     /// Where each component's Prometheus endpoint answers on loopback.
     pub fn endpoints(&self) -> Vec<(String, String)> {
-        let nodes = self
-            .nodes
-            .iter()
-            .map(|n| (n.name(), format!("http://{}/metrics", n.metrics)));
-        let disps = self
-            .dispatchers
-            .iter()
-            .map(|d| (d.name(), format!("http://{}/metrics", d.metrics)));
-        nodes.chain(disps).collect()
+        self.cluster.endpoints()
     }
 
     /// The namespace of each host (namespace rack).
@@ -884,202 +1364,113 @@ impl Rack {
 
     /// Scrapes every component once.
     pub fn sample(&mut self) -> Sample {
-        let nodes = self
-            .nodes
-            .iter_mut()
-            .map(|n| {
-                let running = n.proc.is_running();
-                let text = if running {
-                    http_metrics(n.metrics).ok()
-                } else {
-                    None
-                };
-                NodeSample::from_metrics(n.id, running, text.as_deref())
-            })
-            .collect();
-        let dispatchers = self
-            .dispatchers
-            .iter_mut()
-            .map(|d| {
-                let running = d.proc.is_running();
-                let text = if running {
-                    http_metrics(d.metrics).ok()
-                } else {
-                    None
-                };
-                DispSample::from_metrics(&d.host, &d.realm, running, text.as_deref())
-            })
-            .collect();
-        Sample {
-            at: Instant::now(),
-            nodes,
-            dispatchers,
-        }
+        self.cluster.sample()
     }
 
     /// SIGKILLs node `id` and reaps it.
     pub fn kill_node(&mut self, id: u64) -> Result<String, RackError> {
-        let n = self
-            .nodes
-            .iter_mut()
-            .find(|n| n.id == id)
-            .ok_or_else(|| RackError::Options(format!("no node {id}")))?;
-        n.proc.sigkill()?;
-        n.proc.wait_exit(Duration::from_secs(5))?;
-        n.killed = true;
-        Ok(n.name())
+        self.cluster.kill_node(id)
     }
 
     /// SIGKILLs every dispatcher process on the host that holds the inner
     /// VIP (VRRP Master; loopback: the one dispatcher). Returns its host.
     pub fn kill_active_dispatcher(&mut self, sample: &Sample) -> Result<String, RackError> {
-        let host = sample
-            .dispatchers
-            .iter()
-            .find(|d| d.realm == "inner" && d.active)
-            .map(|d| d.host.clone())
-            .ok_or_else(|| RackError::Options("no active dispatcher".into()))?;
-        for d in self.dispatchers.iter_mut().filter(|d| d.host == host) {
-            d.proc.sigkill()?;
-            d.proc.wait_exit(Duration::from_secs(5))?;
-            d.killed = true;
-        }
-        Ok(host)
+        self.cluster.kill_active_dispatcher(sample)
     }
 
     /// Restarts everything killed: nodes first (each waits until its
     /// metrics answer), then dispatchers. Returns the names restarted.
     pub fn restart_killed(&mut self) -> Result<Vec<String>, RackError> {
-        let mut out = Vec::new();
-        for n in self.nodes.iter_mut().filter(|n| n.killed) {
-            n.proc.restart()?;
-            await_metric(
-                &n.spec.metrics_url(),
-                n.ns.as_deref(),
-                "haven_build_info",
-                &[],
-                |v| v == 1.0,
-                BOUND,
-            )?;
-            n.killed = false;
-            out.push(n.name());
-        }
-        for d in self.dispatchers.iter_mut().filter(|d| d.killed) {
-            d.proc.restart()?;
-            d.killed = false;
-            out.push(d.name());
-        }
-        Ok(out)
+        self.cluster.restart_killed()
     }
 
     /// Whether anything is killed and not restarted.
     pub fn anything_killed(&self) -> bool {
-        self.nodes.iter().any(|n| n.killed) || self.dispatchers.iter().any(|d| d.killed)
+        self.cluster.anything_killed()
     }
 
-    /// Cuts node `id` off the network (an nftables table dropping all but
-    /// loopback inside its namespace, [`Lab::partition`]; namespace rack).
+    /// Cuts node `id` off the network ([`Cluster::partition_node`];
+    /// namespace rack).
     pub fn partition_node(&mut self, id: u64) -> Result<String, RackError> {
-        let name = format!("node-{id}");
         let lab = self
             .lab
             .as_ref()
             .ok_or_else(|| RackError::Options("partitions need the namespace rack".into()))?;
-        lab.partition(&name)?;
-        if let Some(n) = self.nodes.iter_mut().find(|n| n.id == id) {
-            n.partitioned = true;
-        }
-        Ok(name)
+        self.cluster.partition_node(lab, id)
     }
 
     /// Undoes [`Rack::partition_node`].
     pub fn heal_node(&mut self, id: u64) -> Result<String, RackError> {
-        let name = format!("node-{id}");
         let lab = self
             .lab
             .as_ref()
             .ok_or_else(|| RackError::Options("partitions need the namespace rack".into()))?;
-        lab.heal(&name)?;
-        if let Some(n) = self.nodes.iter_mut().find(|n| n.id == id) {
-            n.partitioned = false;
-        }
-        Ok(name)
+        self.cluster.heal_node(lab, id)
     }
 
     /// Runs `havenctl --json ARGS` against node `id`'s admin API (inside
     /// its namespace in a namespace rack).
     pub fn havenctl(&self, id: u64, args: &[&str]) -> Result<serde_json::Value, RackError> {
-        let n = self
-            .nodes
-            .iter()
-            .find(|n| n.id == id)
-            .ok_or_else(|| RackError::Options(format!("no node {id}")))?;
-        Ok(havenctl_json(&n.spec, n.ns.as_deref(), args)?)
+        self.cluster.havenctl(id, args)
     }
 
     /// The dispatcher host that holds every VIP when both run (the higher
     /// VRRP priority, which preempts; namespace rack).
     pub fn vip_preferred(&self) -> Option<String> {
-        (self.mode == Mode::Namespaces).then(|| DISP_HOSTS[0].to_owned())
+        self.cluster.vip_preferred()
     }
 
     /// The ids of the nodes that run and are not partitioned.
     pub fn live_nodes(&self) -> Vec<u64> {
-        self.nodes
-            .iter()
-            .filter(|n| !n.killed && !n.partitioned)
-            .map(|n| n.id)
-            .collect()
+        self.cluster.live_nodes()
     }
 
     /// The last lines of a component's log (for error reports).
     pub fn log_tail(&self, name: &str, lines: usize) -> Option<String> {
-        self.nodes
-            .iter()
-            .find(|n| n.name() == name)
-            .map(|n| n.proc.log_tail(lines))
-            .or_else(|| {
-                self.dispatchers
-                    .iter()
-                    .find(|d| d.name() == name)
-                    .map(|d| d.proc.log_tail(lines))
-            })
+        self.cluster.log_tail(name, lines)
     }
 
     /// Every component's log file.
     pub fn logs(&self) -> Vec<(String, PathBuf)> {
-        let n = self
-            .nodes
-            .iter()
-            .map(|n| (n.name(), n.proc.log_path().to_owned()));
-        let d = self
-            .dispatchers
-            .iter()
-            .map(|d| (d.name(), d.proc.log_path().to_owned()));
-        n.chain(d).collect()
+        self.cluster.logs()
     }
 }
 
 impl Drop for Rack {
     fn drop(&mut self) {
-        // Fleets first (they hold sockets in `mn`), then the processes,
-        // the proxies, and last the namespaces (field order below).
+        // Fleets first (they hold sockets in `mn`), then the processes and
+        // their proxies, and last the namespaces.
         let _ = self.stop_fleets();
         if let Some(c) = self.correspondent.take() {
             c.stop();
         }
-        self.dispatchers.clear();
-        self.nodes.clear();
-        self.proxies.clear();
+        self.cluster.dispatchers.clear();
+        self.cluster.nodes.clear();
+        self.cluster.proxies.clear();
         self.lab.take();
     }
 }
 
-fn local(port: u16) -> SocketAddr {
+/// Rates must be finite, the stream rate positive.
+pub(crate) fn check_rates(opts: &RackOptions) -> Result<(), RackError> {
+    let rates_ok = opts.data_rate.is_finite()
+        && opts.data_rate >= 0.0
+        && opts.stream_rate.is_finite()
+        && opts.stream_rate > 0.0;
+    if rates_ok {
+        Ok(())
+    } else {
+        Err(RackError::Options(
+            "data rates must be finite, the stream rate positive".into(),
+        ))
+    }
+}
+
+pub(crate) fn local(port: u16) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, port))
 }
 
-fn inner_realm(plan: &Plan, vip: Ipv4Addr, port: u16, count: usize) -> RealmSpec {
+pub(crate) fn inner_realm(plan: &Plan, vip: Ipv4Addr, port: u16, count: usize) -> RealmSpec {
     RealmSpec {
         port,
         ..RealmSpec::new("inner", vip, plan.inner_prefix)
@@ -1087,7 +1478,13 @@ fn inner_realm(plan: &Plan, vip: Ipv4Addr, port: u16, count: usize) -> RealmSpec
     .with_home_address_sas(plan.inner_base, count, SPI, KEY)
 }
 
-fn outer_realm(plan: &Plan, vip: Ipv4Addr, port: u16, count: usize, streams: usize) -> RealmSpec {
+pub(crate) fn outer_realm(
+    plan: &Plan,
+    vip: Ipv4Addr,
+    port: u16,
+    count: usize,
+    streams: usize,
+) -> RealmSpec {
     RealmSpec {
         port,
         pool: Some(plan.outer_pool.into()),
@@ -1099,7 +1496,7 @@ fn outer_realm(plan: &Plan, vip: Ipv4Addr, port: u16, count: usize, streams: usi
 
 /// The shortest arrival gap the correspondent records: three intervals of
 /// the slowest stream, at least 100 ms.
-fn gap_floor(opts: &RackOptions) -> Duration {
+pub(crate) fn gap_floor(opts: &RackOptions) -> Duration {
     let rates = [
         (opts.data_rate > 0.0).then_some(opts.data_rate),
         (opts.streams > 0).then_some(opts.stream_rate),
@@ -1217,7 +1614,7 @@ fn topology(expire: Option<Duration>, plan: &Plan) -> Result<Lab, RackError> {
 
 /// Runs `args` in `host`'s namespace; an exit status other than 0 is an
 /// error naming the command and its stderr.
-fn checked(lab: &Lab, host: &str, args: &[&str]) -> Result<(), RackError> {
+pub(crate) fn checked(lab: &Lab, host: &str, args: &[&str]) -> Result<(), RackError> {
     let out = lab.exec(host, args.iter().copied())?;
     if out.status.success() {
         return Ok(());
@@ -1448,6 +1845,9 @@ impl DispSample {
 pub struct Sample {
     /// When.
     pub at: Instant,
+    /// The cluster sampled ([`Cluster::name`]): node ids repeat across a
+    /// site's clusters.
+    pub cluster: String,
     /// Nodes by id order.
     pub nodes: Vec<NodeSample>,
     /// Dispatchers.
@@ -1858,7 +2258,12 @@ pub struct Correspondent {
 }
 
 impl Correspondent {
-    fn start(ns: &str, addr: SocketAddrV4, gap_floor: Duration) -> Result<Self, RackError> {
+    /// Starts the correspondent on `addr` inside namespace `ns`; arrival
+    /// gaps shorter than `gap_floor` are not recorded.
+    ///
+    /// # Errors
+    /// The namespace or the socket.
+    pub fn start(ns: &str, addr: SocketAddrV4, gap_floor: Duration) -> Result<Self, RackError> {
         // A socket stays in the namespace it was made in.
         let sock = in_netns(ns, || std::net::UdpSocket::bind(addr))
             .map_err(io_err("entering the cn namespace"))?
@@ -2067,6 +2472,7 @@ haven_raft_applied_index 40\nhaven_raft_commit_index 41\n";
     fn sample(nodes: &[(u64, bool, u64, f64)], leader: u64) -> Sample {
         Sample {
             at: Instant::now(),
+            cluster: "rack".into(),
             nodes: nodes
                 .iter()
                 .map(|&(id, up, b, acc)| NodeSample {

@@ -497,6 +497,16 @@ impl Charon {
         Ok(c)
     }
 
+    /// Replaces the loaded configuration with `swanctl_conf` (rewrites the
+    /// file, `swanctl --load-all`: connections and secrets of the same
+    /// names are replaced, others unloaded).
+    pub fn reload(&self, swanctl_conf: &str) -> Result<(), VpnError> {
+        let file = self.dir.path().join("swanctl.conf");
+        std::fs::write(&file, swanctl_conf).map_err(io_err("writing swanctl.conf"))?;
+        self.swanctl(&["--load-all".as_ref(), "--file".as_ref(), file.as_os_str()])?;
+        Ok(())
+    }
+
     /// Runs `swanctl ARGS --uri unix://VICI` and returns its stdout.
     pub fn swanctl(&self, args: &[&std::ffi::OsStr]) -> Result<String, VpnError> {
         let uri = format!("unix://{}", self.vici.display());
@@ -600,6 +610,12 @@ impl VpnGateway {
     /// The IKE SAs the gateway holds.
     pub fn ike_sas(&self) -> Result<Vec<IkeSa>, VpnError> {
         self.charon.list_sas()
+    }
+
+    /// Loads `cfg` in place of the configuration the gateway runs with
+    /// (e.g. another pre-shared key).
+    pub fn reload(&self, cfg: &GatewayConfig) -> Result<(), VpnError> {
+        self.charon.reload(&cfg.swanctl_conf()?)
     }
 
     /// `swanctl --list-pools --leases` (each online lease names its

@@ -1,83 +1,170 @@
-//! Chaos under continuous load (issue 8 item 4, bullets 2–3; DESIGN.md § 9),
-//! on the rack (`haven_cluster_tests::rack`): two dispatcher pairs, three
-//! Raft nodes with the data plane on, a correspondent, and about two
-//! thousand mnsim mobile nodes in both realms (wide /20 home prefixes)
-//! registering, moving and re-registering with 5 s lifetimes, plus stream
-//! mobile nodes sending 20 packets/s each through their RFC 3519 tunnels.
-//! Needs root.
+//! Chaos under continuous load in both clusters of the site (issue 8 item
+//! 4, bullets 2–3; DESIGN.md § 9; `haven_cluster_tests::site`): an inner
+//! cluster in the intranet and an outer one in the DMZ, each three Raft
+//! nodes with the data plane on behind an l2 dispatcher pair, a thousand
+//! mnsim mobile nodes per realm (the inner fleet registering directly from
+//! the inside access network, the outer one behind a NAT) registering,
+//! moving and re-registering with 5 s lifetimes, plus twelve stream mobile
+//! nodes per realm sending 20 packets/s each through their RFC 3519
+//! tunnels to the realm's correspondent. Needs root.
 //!
-//! * `chaos_node_kills_under_load`: SIGKILL a (seeded) random follower,
-//!   restart it, SIGKILL the Raft leader, restart it;
-//! * `chaos_partition_and_dispatcher_under_load`: cut a follower off with
-//!   nftables inside its namespace, heal it, SIGKILL the active dispatcher
-//!   host, restart it (VRRP preemption gives the VIPs back).
+//! One scenario, every event applied to both clusters at once (victims
+//! chosen per cluster by the seeded generator): kill a follower, restart,
+//! kill the leader, restart, random kills (a random node SIGKILLed every
+//! 2 s for three rounds, then restarted), partition a follower, heal it,
+//! kill the active dispatcher host, restart it (VRRP preemption gives the
+//! VIP back).
 //!
-//! After each event (`haven_cluster_tests::chaos::Chaos::run`): every
-//! acknowledged binding on every live node, every mobile node registered,
-//! exactly one VIP owner per realm; the registration gap (mnsim timelines)
-//! and the data gap (at the correspondent) are printed against DESIGN.md
-//! § 9's targets and bounded here by what a failover that happened looks
-//! like (a missed target is reported, not failed: the dispatchers' 361 ms
-//! down interval alone exceeds 300 ms).
+//! Beside the fleets, the full dual mobile node (`haven_cluster_tests::e2e`,
+//! seed 000 mode, outside behind `nat1`: its VPN over the outer binding,
+//! its inner binding on the tunnel inner address) with the correspondent's
+//! TCP connection and UDP stream to its inner home address: after every
+//! event the connection must be alive and both streams flowing again, and
+//! the longest silence of each is reported (skipped, said so, without
+//! strongSwan).
+//!
+//! After each event (`haven_cluster_tests::chaos::Chaos::run`), per
+//! cluster: every acknowledged binding of its realm on every live node,
+//! every mobile node registered, exactly one VIP owner; the registration
+//! gap (mnsim timelines) and the data gap (at its correspondent) are
+//! printed against DESIGN.md § 9's targets and bounded here by what a
+//! failover that happened looks like (a missed target is reported, not
+//! failed: the dispatchers' down interval alone is close to 300 ms).
 
-use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use haven_cluster_tests::chaos::{Chaos, ChaosEvent};
+use haven_cluster_tests::dual::Variant;
+use haven_cluster_tests::e2e::{DualRig, RigOptions, Streams};
 use haven_cluster_tests::rack::RackOptions;
+use haven_cluster_tests::site::SiteOptions;
 use haven_cluster_tests::supervisor::workspace_binary;
-use haven_cluster_tests::topo;
+use haven_cluster_tests::{topo, vpn};
 
-/// The load: a few thousand mobile nodes over both realms.
-fn options() -> RackOptions {
-    RackOptions {
-        inner: 1000,
-        outer: 1000,
-        lifetime: 5,
-        move_after: Duration::from_millis(1500),
-        // A run's mobile nodes start over about two seconds and move 1.5 s
-        // after their start: registrations keep coming across each fault.
-        rate: 1000.0,
-        data_rate: 0.0,
-        streams: 12,
-        stream_rate: 20.0,
-        wide: true,
-        initial_timeout: Duration::from_millis(100),
-        max_timeout: Duration::from_millis(400),
-        // Down after 3 × 50 ms plus skew (about 180 ms): the 300 ms
-        // follower target of DESIGN.md § 9 is out of reach with the
-        // default 100 ms (361 ms down interval).
-        advert_interval_ms: 50,
-        expire: Some(Duration::from_secs(240)),
-        ..RackOptions::default()
+/// One wait on the dual mobile node's rig or streams.
+const BOUND: Duration = Duration::from_secs(15);
+
+/// The load: a thousand mobile nodes per realm, twelve streams each.
+fn options() -> SiteOptions {
+    SiteOptions {
+        load: RackOptions {
+            inner: 1000,
+            outer: 1000,
+            lifetime: 5,
+            move_after: Duration::from_millis(1500),
+            // A run's mobile nodes start over about a second and move 1.5 s
+            // after their start: registrations keep coming across each
+            // fault.
+            rate: 1000.0,
+            data_rate: 0.0,
+            streams: 12,
+            stream_rate: 20.0,
+            wide: true,
+            initial_timeout: Duration::from_millis(100),
+            max_timeout: Duration::from_millis(400),
+            // The site's 100 ms (361 ms down interval): the 300 ms follower
+            // target of DESIGN.md § 9 is reported missed, but twelve
+            // processes under this load on two cores miss 50 ms adverts
+            // (180 ms down interval) often enough to flap healthy nodes.
+            advert_interval_ms: 100,
+            expire: Some(Duration::from_secs(300)),
+            ..RackOptions::default()
+        },
     }
 }
 
-/// One rack of a few thousand mobile nodes at a time: two at once on two
-/// cores measure the machine, not the failover.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn scenario(name: &str, seed: u64, events: &[ChaosEvent]) {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
+#[test]
+fn chaos_in_both_clusters_under_load() {
+    if topo::skip_without_root() {
+        return;
+    }
     workspace_binary("haven-ha-node", "ha-node").expect("build ha-node");
     workspace_binary("haven-ha-node", "havenctl").expect("build havenctl");
     workspace_binary("haven-dispatcher", "dispatcher").expect("build dispatcher");
+    let name = "chaos_site";
+    let seed = 0x4841_5645_4e03;
+    let events = [
+        ChaosEvent::KillFollower,
+        ChaosEvent::RestartKilled,
+        ChaosEvent::KillLeader,
+        ChaosEvent::RestartKilled,
+        ChaosEvent::RandomKills,
+        ChaosEvent::Partition,
+        ChaosEvent::HealPartition,
+        ChaosEvent::KillDispatcher,
+        ChaosEvent::RestartKilled,
+    ];
     let t0 = Instant::now();
-    let mut chaos = Chaos::start(&options(), seed).expect("start the rack");
+    let mut chaos = Chaos::start_site(&options(), seed).expect("start the site");
+    let mns: Vec<(String, usize)> = chaos
+        .bed
+        .clusters
+        .iter()
+        .map(|c| (c.name.clone(), c.expected))
+        .collect();
     eprintln!(
-        "{name}: rack up in {:.1}s (seed {seed}, {} mobile nodes)",
-        t0.elapsed().as_secs_f64(),
-        chaos.rack.expected
+        "{name}: site up in {:.1}s (seed {seed:#x}, mobile nodes {mns:?})",
+        t0.elapsed().as_secs_f64()
     );
+    // The full dual mobile node (seed 000 mode, outside behind nat1: the
+    // VPN over its outer binding, the inner binding on the TIA) and the
+    // correspondent's TCP connection and UDP stream to its inner home
+    // address, through both clusters. Declared after `chaos`: dropped
+    // before the site removes the namespaces.
+    let dual = if std::path::Path::new(vpn::CHARON).exists() {
+        let opts = RigOptions {
+            dual_mn: Some(env!("CARGO_BIN_EXE_dual-mn").into()),
+            udp_echo: Some(env!("CARGO_BIN_EXE_udp-echo").into()),
+            ..RigOptions::site(Variant::Seed000)
+        };
+        let lab = chaos.bed.lab();
+        let mut rig = DualRig::start_with(lab, &opts, chaos.bed.dir())
+            .unwrap_or_else(|e| panic!("{name}: the dual rig: {e}"));
+        let st = rig
+            .wait_ready()
+            .unwrap_or_else(|e| panic!("{name}: the dual mobile node: {e}\n{}", rig.logs()));
+        let streams = Streams::start(lab).unwrap_or_else(|e| panic!("{name}: streams: {e}"));
+        streams
+            .wait_more("the dual mobile node's streams flowing", 20, BOUND)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        eprintln!(
+            "{name}: dual mobile node ready after {:.1}s: {st:?}",
+            t0.elapsed().as_secs_f64()
+        );
+        Some((rig, streams))
+    } else {
+        eprintln!(
+            "{name}: no dual mobile node: strongSwan is not installed (apt-get install -y {})",
+            vpn::PACKAGES
+        );
+        None
+    };
+    let mut dual_gaps = Vec::new();
     for ev in events {
-        match chaos.run(*ev) {
-            Ok(r) => eprintln!("{name}: {r}"),
-            Err(e) => {
-                for (n, _) in chaos.rack.logs() {
-                    if let Some(t) = chaos.rack.log_tail(&n, 15) {
-                        eprintln!("--- {n}\n{t}");
-                    }
+        match chaos.run(ev) {
+            Ok(rs) => {
+                for r in &rs {
+                    eprintln!("{name}: {r}");
                 }
+                // The dual mobile node's TCP connection survived the event
+                // in both clusters and both streams flow again.
+                if let (Some((rig, streams)), Some(at)) = (&dual, rs.first().map(|r| r.at)) {
+                    let what = format!("the dual mobile node's streams after {}", ev.name());
+                    if let Err(e) = streams.wait_more(&what, 10, BOUND) {
+                        panic!("{name}: {e}\n{}", rig.logs());
+                    }
+                    let (udp, tcp) = streams.gaps_after(at);
+                    eprintln!(
+                        "{name}: dual event={} udp_gap={:.0}ms tcp_gap={:.0}ms",
+                        ev.name(),
+                        udp.as_secs_f64() * 1e3,
+                        tcp.as_secs_f64() * 1e3
+                    );
+                    dual_gaps.push((ev, udp, tcp));
+                }
+            }
+            Err(e) => {
+                eprintln!("{}", chaos.log_tails(15));
                 panic!("{name}: {}: {e}", ev.name());
             }
         }
@@ -92,62 +179,66 @@ fn scenario(name: &str, seed: u64, events: &[ChaosEvent]) {
         // A meaningful share was checked: bindings whose lifetime ran out
         // before the check (renewal in flight when the fleets stopped) are
         // skipped, and a round that ends in a renewal wave skips many.
-        assert!(r.acked_per_node * 4 >= chaos.rack.expected, "{r}");
+        let expected = mns
+            .iter()
+            .find(|(c, _)| *c == r.cluster)
+            .map_or(0, |(_, n)| *n);
+        assert!(r.acked_per_node * 4 >= expected, "{r}");
     }
-    let hits = chaos
-        .results
+    // The faults hit something in each cluster: the leader's death (or a
+    // random kill) interrupts some stream there.
+    for (cluster, _) in &mns {
+        let hits = chaos
+            .results
+            .iter()
+            .filter(|r| r.cluster == *cluster)
+            .filter(|r| {
+                matches!(
+                    r.event,
+                    ChaosEvent::KillFollower
+                        | ChaosEvent::KillLeader
+                        | ChaosEvent::Partition
+                        | ChaosEvent::RandomKills
+                )
+            })
+            .filter(|r| r.data_gap.interrupted > 0)
+            .count();
+        assert!(
+            hits > 0,
+            "{cluster}: no stream was ever interrupted: did the faults hit anything?\n{}",
+            chaos.table()
+        );
+    }
+    for (ev, udp, tcp) in &dual_gaps {
+        // DESIGN.md § 9 has no target for the nested path; a TCP connection
+        // that lived through it within a few retransmissions.
+        assert!(
+            *udp < Duration::from_secs(5) && *tcp < Duration::from_secs(5),
+            "dual mobile node after {}: udp {udp:?} tcp {tcp:?}",
+            ev.name()
+        );
+    }
+    if let Some((_, streams)) = &dual {
+        streams
+            .alive()
+            .unwrap_or_else(|e| panic!("{name}: the dual mobile node: {e}"));
+    }
+    let dual_table: Vec<String> = dual_gaps
         .iter()
-        .filter(|r| {
-            matches!(
-                r.event,
-                ChaosEvent::KillFollower | ChaosEvent::KillLeader | ChaosEvent::Partition
+        .map(|(ev, u, t)| {
+            format!(
+                "dual    {:<16} udp_gap={:.0}ms tcp_gap={:.0}ms",
+                ev.name(),
+                u.as_secs_f64() * 1e3,
+                t.as_secs_f64() * 1e3
             )
         })
-        .filter(|r| r.data_gap.interrupted > 0)
-        .count();
-    assert!(
-        hits > 0 || !events.contains(&ChaosEvent::KillLeader),
-        "no stream was ever interrupted: did the faults hit anything?\n{}",
-        chaos.table()
-    );
+        .collect();
     eprintln!(
-        "{name}: {} events in {:.1}s\n{}",
-        chaos.results.len(),
+        "{name}: {} events in {:.1}s\n{}\n{}",
+        events.len(),
         t0.elapsed().as_secs_f64(),
-        chaos.table()
-    );
-}
-
-#[test]
-fn chaos_node_kills_under_load() {
-    if topo::skip_without_root() {
-        return;
-    }
-    scenario(
-        "chaos_node_kills",
-        0x4841_5645_4e01,
-        &[
-            ChaosEvent::KillFollower,
-            ChaosEvent::RestartKilled,
-            ChaosEvent::KillLeader,
-            ChaosEvent::RestartKilled,
-        ],
-    );
-}
-
-#[test]
-fn chaos_partition_and_dispatcher_under_load() {
-    if topo::skip_without_root() {
-        return;
-    }
-    scenario(
-        "chaos_partition_dispatcher",
-        0x4841_5645_4e02,
-        &[
-            ChaosEvent::Partition,
-            ChaosEvent::HealPartition,
-            ChaosEvent::KillDispatcher,
-            ChaosEvent::RestartKilled,
-        ],
+        chaos.table(),
+        dual_table.join("\n")
     );
 }

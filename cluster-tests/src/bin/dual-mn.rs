@@ -9,8 +9,8 @@
 //!
 //! ```text
 //! DUAL_MN_INNER_KEY=hex [DUAL_MN_OUTER_KEY=hex] dual-mn --variant seed000 \
-//!   --inner-ha 198.18.100.6 --inner-hoa 198.18.101.10 --inner-spi 1000 \
-//!   --outer-ha 203.0.113.10 --outer-hoa 198.51.100.10 --outer-spi 2000 \
+//!   --inner-ha 198.18.100.100 --inner-hoa 198.18.16.5 --inner-spi 1000 \
+//!   --outer-ha 203.0.113.100 --outer-hoa 198.18.128.5 --outer-spi 2000 \
 //!   --gateway 203.0.113.66 --swanctl-uri unix:///tmp/.../charon.vici \
 //!   --strongswan-conf /tmp/.../strongswan.conf --status /tmp/.../status.json
 //! ```
@@ -20,6 +20,8 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -238,6 +240,83 @@ fn direct_socket(dev: &str, addr: Ipv4Addr, ha: SocketAddrV4) -> io::Result<UdpS
     Ok(s)
 }
 
+/// One ICMP error from a socket's error queue (`IP_RECVERR`, ip(7)).
+#[derive(Debug, Clone, Copy)]
+struct IcmpError {
+    errno: u32,
+    icmp_type: u8,
+    code: u8,
+    /// The router (or host) that sent it.
+    offender: Option<Ipv4Addr>,
+}
+
+/// Drains the socket's error queue (`recvmsg(MSG_ERRQUEUE)`). Draining
+/// matters beyond the evidence: while the queue holds an entry, poll(2)
+/// reports POLLERR on the socket at once, every time (a busy loop).
+fn drain_errqueue(s: &UdpSocket) -> Vec<IcmpError> {
+    let mut out = Vec::new();
+    // Bounded: the kernel caps the queue by the receive buffer anyway.
+    for _ in 0..64 {
+        let mut data = [0u8; 512];
+        let mut control = [0u64; 64];
+        let mut iov = libc::iovec {
+            iov_base: data.as_mut_ptr().cast(),
+            iov_len: data.len(),
+        };
+        // SAFETY: msghdr is plain old data; all zeroes is a valid value.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &raw mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control) as _;
+        // SAFETY: `msg` points at live, exclusively borrowed buffers of
+        // the lengths it states.
+        let n = unsafe {
+            libc::recvmsg(
+                s.as_raw_fd(),
+                &raw mut msg,
+                libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            break;
+        }
+        // SAFETY: the kernel filled `msg_control` with `msg_controllen`
+        // octets of cmsgs; CMSG_FIRSTHDR/NXTHDR stay within them.
+        let mut cm = unsafe { libc::CMSG_FIRSTHDR(&raw const msg) };
+        while !cm.is_null() {
+            // SAFETY: `cm` is a cmsg header inside the control buffer.
+            let h = unsafe { &*cm };
+            if h.cmsg_level == libc::IPPROTO_IP && h.cmsg_type == libc::IP_RECVERR {
+                // SAFETY: an IP_RECVERR cmsg carries a sock_extended_err
+                // followed by the offender's sockaddr_in (ip(7)); read
+                // unaligned, the control buffer gives no alignment promise
+                // for the data.
+                let (ee, off) = unsafe {
+                    let d = libc::CMSG_DATA(cm);
+                    let ee: libc::sock_extended_err = std::ptr::read_unaligned(d.cast());
+                    let off: libc::sockaddr_in = std::ptr::read_unaligned(
+                        d.add(std::mem::size_of::<libc::sock_extended_err>()).cast(),
+                    );
+                    (ee, off)
+                };
+                if ee.ee_origin == libc::SO_EE_ORIGIN_ICMP {
+                    out.push(IcmpError {
+                        errno: ee.ee_errno,
+                        icmp_type: ee.ee_type,
+                        code: ee.ee_code,
+                        offender: (off.sin_family == libc::AF_INET as libc::sa_family_t)
+                            .then(|| Ipv4Addr::from(u32::from_be(off.sin_addr.s_addr))),
+                    });
+                }
+            }
+            // SAFETY: as above.
+            cm = unsafe { libc::CMSG_NXTHDR(&raw const msg, cm) };
+        }
+    }
+    out
+}
+
 fn key(hex_key: &str) -> anyhow::Result<Vec<u8>> {
     hex::decode(hex_key.trim()).context("a key is not hex")
 }
@@ -254,64 +333,179 @@ fn tun_write(fd: &OwnedFd, pkt: &[u8]) {
     let _ = unsafe { libc::write(fd.as_raw_fd(), pkt.as_ptr().cast(), pkt.len()) };
 }
 
-/// The VPN, driven through swanctl by a worker thread, in order (an IKE
-/// exchange takes a round trip or two; the data plane must not wait).
-struct Vpn {
-    conn: String,
-    child: String,
-    tx: std::sync::mpsc::Sender<Vec<String>>,
+/// What the driver asks of the VPN worker.
+enum VpnCmd {
+    Start,
+    Stop,
 }
 
-impl Vpn {
-    fn new(uri: String, conf: Option<PathBuf>, conn: String, child: String) -> Vpn {
-        let (tx, rx) = std::sync::mpsc::channel::<Vec<String>>();
-        std::thread::spawn(move || {
-            for args in rx {
-                let mut c = Command::new("swanctl");
-                c.args(&args).args(["--uri", &uri]).stdin(Stdio::null());
-                if let Some(conf) = &conf {
-                    c.env("STRONGSWAN_CONF", conf);
-                }
-                let t = Instant::now();
-                match c.output() {
-                    Ok(o) => println!(
+/// The VPN worker's counters, read into the status file.
+#[derive(Default)]
+struct VpnStats {
+    initiates: AtomicU64,
+    failures: AtomicU64,
+}
+
+/// The first retry of a failed `swanctl --initiate`, doubled per failure up
+/// to [`RETRY_MAX`]: the gateway may be briefly unreachable right after a
+/// move (the outer binding being renewed, a NAT mapping new), and a VPN
+/// that stays down leaves the node outside without its inner binding.
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(4);
+
+/// The VPN, driven through swanctl by a worker thread, in order (an IKE
+/// exchange takes a round trip or two; the data plane must not wait). A
+/// failed initiation is retried with a bounded backoff for as long as the
+/// VPN is wanted (until the next Stop), unless charon holds the SA by then.
+struct Vpn {
+    tx: std::sync::mpsc::Sender<VpnCmd>,
+    stats: Arc<VpnStats>,
+}
+
+struct VpnWorker {
+    uri: String,
+    conf: Option<PathBuf>,
+    conn: String,
+    child: String,
+    stats: Arc<VpnStats>,
+}
+
+impl VpnWorker {
+    /// Runs `swanctl ARGS`; whether it exited 0.
+    fn swanctl(&self, args: &[&str]) -> (bool, String) {
+        let mut c = Command::new("swanctl");
+        c.args(args).args(["--uri", &self.uri]).stdin(Stdio::null());
+        if let Some(conf) = &self.conf {
+            c.env("STRONGSWAN_CONF", conf);
+        }
+        let t = Instant::now();
+        match c.output() {
+            Ok(o) => {
+                if args.first() != Some(&"--list-sas") {
+                    println!(
                         "vpn: swanctl {} -> {} in {:?}",
                         args.join(" "),
                         o.status,
                         t.elapsed()
-                    ),
-                    Err(e) => println!("vpn: swanctl: {e}"),
+                    );
                 }
+                (
+                    o.status.success(),
+                    String::from_utf8_lossy(&o.stdout).into_owned(),
+                )
             }
-        });
-        Vpn { conn, child, tx }
+            Err(e) => {
+                println!("vpn: swanctl: {e}");
+                (false, String::new())
+            }
+        }
     }
 
-    fn swanctl(&self, args: Vec<String>) {
-        let _ = self.tx.send(args);
+    fn initiate(&self) -> bool {
+        self.stats.initiates.fetch_add(1, Ordering::Relaxed);
+        let ok = self
+            .swanctl(&[
+                "--initiate",
+                "--ike",
+                &self.conn,
+                "--child",
+                &self.child,
+                "--timeout",
+                "10",
+            ])
+            .0;
+        if !ok {
+            self.stats.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        ok
+    }
+
+    /// The connection's IKE SA state as charon reports it, if any.
+    fn sa_state(&self) -> Option<String> {
+        let (ok, out) = self.swanctl(&["--list-sas", "--ike", &self.conn]);
+        if !ok {
+            return None;
+        }
+        haven_cluster_tests::vpn::parse_list_sas(&out)
+            .into_iter()
+            .find(|sa| sa.name == self.conn)
+            .map(|sa| sa.state)
+    }
+
+    fn run(self, rx: std::sync::mpsc::Receiver<VpnCmd>) {
+        use std::sync::mpsc::RecvTimeoutError;
+        let mut wanted = false;
+        let mut backoff = RETRY_FIRST;
+        let mut retry_at: Option<Instant> = None;
+        loop {
+            let cmd = match retry_at {
+                Some(t) => rx.recv_timeout(t.saturating_duration_since(Instant::now())),
+                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match cmd {
+                Ok(VpnCmd::Start) => {
+                    wanted = true;
+                    backoff = RETRY_FIRST;
+                    retry_at = None;
+                    if !self.initiate() {
+                        retry_at = Some(Instant::now() + backoff);
+                    }
+                }
+                Ok(VpnCmd::Stop) => {
+                    wanted = false;
+                    retry_at = None;
+                    // --force: do not wait for the gateway's answer (inside,
+                    // the path to it is gone); the gateway's dead peer
+                    // detection cleans up.
+                    self.swanctl(&["--terminate", "--ike", &self.conn, "--force"]);
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    retry_at = None;
+                    if !wanted {
+                        continue;
+                    }
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                    match self.sa_state().as_deref() {
+                        Some("ESTABLISHED") => {
+                            println!("vpn: the IKE SA is up after all");
+                        }
+                        // charon is still at it: look again later.
+                        Some("CONNECTING") => retry_at = Some(Instant::now() + backoff),
+                        _ => {
+                            println!("vpn: retrying the initiation");
+                            if !self.initiate() {
+                                retry_at = Some(Instant::now() + backoff);
+                            }
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+}
+
+impl Vpn {
+    fn new(uri: String, conf: Option<PathBuf>, conn: String, child: String) -> Vpn {
+        let (tx, rx) = std::sync::mpsc::channel::<VpnCmd>();
+        let stats = Arc::new(VpnStats::default());
+        let worker = VpnWorker {
+            uri,
+            conf,
+            conn,
+            child,
+            stats: stats.clone(),
+        };
+        std::thread::spawn(move || worker.run(rx));
+        Vpn { tx, stats }
     }
 
     fn start(&self) {
-        self.swanctl(vec![
-            "--initiate".into(),
-            "--ike".into(),
-            self.conn.clone(),
-            "--child".into(),
-            self.child.clone(),
-            "--timeout".into(),
-            "10".into(),
-        ]);
+        let _ = self.tx.send(VpnCmd::Start);
     }
 
     fn stop(&self) {
-        // --force: do not wait for the gateway's answer (inside, the path
-        // to it is gone); the gateway's dead peer detection cleans up.
-        self.swanctl(vec![
-            "--terminate".into(),
-            "--ike".into(),
-            self.conn.clone(),
-            "--force".into(),
-        ]);
+        let _ = self.tx.send(VpnCmd::Stop);
     }
 }
 
@@ -363,6 +557,9 @@ impl Node {
             }
         }
         if unreachable {
+            // The error came from the socket's pending error; its queue
+            // entry (with the ICMP's origin) is read and logged too.
+            self.on_direct_errors(vpn);
             self.core.direct_unreachable(unix_now());
             self.dirty = true;
             return self.flush(vpn);
@@ -444,6 +641,9 @@ impl Node {
 
     /// Datagrams from a home agent on `path`.
     fn on_socket(&mut self, path: Path, buf: &mut [u8], vpn: Option<&Vpn>) {
+        if path == Path::InnerDirect {
+            self.on_direct_errors(vpn);
+        }
         loop {
             let Some(s) = self.sock(path) else { return };
             let (n, from) = match s.recv_from(buf) {
@@ -493,6 +693,31 @@ impl Node {
                 }
                 _ => {}
             }
+        }
+    }
+
+    /// ICMP errors for the direct inner registration: a destination
+    /// unreachable (seed 004 § 3.4: from outside, the internet has no
+    /// route into the intranet) is evidence that the node is not inside.
+    fn on_direct_errors(&mut self, vpn: Option<&Vpn>) {
+        let Some(s) = &self.direct_sock else { return };
+        let errs = drain_errqueue(s);
+        let mut unreachable = false;
+        for e in &errs {
+            println!(
+                "direct path: ICMP type {} code {} from {:?} ({})",
+                e.icmp_type,
+                e.code,
+                e.offender,
+                io::Error::from_raw_os_error(e.errno as i32)
+            );
+            self.status.direct_icmp += 1;
+            unreachable |= no_route(e);
+        }
+        if unreachable {
+            self.core.direct_unreachable(unix_now());
+            self.dirty = true;
+            self.flush(vpn);
         }
     }
 
@@ -557,10 +782,22 @@ impl Node {
     }
 }
 
+/// Whether an ICMP error says the inner home agent has no path from here
+/// (destination unreachable for the network or host, or administratively
+/// prohibited: RFC 792, RFC 1812 § 5.2.7.1). Port, protocol unreachable
+/// and fragmentation needed come from the far end or the path to it, so
+/// they prove the intranet *reachable* (a home agent node down, say) and
+/// are no evidence of being outside.
+fn no_route(e: &IcmpError) -> bool {
+    e.icmp_type == 3 && !matches!(e.code, 2..=4)
+}
+
+/// The errors a send or receive on the direct socket returns for a
+/// pending ICMP error that [`no_route`] would accept.
 fn is_unreachable(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
-        Some(libc::ENETUNREACH | libc::EHOSTUNREACH | libc::ECONNREFUSED)
+        Some(libc::ENETUNREACH | libc::EHOSTUNREACH)
     )
 }
 
@@ -729,6 +966,10 @@ fn run(a: &Args) -> anyhow::Result<()> {
         node.keepalives(now);
         if node.dirty || Instant::now() >= next_status {
             node.refresh_status();
+            if let Some(v) = &vpn {
+                node.status.vpn_initiates = v.stats.initiates.load(Ordering::Relaxed);
+                node.status.vpn_initiate_failures = v.stats.failures.load(Ordering::Relaxed);
+            }
             if let Err(e) = node.status.write(&a.status) {
                 println!("status {}: {e}", a.status.display());
             }

@@ -18,6 +18,10 @@
 //! `--duration`, `--kill-node-after`, `--kill-dispatcher-after`,
 //! `--restart-after`; `--plain` prints line-oriented events
 //! (`event healed bindings=320 on 3/3 nodes …`) instead of the view.
+//! `--site` runs the two-cluster site instead (`haven_cluster_tests::site`:
+//! an inner cluster in the intranet, an outer one in the DMZ), its lines
+//! prefixed with the cluster (`[outer] event healed …`), the scheduled
+//! faults hitting both clusters.
 //!
 //! ```text
 //! cargo run -p haven-cluster-tests --bin haven-rack -- [--duration S] [--plain] …
@@ -33,7 +37,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Parser;
+use haven_cluster_tests::mnsim::Report;
 use haven_cluster_tests::rack::{Mode, Monitor, Rack, RackOptions, Sample};
+use haven_cluster_tests::site::{Site, SiteOptions};
 use haven_cluster_tests::topo;
 
 #[derive(Debug, Parser)]
@@ -87,6 +93,12 @@ struct Cli {
     /// through its tunnel (namespace rack; 0: none).
     #[arg(long, default_value_t = 2.0)]
     data_rate: f64,
+    /// The two-cluster site instead of the rack (root): an inner cluster
+    /// in the intranet, an outer one in the DMZ, one fleet per realm
+    /// (`--inner`/`--outer` up to 4000 each), line-oriented output per
+    /// cluster.
+    #[arg(long)]
+    site: bool,
 }
 
 /// Set by SIGINT/SIGTERM.
@@ -233,6 +245,10 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         expire: duration.map(|d| d + Duration::from_secs(180)),
         ..RackOptions::default()
     };
+    if cli.site {
+        anyhow::ensure!(topo::is_root(), "--site needs root (network namespaces)");
+        return run_site(cli, opts, duration);
+    }
     if !topo::is_root() {
         println!(
             "haven-rack: not root, so no network namespaces: running the loopback variant \
@@ -341,7 +357,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                             .map(|(id, _)| *id)
                             .or_else(|| sample.nodes.iter().rev().find(|n| n.up).map(|n| n.id))
                     };
-                    let running = rack.nodes.iter().filter(|n| !n.killed).count();
+                    let running = rack.cluster.nodes.iter().filter(|n| !n.killed).count();
                     match target {
                         _ if running <= 2 => out.event(
                             "event refused: killing another node would lose the raft majority",
@@ -377,6 +393,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 },
                 'r' | 'R' => {
                     let nodes: Vec<u64> = rack
+                        .cluster
                         .nodes
                         .iter()
                         .filter(|n| n.killed)
@@ -440,25 +457,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         println!("event interrupted: tearing down");
     }
     let reports = rack.stop_fleets();
-    println!("mobile nodes (mnsim), per realm:");
-    let mut gave_up = 0;
-    for (realm, r) in &reports {
-        match r {
-            Ok(rep) => {
-                gave_up += rep.summary.gave_up;
-                println!("[{realm}]\n{}", rep.summary.table());
-                let unregistered = rep.mns.iter().filter(|m| m.acknowledged.is_none()).count();
-                println!(
-                    "event fleet {realm} registered={} of {} moves={} gave_up={} never_registered={unregistered}",
-                    rep.summary.registered,
-                    rep.summary.count,
-                    rep.summary.moves,
-                    rep.summary.gave_up
-                );
-            }
-            Err(e) => println!("event fleet {realm} error: {e}"),
-        }
-    }
+    let gave_up = print_fleets(&reports);
     if let Some(c) = &rack.correspondent {
         let snap = c.snapshot();
         let sent: u64 = reports
@@ -492,6 +491,11 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     );
     drop(rack);
     println!("event torn down");
+    verdict(&reports, gave_up)
+}
+
+/// A fleet that failed fails the run; mobile nodes that gave up are noted.
+fn verdict(reports: &[(String, Result<Report, String>)], gave_up: u64) -> anyhow::Result<()> {
     if let Some((realm, Err(e))) = reports.iter().find(|(_, r)| r.is_err()) {
         anyhow::bail!("fleet {realm}: {e}");
     }
@@ -499,6 +503,164 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         println!("note: {gave_up} mobile nodes gave up a registration");
     }
     Ok(())
+}
+
+/// Prints each fleet's mnsim summary and its `event fleet …` line;
+/// returns how many mobile nodes gave up a registration.
+fn print_fleets(reports: &[(String, Result<Report, String>)]) -> u64 {
+    println!("mobile nodes (mnsim), per realm:");
+    let mut gave_up = 0;
+    for (realm, r) in reports {
+        match r {
+            Ok(rep) => {
+                gave_up += rep.summary.gave_up;
+                println!("[{realm}]\n{}", rep.summary.table());
+                let unregistered = rep.mns.iter().filter(|m| m.acknowledged.is_none()).count();
+                println!(
+                    "event fleet {realm} registered={} of {} moves={} gave_up={} never_registered={unregistered}",
+                    rep.summary.registered,
+                    rep.summary.count,
+                    rep.summary.moves,
+                    rep.summary.gave_up
+                );
+            }
+            Err(e) => println!("event fleet {realm} error: {e}"),
+        }
+    }
+    gave_up
+}
+
+/// `--site`: the two-cluster site of `haven_cluster_tests::site` with its
+/// fleets, one status line per cluster per second (`[inner] status …`) and
+/// its events (`[outer] event …`). `--kill-node-after` kills the Raft
+/// leader of both clusters, `--kill-dispatcher-after` both active
+/// dispatcher hosts, `--restart-after` restarts everything; `q` quits.
+fn run_site(cli: &Cli, opts: RackOptions, duration: Option<Duration>) -> anyhow::Result<()> {
+    println!(
+        "haven-rack: building the two-cluster site in network namespaces (inner cluster in the \
+         intranet, outer cluster in the DMZ, 3 raft nodes and 2 dispatchers each)…"
+    );
+    let t_build = Instant::now();
+    let load = RackOptions { wide: true, ..opts };
+    let mut site = Site::start(&SiteOptions { load: load.clone() }).context("starting the site")?;
+    println!("event site up in {:.1}s", t_build.elapsed().as_secs_f64());
+    for (name, url) in site.endpoints() {
+        println!("  {name:<14} {url}");
+    }
+    println!("configs and raft logs: {}", site.dir().display());
+    site.start_fleets(&load).context("starting the fleets")?;
+    let keys = keys(false);
+    let mut out = Out {
+        plain: true,
+        events: VecDeque::new(),
+        t0: Instant::now(),
+    };
+    let mut monitors: Vec<Monitor> = site
+        .clusters
+        .iter()
+        .map(|c| Monitor::new(c.expected))
+        .collect();
+    let mut kill_node_at = secs(cli.kill_node_after)?;
+    let mut kill_disp_at = secs(cli.kill_dispatcher_after)?;
+    let mut restart_at = secs(cli.restart_after)?;
+    let mut last: Vec<Sample> = Vec::new();
+    let mut next_tick = Instant::now();
+    while !STOP.load(Ordering::SeqCst) {
+        let t = out.t0.elapsed();
+        if duration.is_some_and(|d| t >= d) {
+            break;
+        }
+        let wait = next_tick.saturating_duration_since(Instant::now());
+        if keys.recv_timeout(wait.min(Duration::from_millis(200))) == Ok('q') {
+            break;
+        }
+        // Scheduled faults wait until every mobile node registered, as in
+        // the rack; each hits both clusters.
+        let settled = !last.is_empty() && monitors.iter().all(Monitor::registered);
+        let fire = |at: &mut Option<Duration>, need: bool| {
+            let due = at.is_some_and(|a| t >= a && (settled || !need));
+            if due {
+                *at = None;
+            }
+            due
+        };
+        let (kill_node, kill_disp, restart) = (
+            fire(&mut kill_node_at, true),
+            fire(&mut kill_disp_at, true),
+            fire(&mut restart_at, false),
+        );
+        for (k, c) in site.clusters.iter_mut().enumerate() {
+            let (m, s) = (&mut monitors[k], last.get(k));
+            let name = c.name.clone();
+            let r = match (kill_node, kill_disp, restart, s) {
+                (true, _, _, Some(s)) => s.leader().map(|l| {
+                    m.node_killed();
+                    c.kill_node(l)
+                        .map(|n| format!("{n} killed (the leader, SIGKILL)"))
+                }),
+                (_, true, _, Some(s)) => Some(c.kill_active_dispatcher(s).map(|h| {
+                    m.dispatcher_killed();
+                    format!("dispatcher {h} killed (active, SIGKILL)")
+                })),
+                (_, _, true, _) if c.anything_killed() => {
+                    let nodes: Vec<u64> =
+                        c.nodes.iter().filter(|n| n.killed).map(|n| n.id).collect();
+                    if !nodes.is_empty() {
+                        let _ = m.nodes_restarted(nodes);
+                    }
+                    Some(
+                        c.restart_killed()
+                            .map(|n| format!("restarted {}", n.join(","))),
+                    )
+                }
+                _ => None,
+            };
+            match r {
+                Some(Ok(line)) => out.event(format!("[{name}] event {line}")),
+                Some(Err(e)) => out.event(format!("[{name}] event error: {e}")),
+                None => {}
+            }
+        }
+        if Instant::now() < next_tick {
+            continue;
+        }
+        next_tick = Instant::now() + Duration::from_secs(1);
+        let ended = site.fleets_ended();
+        if !ended.is_empty() {
+            out.event(format!("event fleet {} ended early", ended.join(",")));
+            break;
+        }
+        last = site.clusters.iter_mut().map(|c| c.sample()).collect();
+        for (k, s) in last.iter().enumerate() {
+            for e in monitors[k].observe(s) {
+                out.event(format!("[{}] {e}", s.cluster));
+            }
+            println!("[{}] {}", s.cluster, status_line(&out, &monitors[k], s));
+        }
+        let _ = std::io::stdout().flush();
+    }
+    let reports: Vec<(String, Result<Report, String>)> = site
+        .stop_fleet_runs()
+        .into_iter()
+        .map(|r| (r.name, r.report))
+        .collect();
+    let gave_up = print_fleets(&reports);
+    for (c, m) in site.correspondents.iter().zip(&monitors) {
+        let snap = c.snapshot();
+        println!(
+            "event data at {} received={} flows={} echoed={} accepted={} leader_changes={} heals={}",
+            c.addr,
+            snap.received,
+            snap.flows.len(),
+            snap.echoed,
+            m.accepted_total,
+            m.leader_changes,
+            m.heals
+        );
+    }
+    drop(site);
+    println!("event torn down");
+    verdict(&reports, gave_up)
 }
 
 fn status_line(out: &Out, m: &Monitor, s: &Sample) -> String {
