@@ -974,6 +974,14 @@ impl Control {
                         .increment(1);
                     self.become_inactive();
                 }
+                Action::Reassert => {
+                    tracing::info!(
+                        "VRRP: a lower-priority router claimed {}; announcing it again",
+                        self.vip
+                    );
+                    metrics::counter!("haven_dispatcher_vrrp_reasserts_total").increment(1);
+                    self.reassert();
+                }
                 Action::Stopped => {
                     tracing::info!("VRRP: stopped");
                     metrics::counter!("haven_dispatcher_vrrp_transitions_total", "to" => "stopped")
@@ -1016,6 +1024,19 @@ impl Control {
             self.garp_at = Instant::now() + self.garp_interval;
         }
         self.shared.active.store(true, Ordering::SeqCst);
+    }
+
+    /// Gratuitous ARPs for the VIP again, with the takeover's repeats
+    /// ([`Action::Reassert`]); the address stays. A burst already running
+    /// is left to finish, so a peer stuck advertising as Master cannot make
+    /// us flood the segment.
+    fn reassert(&mut self) {
+        if !self.manage_vip || self.rack.is_none() || self.garp_left > 0 {
+            return;
+        }
+        self.send_garp();
+        self.garp_left = self.garp_count.saturating_sub(1);
+        self.garp_at = Instant::now() + self.garp_interval;
     }
 
     /// One gratuitous ARP for the VIP (sender = target = VIP, broadcast).
@@ -1207,6 +1228,11 @@ fn describe_metrics() {
         "haven_dispatcher_vrrp_transitions_total",
         Unit::Count,
         "VRRP transitions, by new state"
+    );
+    describe_counter!(
+        "haven_dispatcher_vrrp_reasserts_total",
+        Unit::Count,
+        "Lower-priority VRRP advertisements heard as Master, each answered by an advertisement and gratuitous ARPs for the VIP"
     );
     describe_gauge!(
         "haven_dispatcher_active",

@@ -154,6 +154,10 @@ pub enum Action {
     /// Became Backup after being Master: remove the VIP, stop forwarding
     /// [RFC 5798 § 6.4.3].
     BecomeBackup,
+    /// Still Master, but another router claimed the VIP meanwhile (its
+    /// lower-priority advertisement reached us): announce the VIP again
+    /// with gratuitous ARPs, no address change. See [`Vrrp::handle_advert`].
+    Reassert,
     /// Shut down into Initialize: remove the VIP if held.
     Stopped,
 }
@@ -177,6 +181,9 @@ pub struct VrrpStats {
     pub became_master: u64,
     /// Transitions Master → Backup.
     pub became_backup: u64,
+    /// Lower-priority advertisements received as Master, each answered by
+    /// [`Action::Reassert`].
+    pub reasserted: u64,
 }
 
 /// One VRRPv3 virtual router (module docs).
@@ -293,8 +300,23 @@ impl Vrrp {
                     self.state = VrrpState::Backup;
                     self.stats.became_backup += 1;
                     self.actions.push_back(Action::BecomeBackup);
+                } else {
+                    // RFC 5798 § 6.4.3 says discard, and the state stays
+                    // right: the other router steps down when it hears us.
+                    // But a lower-priority router only advertises as Master
+                    // after it took the VIP over (we were silent past its
+                    // Master_Down_Interval: a stall of this host), and its
+                    // takeover sent gratuitous ARPs: the segment's ARP caches
+                    // point the VIP at it, and once it is Backup again it
+                    // drops everything sent there. Advertise at once (so it
+                    // steps down sooner) and announce the VIP again, as
+                    // keepalived does (`vrrp_garp_lower_prio_repeat`).
+                    let a = self.advert();
+                    self.send(a);
+                    self.adver_timer = Some(now + self.advert_interval());
+                    self.stats.reasserted += 1;
+                    self.actions.push_back(Action::Reassert);
                 }
-                // Otherwise discard.
             }
         }
         Ok(())
@@ -452,6 +474,8 @@ mod tests {
         /// When each router last received an advert.
         last_rx: Vec<Option<Instant>>,
         loss: Box<dyn FnMut(usize, usize) -> bool>,
+        /// [`Action::Reassert`]s seen.
+        reasserts: usize,
     }
 
     impl Lan {
@@ -470,6 +494,7 @@ mod tests {
                 log: Vec::new(),
                 last_rx: vec![None; n],
                 loss: Box::new(|_, _| false),
+                reasserts: 0,
             }
         }
 
@@ -512,6 +537,7 @@ mod tests {
                     Action::BecomeMaster => self.log.push((self.now, i, VrrpState::Master)),
                     Action::BecomeBackup => self.log.push((self.now, i, VrrpState::Backup)),
                     Action::Stopped => self.log.push((self.now, i, VrrpState::Initialize)),
+                    Action::Reassert => self.reasserts += 1,
                 }
             }
         }
@@ -725,6 +751,65 @@ mod tests {
         assert!(matches!(m.poll_action(), Some(Action::SendAdvert(_))));
         assert_eq!(m.poll_timeout(), Some(t + Duration::from_secs(1)));
         assert!(m.is_master());
+    }
+
+    /// A Master that hears a lower-priority advertisement stays Master (RFC
+    /// 5798 § 6.4.3), and re-announces the VIP: that router took the VIP over
+    /// while we were silent, and its gratuitous ARPs point the segment's
+    /// caches at it (module docs of the driver; the rack saw the VIP black-
+    /// holed after a 400 ms stall of the Master's host).
+    #[test]
+    fn master_reasserts_on_a_lower_priority_advert() {
+        let t0 = Instant::now();
+        let mut m = Vrrp::new(cfg(255, IP_A)).expect("valid");
+        m.startup(t0);
+        while m.poll_action().is_some() {}
+        let lower = VrrpRepr {
+            vrid: 7,
+            priority: 100,
+            max_advert_int_cs: 100,
+            addresses: vec![VIP],
+        };
+        let t = t0 + Duration::from_millis(300);
+        m.handle_advert(t, IP_B, &lower).expect("processed");
+        assert!(matches!(
+            m.poll_action(),
+            Some(Action::SendAdvert(VrrpRepr { priority: 255, .. }))
+        ));
+        assert_eq!(m.poll_action(), Some(Action::Reassert));
+        assert_eq!(m.poll_action(), None);
+        assert_eq!(m.poll_timeout(), Some(t + Duration::from_secs(1)));
+        assert!(m.is_master());
+        assert_eq!(m.stats().reasserted, 1);
+    }
+
+    /// A stalled Master (silent past the Backup's Master_Down_Interval, then
+    /// back): the Backup takes over, the Master re-asserts on its first
+    /// advertisement, the Backup steps down; one Master at the end.
+    #[test]
+    fn a_stalled_master_reasserts_and_the_backup_steps_down() {
+        let mut lan = Lan::new(vec![cfg(200, IP_A), cfg(100, IP_B)]);
+        lan.start(0);
+        lan.start(1);
+        lan.run(lan.at(10.0), |_| {});
+        assert!(lan.routers[0].is_master());
+        // A stalls for 5 s: nothing it would send leaves. What B sends
+        // meanwhile reaches A (a stalled host reads its socket's queue when
+        // it resumes).
+        let (from, to) = (lan.at(10.0), lan.at(15.0));
+        let clock = std::rc::Rc::new(std::cell::Cell::new(lan.now));
+        let c = clock.clone();
+        lan.loss = Box::new(move |a, _| a == 0 && c.get() >= from && c.get() < to);
+        while lan.now < lan.at(20.0) {
+            let next = lan.now + Duration::from_millis(50);
+            lan.run(next, |_| {});
+            clock.set(lan.now);
+        }
+        assert!(lan.first_master_after(1, from).is_some(), "B took over");
+        assert!(lan.reasserts >= 1, "A re-announced the VIP");
+        assert!(lan.routers[0].is_master());
+        assert_eq!(lan.routers[1].state(), VrrpState::Backup);
+        assert_eq!(lan.masters(), 1);
     }
 
     /// Reference: RFC 5798 § 6.4.3 — equal priority: the sender with the
