@@ -1478,3 +1478,77 @@ fn timestamp_mode_a_stale_apply_is_133_with_the_ha_time() {
         COA2
     );
 }
+
+#[test]
+fn nai_mn_moving_across_a_lost_proposal_reregisters_through_another_node() {
+    // The rack's leader-kill interleaving for an outer mobile node (NAI,
+    // dynamic home address [RFC 2794 § 2], UDP tunnelling behind a NAT
+    // [RFC 3519 § 3.1], timestamps [RFC 5944 § 5.7.1]): its request from
+    // the new care-of address is proposed on node A and lost with the
+    // leader; the retransmission (a newer timestamp) goes through node B;
+    // the lost entry still commits first (the new leader had it). B must
+    // answer 0 with the same home address, the binding must hold the new
+    // care-of address and NAT mapping, and neither node may keep the MN
+    // busy. Both forms of the request: HoA 0.0.0.0 and the assigned one.
+    let nat2 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 7, 8), 40_001);
+    let udp = [udp_req(false, Encapsulation::IpInIp)];
+    for asks in [Ipv4Addr::UNSPECIFIED, POOL_FIRST] {
+        let mut lab = Lab::new();
+        let mut b = second_node(&lab, ReplayMode::Timestamp);
+        let dst = SocketAddrV4::new(OUTER_VIP, 434);
+        let any = Ipv4Addr::UNSPECIFIED;
+        let r0 = outer_req(&lab, any, 600);
+        let t = lab.one(NAT, OUTER_VIP, &nai_signed(&r0, "mn1@example.net", &udp));
+        assert_eq!(code(&t), 0);
+        assert_eq!(parsed(&t).fixed.home_address, POOL_FIRST);
+        // The move: a new care-of address behind a new NAT mapping.
+        lab.tick(4);
+        let r1 = req(lab.now, asks, OUTER_VIP, COA2, 600, 0);
+        let bytes = nai_signed(&r1, "mn1@example.net", &udp);
+        assert_eq!(lab.e.handle(lab.now, nat2, dst, &bytes), Handled::Proposed);
+        let (id1, c1) = lab.e.poll_proposal().expect("A proposes");
+        assert!(
+            matches!(
+                c1,
+                Command::Register { validated_against: Some(v), .. }
+                    if v == r0.identification.0
+            ),
+            "{c1:?}"
+        );
+        // Lost with the leader (`Replicator::poll_lost`).
+        lab.now += Duration::from_millis(300);
+        lab.e.proposal_failed(id1);
+        // The retransmission, through B once the dispatcher moved the flow.
+        lab.now += Duration::from_millis(700);
+        let r2 = req(lab.now, asks, OUTER_VIP, COA2, 600, 0);
+        let bytes = nai_signed(&r2, "mn1@example.net", &udp);
+        assert_eq!(b.handle(lab.now, nat2, dst, &bytes), Handled::Proposed);
+        let (id2, c2) = b.poll_proposal().expect("B proposes");
+        // The log: the lost entry first, then the retransmission.
+        commit(&mut lab, true, &mut b, id1, c1);
+        assert!(
+            lab.e.poll_transmit().is_none(),
+            "the lost id is never answered"
+        );
+        assert!(b.poll_transmit().is_none());
+        commit(&mut lab, false, &mut b, id2, c2);
+        let t = b.poll_transmit().expect("B answers the retransmission");
+        assert_eq!(code(&t), 0, "asking for {asks}");
+        assert_eq!(t.dst, nat2);
+        assert_eq!(parsed(&t).fixed.home_address, POOL_FIRST);
+        assert_eq!(parsed(&t).fixed.identification, r2.identification);
+        assert!(udp_reply(&t).is_some());
+        let e = lab.table().get(OUTER, POOL_FIRST).expect("bound");
+        assert_eq!(e.care_of[0].coa, COA2);
+        assert_eq!(e.care_of[0].encap, Encap::Udp { nat: nat2 });
+        assert_eq!(e.last_identification, r2.identification.0);
+        assert_eq!(lab.table().len(), 1, "no second address allocated");
+        assert_eq!(lab.e.stats().in_flight, 0);
+        assert_eq!(b.stats().in_flight, 0);
+        // Nobody keeps the MN busy: its next request is proposed on A.
+        lab.tick(1);
+        let r3 = req(lab.now, asks, OUTER_VIP, COA2, 600, 0);
+        let t = lab.one(nat2, OUTER_VIP, &nai_signed(&r3, "mn1@example.net", &udp));
+        assert_eq!(code(&t), 0);
+    }
+}
