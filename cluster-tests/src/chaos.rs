@@ -227,13 +227,13 @@ impl fmt::Display for DataGap {
 /// arrival within `floor × 3` before `from`.
 pub fn data_gap(snap: &CnSnapshot, floor: Duration, from: Instant, to: Instant) -> DataGap {
     let recent = from.checked_sub(floor * 3).unwrap_or(from);
-    let flows: Vec<Ipv4Addr> = snap
+    let flows: Vec<u32> = snap
         .flows
         .iter()
         .filter(|f| f.last >= recent)
-        .map(|f| f.source)
+        .map(|f| f.id)
         .collect();
-    let mut worst: HashMap<Ipv4Addr, Duration> = HashMap::new();
+    let mut worst: HashMap<u32, Duration> = HashMap::new();
     for g in &snap.gaps {
         let end = g.from + g.len;
         if g.from <= to && end >= from && flows.contains(&g.flow) {
@@ -244,7 +244,7 @@ pub fn data_gap(snap: &CnSnapshot, floor: Duration, from: Instant, to: Instant) 
     let stalled = snap
         .flows
         .iter()
-        .filter(|f| flows.contains(&f.source) && f.last < from)
+        .filter(|f| flows.contains(&f.id) && f.last < from)
         .count();
     DataGap {
         flows: flows.len(),
@@ -1070,7 +1070,7 @@ impl<B: Bed> Chaos<B> {
             .collect();
         // Data resumed: every flow that was sending before the event has an
         // arrival after its cluster's heal conditions held.
-        let watched: Vec<Vec<Ipv4Addr>> = (0..n)
+        let watched: Vec<Vec<u32>> = (0..n)
             .map(|k| {
                 let recent = t_event.checked_sub(floors[k] * 3).unwrap_or(t_event);
                 self.bed
@@ -1080,7 +1080,7 @@ impl<B: Bed> Chaos<B> {
                             .flows
                             .iter()
                             .filter(|f| f.last >= recent)
-                            .map(|f| f.source)
+                            .map(|f| f.id)
                             .collect()
                     })
                     .unwrap_or_default()
@@ -1099,7 +1099,7 @@ impl<B: Bed> Chaos<B> {
                     let snap = c.snapshot();
                     return watched[k]
                         .iter()
-                        .all(|w| snap.flows.iter().any(|f| f.source == *w && f.last > mark));
+                        .all(|w| snap.flows.iter().any(|f| f.id == *w && f.last > mark));
                 }
                 let heal = Heal {
                     expected: expected[k],
@@ -1133,14 +1133,17 @@ impl<B: Bed> Chaos<B> {
                                 .correspondent(k)
                                 .map(Correspondent::snapshot)
                                 .unwrap_or_default();
-                            let silent: Vec<&Ipv4Addr> = watched[k]
+                            let silent: Vec<&u32> = watched[k]
                                 .iter()
                                 .filter(|w| {
-                                    !snap.flows.iter().any(|f| f.source == **w && f.last > mark)
+                                    !snap.flows.iter().any(|f| f.id == **w && f.last > mark)
                                 })
                                 .collect();
                             if !silent.is_empty() {
-                                why.push(format!("{}: streams not resumed {silent:?}", names[k]));
+                                why.push(format!(
+                                    "{}: streams not resumed (mobile-node data ids) {silent:?}",
+                                    names[k]
+                                ));
                             }
                         }
                     }
@@ -1508,26 +1511,26 @@ mod tests {
         use crate::rack::{ArrivalGap, CnFlow};
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
-        let (f1, f2, f3) = (
-            Ipv4Addr::new(198, 18, 16, 1),
-            Ipv4Addr::new(198, 18, 16, 2),
-            Ipv4Addr::new(198, 18, 16, 3),
-        );
+        let (f1, f2, f3) = (1u32, 2, 3);
+        let source = Ipv4Addr::new(198, 18, 16, 1);
         let snap = CnSnapshot {
             flows: vec![
                 CnFlow {
-                    source: f1,
+                    id: f1,
+                    source,
                     received: 10,
                     last: at(3000),
                 },
                 CnFlow {
-                    source: f2,
+                    id: f2,
+                    source,
                     received: 10,
                     last: at(3000),
                 },
                 // Stopped long before the fault: not watched.
                 CnFlow {
-                    source: f3,
+                    id: f3,
+                    source,
                     received: 1,
                     last: at(10),
                 },

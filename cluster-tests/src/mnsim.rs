@@ -70,6 +70,12 @@ pub struct DataConfig {
     pub rate: f64,
     /// Inner UDP payload size (at least [`DATA_HEADER_LEN`]).
     pub payload_len: usize,
+    /// The id of mobile node 0 in the payloads (mobile node *i* sends
+    /// `first_id + i`): fleets sharing a correspondent use disjoint ranges,
+    /// so it tells their flows apart by mobile node, not by home address
+    /// (an NAI mobile node whose binding lapsed may come back from another
+    /// pool address, RFC 2794).
+    pub first_id: u32,
 }
 
 /// A simulation run's configuration.
@@ -874,7 +880,8 @@ impl Sim<'_> {
                 let seq = m.data_seq;
                 m.data_seq += 1;
                 let hoa = m.core.home_address();
-                let payload = data_payload(i as u32, seq, now, d.payload_len);
+                let id = d.first_id.wrapping_add(i as u32);
+                let payload = data_payload(id, seq, now, d.payload_len);
                 // [RFC 3519 § 3.3]: tunnel data header, next header 4, then
                 // the inner IPv4/UDP packet from the home address.
                 let mut msg = vec![0u8; udptun::HEADER_LEN + ip::ipv4_udp_len(payload.len())];
@@ -1313,6 +1320,7 @@ mod tests {
             correspondent: ha,
             rate: 10.0,
             payload_len: 64,
+            first_id: 0,
         });
         assert!(c.validate().is_err(), "data without UDP tunnelling");
         c.udp_tunnel = true;

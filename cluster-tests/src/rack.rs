@@ -920,6 +920,9 @@ impl Fleets {
                         correspondent: cn,
                         rate: data_rate,
                         payload_len: 64,
+                        // Disjoint per fleet: the correspondent keys flows
+                        // by it ([`CnFlow::id`]).
+                        first_id: ((k * 2 + j) as u32) << 20,
                     });
                 }
                 let timeline = opts
@@ -2194,8 +2197,8 @@ impl Monitor {
 /// `from` and `from + len` (recorded when the next packet arrives).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ArrivalGap {
-    /// The flow: the mobile node's home address (the inner source).
-    pub flow: Ipv4Addr,
+    /// The flow: the mobile node's id in its data payloads ([`CnFlow::id`]).
+    pub flow: u32,
     /// The arrival before the gap.
     pub from: Instant,
     /// Until the arrival after it.
@@ -2205,7 +2208,10 @@ pub struct ArrivalGap {
 /// One flow at the correspondent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CnFlow {
-    /// The home address it comes from.
+    /// The mobile node's id in its data payloads
+    /// ([`crate::mnsim::DataConfig::first_id`]).
+    pub id: u32,
+    /// The home address it came from last.
     pub source: Ipv4Addr,
     /// Data packets received.
     pub received: u64,
@@ -2230,7 +2236,8 @@ pub struct CnSnapshot {
 
 #[derive(Debug, Default)]
 struct CnState {
-    flows: BTreeMap<Ipv4Addr, (u64, Instant)>,
+    /// By the payload's mobile-node id: (last source, received, last).
+    flows: BTreeMap<u32, (Ipv4Addr, u64, Instant)>,
     gaps: Vec<ArrivalGap>,
     received: u64,
     echoed: u64,
@@ -2284,18 +2291,20 @@ impl Correspondent {
                         };
                         let now = Instant::now();
                         let payload = buf.get(..n).unwrap_or_default();
-                        let data = parse_data_payload(payload).is_some();
+                        let id = parse_data_payload(payload).map(|(mn, _, _)| mn);
                         {
                             let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
-                            if !data {
+                            let Some(flow) = id else {
                                 st.foreign += 1;
                                 continue;
-                            }
+                            };
                             st.received += 1;
-                            let flow = *src.ip();
-                            let prev = st.flows.insert(flow, (0, now));
-                            let (count, last) = prev.unwrap_or((0, now));
-                            st.flows.insert(flow, (count + 1, now));
+                            // A flow is a mobile node, not a home address: an
+                            // NAI mobile node whose binding lapsed may come
+                            // back from another pool address (RFC 2794).
+                            let prev = st.flows.insert(flow, (*src.ip(), 0, now));
+                            let (_, count, last) = prev.unwrap_or((*src.ip(), 0, now));
+                            st.flows.insert(flow, (*src.ip(), count + 1, now));
                             let len = now.saturating_duration_since(last);
                             if prev.is_some() && len > gap_floor && st.gaps.len() < MAX_GAPS {
                                 st.gaps.push(ArrivalGap {
@@ -2334,7 +2343,8 @@ impl Correspondent {
             flows: st
                 .flows
                 .iter()
-                .map(|(source, (received, last))| CnFlow {
+                .map(|(id, (source, received, last))| CnFlow {
+                    id: *id,
                     source: *source,
                     received: *received,
                     last: *last,

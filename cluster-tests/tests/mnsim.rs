@@ -436,6 +436,7 @@ fn nai_pool_udp_tunnel_keepalives_and_data() {
         correspondent: cn,
         rate: 20.0,
         payload_len: 100,
+        first_id: 0,
     });
     c.duration = Some(Duration::from_millis(2500));
     c.pcap = Some(dir.path().join("tunnel.pcap"));

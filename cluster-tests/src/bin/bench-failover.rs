@@ -432,6 +432,7 @@ fn main() -> anyhow::Result<()> {
         correspondent: SocketAddrV4::new(CN, SINK_PORT),
         rate: args.data_rate,
         payload_len: 64,
+        first_id: 0,
     });
     let (reg_t0, reg_h) = fleet(mn_ns.clone(), reg_cfg, stop.clone());
     let (data_t0, data_h) = fleet(mn_ns, data_cfg, stop.clone());

@@ -197,6 +197,7 @@ fn config(a: &Args) -> Result<SimConfig, String> {
         correspondent,
         rate: a.data_rate,
         payload_len: a.data_size,
+        first_id: 0,
     });
     c.timeline = a.timeline.clone();
     c.pcap = a.pcap.clone();
