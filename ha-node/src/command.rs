@@ -411,8 +411,49 @@ impl<'a> R<'a> {
     }
 }
 
+/// What a Register or Deregister says about the mobile node it comes from:
+/// the fields [`StateMachine`]'s stale check reads.
+#[derive(Debug, Clone, Copy)]
+struct Registration<'a> {
+    realm: RealmId,
+    home_address: Ipv4Addr,
+    nai: Option<&'a Nai>,
+    identification: u64,
+    validated_against: Option<u64>,
+}
+
 impl Command {
-    /// The canonical version-1 bytes.
+    /// The mobile node's fields of a Register or Deregister; `None` for the
+    /// other commands.
+    fn registration(&self) -> Option<Registration<'_>> {
+        match self {
+            Command::Register {
+                realm,
+                home_address,
+                nai,
+                identification,
+                validated_against,
+                ..
+            }
+            | Command::Deregister {
+                realm,
+                home_address,
+                nai,
+                identification,
+                validated_against,
+                ..
+            } => Some(Registration {
+                realm: *realm,
+                home_address: *home_address,
+                nai: nai.as_ref(),
+                identification: *identification,
+                validated_against: *validated_against,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The canonical bytes ([`ENCODING_VERSION`], module docs).
     pub fn encode(&self) -> Vec<u8> {
         let mut w = W(Vec::with_capacity(64));
         w.u8(ENCODING_VERSION);
@@ -671,6 +712,17 @@ impl StateMachine {
     /// depend only on the previous state and `cmd`.
     pub fn apply(&mut self, cmd: &Command) -> ApplyResult {
         self.applied += 1;
+        if let Some(r) = cmd.registration()
+            && self.stale(
+                r.realm,
+                r.home_address,
+                r.nai,
+                r.identification,
+                r.validated_against,
+            )
+        {
+            return ApplyResult::Refused(Refusal::Stale);
+        }
         match cmd {
             Command::Register {
                 realm,
@@ -678,19 +730,10 @@ impl StateMachine {
                 nai,
                 care_of,
                 identification,
-                validated_against,
                 simultaneous,
-            } => {
-                if self.stale(
-                    *realm,
-                    *home_address,
-                    nai.as_ref(),
-                    *identification,
-                    *validated_against,
-                ) {
-                    return ApplyResult::Refused(Refusal::Stale);
-                }
-                self.register(
+                ..
+            } => self
+                .register(
                     *realm,
                     *home_address,
                     nai.as_ref(),
@@ -698,33 +741,21 @@ impl StateMachine {
                     *identification,
                     *simultaneous,
                 )
-                .unwrap_or_else(ApplyResult::Refused)
-            }
+                .unwrap_or_else(ApplyResult::Refused),
             Command::Deregister {
                 realm,
                 home_address,
                 nai,
                 care_of,
                 identification,
-                validated_against,
-            } => {
-                if self.stale(
-                    *realm,
-                    *home_address,
-                    nai.as_ref(),
-                    *identification,
-                    *validated_against,
-                ) {
-                    return ApplyResult::Refused(Refusal::Stale);
-                }
-                self.deregister(
-                    *realm,
-                    *home_address,
-                    nai.as_ref(),
-                    *care_of,
-                    *identification,
-                )
-            }
+                ..
+            } => self.deregister(
+                *realm,
+                *home_address,
+                nai.as_ref(),
+                *care_of,
+                *identification,
+            ),
             Command::Expire {
                 realm,
                 home_address,
