@@ -1918,6 +1918,22 @@ enum Pending {
         since: Instant,
         accepted_before: f64,
     },
+    /// After a dispatcher restart: every realm's VIP is back with `host`
+    /// alone (the preferred dispatcher preempts, RFC 5798 § 6.4.2), and
+    /// the restarted dispatcher answers.
+    VipBack { since: Instant, host: String },
+}
+
+impl Pending {
+    /// What is awaited, for an operator's line.
+    fn what(&self) -> String {
+        match self {
+            Self::HealAfterKill { .. } => "the node kill's heal".into(),
+            Self::CatchUp { nodes, .. } => format!("restarted nodes catching up ({nodes:?})"),
+            Self::Takeover { .. } => "the dispatcher takeover".into(),
+            Self::VipBack { host, .. } => format!("the VIPs back on {host}"),
+        }
+    }
 }
 
 /// Turns samples into events and rates.
@@ -1996,6 +2012,26 @@ impl Monitor {
             since: Instant::now(),
             accepted_before: self.accepted_total,
         });
+    }
+
+    /// Dispatchers were restarted; `preferred` (the higher VRRP priority,
+    /// [`Cluster::vip_preferred`]) is expected to take every VIP back.
+    pub fn dispatchers_restarted(&mut self, preferred: Option<String>) {
+        if let Some(host) = preferred {
+            self.pending.push(Pending::VipBack {
+                since: Instant::now(),
+                host,
+            });
+        }
+    }
+
+    /// What the monitor still waits to see (empty once settled).
+    pub fn awaiting(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.pending.iter().map(Pending::what).collect();
+        if !self.registered {
+            out.push("every mobile node registered".into());
+        }
+        out
     }
 
     /// Whether every mobile node has been seen registered (on every node).
@@ -2172,6 +2208,23 @@ impl Monitor {
                             self.expected,
                             live.len(),
                             s.nodes.len(),
+                            since.elapsed().as_secs_f64()
+                        )
+                    })
+                }
+                Pending::VipBack { since, host } => {
+                    let mut realms: Vec<&str> =
+                        s.dispatchers.iter().map(|d| d.realm.as_str()).collect();
+                    realms.dedup();
+                    let back = realms.iter().all(|r| s.vip_owners(r) == [host.as_str()]);
+                    let answering = s
+                        .dispatchers
+                        .iter()
+                        .filter(|d| d.host == *host)
+                        .all(|d| d.up);
+                    (back && answering).then(|| {
+                        format!(
+                            "event healed vip back on {host} after {:.1}s",
                             since.elapsed().as_secs_f64()
                         )
                     })

@@ -67,8 +67,10 @@ struct Cli {
     /// re-registrations and moves are spread the same way.
     #[arg(long, default_value_t = 4.0)]
     start_over: f64,
-    /// Stop after this many seconds (counted from the fleets' start).
-    /// Default: until `q` or Ctrl-C on a terminal, 30 s otherwise.
+    /// Stop after this many seconds (counted from the fleets' start), or
+    /// up to 30 s later while a fault's heal is still awaited (`event
+    /// overtime …`). Default: until `q` or Ctrl-C on a terminal, 30 s
+    /// otherwise.
     #[arg(long, alias = "seconds")]
     duration: Option<f64>,
     /// SIGKILL the raft leader this many seconds in (and once every mobile
@@ -216,6 +218,48 @@ impl Out {
     }
 }
 
+/// How long a bounded run goes on past `--duration` while a fault's heal
+/// is still awaited: a scheduled fault near the end is judged on its heal,
+/// not cut off by the clock (a loaded machine restarts processes slowly).
+const OVERTIME: Duration = Duration::from_secs(30);
+
+/// The end of a bounded run: at `--duration` if every monitor is settled,
+/// else when they are or [`OVERTIME`] later.
+#[derive(Debug, Default)]
+struct Overtime {
+    announced: bool,
+}
+
+impl Overtime {
+    fn over(
+        &mut self,
+        duration: Option<Duration>,
+        t: Duration,
+        monitors: &[&Monitor],
+        out: &mut Out,
+    ) -> bool {
+        let Some(d) = duration.filter(|d| t >= *d) else {
+            return false;
+        };
+        let awaiting: Vec<String> = monitors.iter().flat_map(|m| m.awaiting()).collect();
+        if awaiting.is_empty() || t >= d + OVERTIME {
+            if !awaiting.is_empty() {
+                out.event(format!(
+                    "event overtime ended after {:.0}s still awaiting: {}",
+                    OVERTIME.as_secs_f64(),
+                    awaiting.join("; ")
+                ));
+            }
+            return true;
+        }
+        if !self.announced {
+            self.announced = true;
+            out.event(format!("event overtime awaiting: {}", awaiting.join("; ")));
+        }
+        false
+    }
+}
+
 fn run(cli: &Cli) -> anyhow::Result<()> {
     let stdin_tty = std::io::stdin().is_terminal();
     let plain = cli.plain || !std::io::stdout().is_terminal();
@@ -316,9 +360,10 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     let mut next_tick = Instant::now();
     let mut quit = false;
     let mut flowing = false;
+    let mut overtime = Overtime::default();
     while !quit && !STOP.load(Ordering::SeqCst) {
         let t = out.t0.elapsed();
-        if duration.is_some_and(|d| t >= d) {
+        if overtime.over(duration, t, &[&monitor], &mut out) {
             break;
         }
         // Keys and scheduled actions, between samples.
@@ -399,12 +444,16 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                         .filter(|n| n.killed)
                         .map(|n| n.id)
                         .collect();
+                    let dispatchers = rack.cluster.dispatchers.iter().any(|d| d.killed);
                     if !rack.anything_killed() {
                         out.event("event nothing to restart");
                     } else {
                         match rack.restart_killed() {
                             Ok(names) => {
                                 out.event(format!("event restarted {}", names.join(",")));
+                                if dispatchers {
+                                    monitor.dispatchers_restarted(rack.vip_preferred());
+                                }
                                 if !nodes.is_empty() {
                                     if let Some(e) = monitor.nodes_restarted(nodes) {
                                         out.event(e);
@@ -565,9 +614,11 @@ fn run_site(cli: &Cli, opts: RackOptions, duration: Option<Duration>) -> anyhow:
     let mut restart_at = secs(cli.restart_after)?;
     let mut last: Vec<Sample> = Vec::new();
     let mut next_tick = Instant::now();
+    let mut overtime = Overtime::default();
     while !STOP.load(Ordering::SeqCst) {
         let t = out.t0.elapsed();
-        if duration.is_some_and(|d| t >= d) {
+        let watched: Vec<&Monitor> = monitors.iter().collect();
+        if overtime.over(duration, t, &watched, &mut out) {
             break;
         }
         let wait = next_tick.saturating_duration_since(Instant::now());
@@ -607,6 +658,9 @@ fn run_site(cli: &Cli, opts: RackOptions, duration: Option<Duration>) -> anyhow:
                         c.nodes.iter().filter(|n| n.killed).map(|n| n.id).collect();
                     if !nodes.is_empty() {
                         let _ = m.nodes_restarted(nodes);
+                    }
+                    if c.dispatchers.iter().any(|d| d.killed) {
+                        m.dispatchers_restarted(c.vip_preferred());
                     }
                     Some(
                         c.restart_killed()
