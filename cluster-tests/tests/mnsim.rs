@@ -451,13 +451,13 @@ fn nai_pool_udp_tunnel_keepalives_and_data() {
     allocated.dedup();
     assert_eq!(allocated.len(), 20);
     assert!(allocated.iter().all(|a| u32::from(*a) > u32::from(POOL)));
-    // Let the last forwarded packets land, then read the sink.
+    // Wait (bounded) until every data packet sent was forwarded, then read
+    // the sink: each forwarded packet's inner source was recorded with it.
     let deadline = Instant::now() + Duration::from_secs(5);
     while ha.log.lock().unwrap().data_forwarded < s.data_sent as usize && Instant::now() < deadline
     {
         std::thread::sleep(Duration::from_millis(10));
     }
-    std::thread::sleep(Duration::from_millis(50));
     let inner: Vec<Ipv4Addr> = ha
         .log
         .lock()

@@ -67,7 +67,10 @@ fn rack(args: &[&str], bound: Duration) -> (String, bool) {
             unsafe {
                 libc::kill(child.id() as i32, libc::SIGTERM);
             }
-            std::thread::sleep(Duration::from_secs(3));
+            let grace = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < grace && child.try_wait().ok().flatten().is_none() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
             let _ = child.kill();
             let _ = child.wait();
             break None;
