@@ -182,13 +182,21 @@ pub fn registration_gap(
     }
 }
 
-/// The timeline time of each mobile node's last acceptance (`count` mobile
-/// nodes).
+/// For each of `count` mobile nodes, when the registration cycle of its
+/// last acceptance started (timeline seconds): the acceptance's time less
+/// its latency from the cycle's first transmission.
+///
+/// That, not the reply's arrival, is where the lifetime safely counts from:
+/// the home agent starts a binding's lifetime when it accepts the request
+/// [RFC 5944 § 3.8.3.1], which lies between the first transmission and the
+/// reply, and under load or across a fault the reply can come hundreds of
+/// ms after the acceptance. Counting from the reply made a binding the
+/// home agent had rightly expired look lost.
 pub fn last_accepts(lines: &[TimelineLine], count: usize) -> Vec<Option<f64>> {
     let mut out = vec![None; count];
     for l in lines.iter().filter(|l| l.event == "accepted") {
         if let Some(slot) = out.get_mut(l.mn) {
-            *slot = Some(l.t);
+            *slot = Some(l.t - l.latency_ms.unwrap_or(0.0).max(0.0) / 1000.0);
         }
     }
     out
@@ -319,9 +327,10 @@ pub struct Acked {
     /// The care-of address the mobile node used last (a later move whose
     /// reply it may not have seen yet).
     pub later_care_of: Ipv4Addr,
-    /// Unix time when its lifetime runs out, from the timeline's last
-    /// acceptance (a little early: the timeline's clock starts a few ms
-    /// after [`FleetRun::started`]); `None` without a timeline.
+    /// Unix time when its lifetime runs out at the earliest, counted from
+    /// the start of the last accepted registration cycle ([`last_accepts`];
+    /// a little early too: the timeline's clock starts a few ms after
+    /// [`FleetRun::started`]); `None` without a timeline.
     pub expires: Option<Duration>,
 }
 
@@ -1471,8 +1480,11 @@ mod tests {
         let g = registration_gap(&lines, 2.0, 3.0, 400.0);
         assert_eq!((g.cycles, g.retried, g.gave_up), (2, 1, 1));
         assert_eq!(g.max_ms, 700.0);
-        assert_eq!(last_accepts(&lines, 5)[1], Some(2.2));
-        assert_eq!(last_accepts(&lines, 5)[4], None);
+        // The cycle accepted at 2.2 s started at 1.5 s: its lifetime counts
+        // from there at the earliest.
+        let starts = last_accepts(&lines, 5);
+        assert!(starts[1].is_some_and(|t| (t - 1.5).abs() < 1e-9), "{starts:?}");
+        assert_eq!(starts[4], None);
     }
 
     #[test]
