@@ -20,7 +20,13 @@
 //!   again (the binding then carries the identification). Entries exist only
 //!   for MNs that once registered with a valid authenticator, i.e. for
 //!   configured security associations, so the memory is bounded by the
-//!   subscriber count; each entry costs a key and 8 bytes.
+//!   subscriber count; each entry costs a key and a 16-byte [`Remembered`]
+//!   value (no eviction: forgetting would re-open a replay).
+//!
+//!   For a NAI the value also keeps the home address the binding had, so the
+//!   state machine can give a lapsed MN that asks with HoA 0.0.0.0 its old
+//!   address back while it is still free ([`BindingTable::last_home_address`];
+//!   docs/decisions.md, "NAI address affinity").
 //!
 //! [`ExpirySchedule`] orders care-of addresses by expiry time; it is
 //! writer-side state owned by the state machine, which the engine reads
@@ -233,6 +239,20 @@ impl Identity {
     }
 }
 
+/// What the replay memory keeps for a mobile node whose binding is gone.
+///
+/// 16 bytes (it was the bare `u64`): the map slot of a replay entry grows
+/// from 32 to 40 bytes, for every lapsed MN, none for a live binding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Remembered {
+    /// The last accepted Identification [RFC 5944 § 5.7].
+    pub identification: u64,
+    /// For a NAI: the home address its last binding had (never 0.0.0.0);
+    /// `None` for an MN known by its home address (the key says it), and
+    /// for a NAI whose only accepted request bound nothing.
+    pub home_address: Option<Ipv4Addr>,
+}
+
 /// The shared binding table (read side public, write side crate-private).
 #[derive(Debug, Default)]
 pub struct BindingTable {
@@ -247,7 +267,7 @@ pub struct BindingTable {
     /// Tests: every NAI hashes alike, to exercise the overflow map.
     #[cfg(test)]
     force_collisions: bool,
-    replay: DashMap<(RealmId, Identity), u64>,
+    replay: DashMap<(RealmId, Identity), Remembered>,
 }
 
 impl BindingTable {
@@ -357,7 +377,20 @@ impl BindingTable {
         if let Some(id) = hoa.and_then(|a| self.with(realm, a, |e| e.last_identification)) {
             return Some(id);
         }
-        self.replay.get(&(realm, identity)).map(|e| *e.value())
+        self.replay
+            .get(&(realm, identity))
+            .map(|e| e.value().identification)
+    }
+
+    /// The home address `nai`'s last binding had, once that binding is gone
+    /// (expired, deregistered, removed) and the NAI holds none: the address
+    /// the state machine offers it first when it asks again with HoA
+    /// 0.0.0.0 (address affinity). `None` while the NAI is bound (its
+    /// binding says where) or when nothing is remembered.
+    pub fn last_home_address(&self, realm: RealmId, nai: &Nai) -> Option<Ipv4Addr> {
+        self.replay
+            .get(&(realm, Identity::Nai(nai.clone())))
+            .and_then(|e| e.value().home_address)
     }
 
     /// The last accepted Identification of the mobile node a request names
@@ -431,7 +464,7 @@ impl BindingTable {
     }
 
     /// The replay memory, sorted (snapshots).
-    pub(crate) fn sorted_replay(&self) -> Vec<((RealmId, Identity), u64)> {
+    pub(crate) fn sorted_replay(&self) -> Vec<((RealmId, Identity), Remembered)> {
         let mut v: Vec<_> = self
             .replay
             .iter()
@@ -461,21 +494,41 @@ impl BindingTable {
         }
     }
 
-    /// Removes a binding and remembers its last identification.
+    /// Removes a binding and remembers its last identification and, for a
+    /// NAI, its home address.
     pub(crate) fn remove(&self, realm: RealmId, home_address: Ipv4Addr) -> Option<BindingEntry> {
         let (_, old) = self.bindings.remove(&(realm, home_address))?;
         self.drop_index(realm, home_address, old.nai.as_ref());
-        self.remember(
-            realm,
-            Identity::of(home_address, old.nai.as_ref()),
-            old.last_identification,
+        let remembered = Remembered {
+            identification: old.last_identification,
+            home_address: old
+                .nai
+                .as_ref()
+                .and(Some(home_address))
+                .filter(|a| !a.is_unspecified()),
+        };
+        self.replay.insert(
+            (realm, Identity::of(home_address, old.nai.as_ref())),
+            remembered,
         );
         Some(old)
     }
 
-    /// Records an identification in the replay memory.
+    /// Records an identification in the replay memory, keeping the home
+    /// address remembered for the MN, if any.
     pub(crate) fn remember(&self, realm: RealmId, who: Identity, identification: u64) {
-        self.replay.insert((realm, who), identification);
+        self.replay
+            .entry((realm, who))
+            .and_modify(|r| r.identification = identification)
+            .or_insert(Remembered {
+                identification,
+                home_address: None,
+            });
+    }
+
+    /// Puts a replay-memory entry back as it was (snapshot restore).
+    pub(crate) fn restore_remembered(&self, realm: RealmId, who: Identity, r: Remembered) {
+        self.replay.insert((realm, who), r);
     }
 
     fn drop_index(&self, realm: RealmId, home_address: Ipv4Addr, nai: Option<&Nai>) {
@@ -650,6 +703,53 @@ mod tests {
             t.last_identification(R, MnId::HomeAddress(hoa(8))),
             Some(50)
         );
+    }
+
+    #[test]
+    fn replay_memory_keeps_a_nai_s_last_home_address() {
+        let t = BindingTable::new();
+        let nai = Nai::new("mn@example.net").expect("valid");
+        t.put(R, hoa(7), entry(Some("mn@example.net"), coa(1, 1000), 42));
+        assert_eq!(t.last_home_address(R, &nai), None, "bound: not remembered");
+        t.remove(R, hoa(7));
+        assert_eq!(t.last_home_address(R, &nai), Some(hoa(7)));
+        assert_eq!(t.last_home_address(RealmId(1), &nai), None);
+        // A later identification (a deregistration with nothing bound)
+        // keeps the address.
+        t.remember(R, Identity::Nai(nai.clone()), 43);
+        assert_eq!(t.last_home_address(R, &nai), Some(hoa(7)));
+        assert_eq!(t.last_identification(R, MnId::Nai(&nai)), Some(43));
+        // Fixed home addresses: the key is the address, nothing more kept.
+        t.put(R, hoa(8), entry(None, coa(2, 1000), 1));
+        t.remove(R, hoa(8));
+        assert_eq!(
+            t.sorted_replay(),
+            vec![
+                (
+                    (R, Identity::HomeAddress(hoa(8))),
+                    Remembered {
+                        identification: 1,
+                        home_address: None
+                    }
+                ),
+                (
+                    (R, Identity::Nai(nai.clone())),
+                    Remembered {
+                        identification: 43,
+                        home_address: Some(hoa(7))
+                    }
+                ),
+            ]
+        );
+        // Bound again: the binding carries both.
+        t.put(R, hoa(9), entry(Some("mn@example.net"), coa(1, 1000), 44));
+        assert_eq!(t.last_home_address(R, &nai), None);
+        assert_eq!(t.sorted_replay().len(), 1);
+        // A NAI never bound: the identification alone.
+        let other = Nai::new("other@example.net").expect("valid");
+        t.remember(R, Identity::Nai(other.clone()), 5);
+        assert_eq!(t.last_home_address(R, &other), None);
+        assert_eq!(size_of::<Remembered>(), 16);
     }
 
     #[test]

@@ -9,7 +9,11 @@
 //! The pool does not know who holds an address. Idempotence for a NAI that
 //! already holds one lives in the [`StateMachine`](crate::command::StateMachine),
 //! which looks the NAI up in the binding table's NAI index before it asks
-//! the pool; that avoids a second copy of every NAI here. The bitmap is
+//! the pool; that avoids a second copy of every NAI here. So does address
+//! affinity: for a NAI whose binding lapsed, the state machine first tries
+//! to [`reserve`](AddressPool::reserve) the address the replay memory
+//! remembers for it, and asks for the lowest free one only when that fails
+//! (docs/decisions.md, "NAI address affinity"). The bitmap is
 //! therefore derived state: a snapshot need not carry it, it is rebuilt from
 //! the bindings.
 

@@ -6,7 +6,9 @@
 //! machine holds (binding table, NAI index, expiry schedule, pools), then
 //! what an engine on that table adds (its expiry bookkeeping); RSS growth
 //! from `/proc/self/statm` is printed beside it (it includes the
-//! allocator's own overhead and fragmentation).
+//! allocator's own overhead and fragmentation). A second test measures what
+//! the replay memory keeps per lapsed NAI mobile node (its Identification
+//! and its last home address, for address affinity).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -119,6 +121,77 @@ fn measure(label: &str, with_nai: bool) -> (f64, f64) {
     drop(engine);
     drop(sm);
     (heap, engine_heap)
+}
+
+/// Heap bytes per lapsed NAI mobile node: what the replay memory keeps for
+/// an MN whose binding expired (its last Identification and, for address
+/// affinity, its last home address; docs/decisions.md, "NAI address
+/// affinity"). Measured on a replica restored from a snapshot taken after
+/// every binding expired, so the emptied binding map's capacity is not in
+/// the figure.
+fn measure_lapsed() -> f64 {
+    let base = u32::from(Ipv4Addr::new(198, 18, 0, 0));
+    let realms = || {
+        (0..REALMS)
+            .map(|_| RealmParams {
+                pool: Some((Ipv4Addr::from(base), Ipv4Addr::from(base + PER_REALM - 1))),
+                max_bindings: 1,
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut sm = StateMachine::new(realms());
+    let care_of = |n: u32| CareOf {
+        coa: Ipv4Addr::new(203, 0, 113, (n % 250) as u8 + 1),
+        registered_at: Duration::from_secs(1_800_000_000 + u64::from(n % 1800)),
+        lifetime: 1800,
+        encap: Encap::IpInIp,
+        reverse_tunnel: false,
+    };
+    for i in 0..N {
+        let realm = RealmId((i / PER_REALM) as u16);
+        let n = i % PER_REALM;
+        let r = sm.apply(&Command::Register {
+            realm,
+            home_address: Ipv4Addr::UNSPECIFIED,
+            nai: Nai::new(&format!("mn{n:07}@example.net")),
+            care_of: care_of(n),
+            identification: u64::from(n),
+            validated_against: None,
+            simultaneous: false,
+        });
+        let ApplyResult::Registered { home_address, .. } = r else {
+            panic!("{r:?}");
+        };
+        let c = care_of(n);
+        let r = sm.apply(&Command::Expire {
+            realm,
+            home_address,
+            coa: c.coa,
+            expires_at: c.expires_at(),
+        });
+        assert_eq!(r, ApplyResult::Expired { removed: true });
+    }
+    assert!(sm.table().is_empty());
+    let snap = sm.snapshot();
+    drop(sm);
+    let mut restored = StateMachine::new(realms());
+    let heap0 = LIVE.load(Ordering::Relaxed);
+    restored.restore(&snap).expect("own snapshot");
+    let heap = (LIVE.load(Ordering::Relaxed) - heap0) as f64 / f64::from(N);
+    println!(
+        "lapsed NAI MN (22 B): {heap:.1} heap bytes of replay memory each (N = {N}, snapshot {} B)",
+        snap.len()
+    );
+    heap
+}
+
+#[test]
+#[ignore = "allocates 1 M bindings; run with --ignored --nocapture"]
+fn bytes_per_lapsed_nai_mobile_node() {
+    let lapsed = measure_lapsed();
+    // Far below a live binding (DESIGN.md § 9's 256 B): a key, the NAI and
+    // a few bytes of value.
+    assert!(lapsed <= 128.0, "lapsed: {lapsed} B/MN");
 }
 
 #[test]
