@@ -1,6 +1,6 @@
 //! The daemon around the sans-IO cores: forwarding workers, the control
-//! loop (node adverts → [`NodePool`], the [`Vrrp`] router, MAC resolution,
-//! metrics), and VIP ownership.
+//! loop (node adverts and peer-death withdrawals → [`NodePool`], the
+//! [`Vrrp`] router, MAC resolution, metrics), and VIP ownership.
 //!
 //! Threads, not tasks: the packet path is a blocking `recvmmsg` → Maglev
 //! lookup → in-place header rebuild → `sendmmsg` loop per worker, with every
@@ -55,7 +55,7 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::config::{Config, Mac, Mode, Prefix};
 use crate::frame;
-use crate::health::AdvertAuth;
+use crate::health::{AdvertAuth, WithdrawOutcome};
 use crate::maglev::MaglevTable;
 use crate::sys::{self, BATCH, RecvMeta, TxItem};
 use crate::vrrp::{Action, Vrrp, VrrpState};
@@ -708,7 +708,7 @@ struct Control {
     /// Advert parsing, authentication and replay refusal.
     auth: AdvertAuth,
     /// (source, refusal label) pairs already warned about (bounded by the
-    /// configured nodes × 3).
+    /// configured nodes × 4: three advert refusals, one for withdrawals).
     warned: HashSet<(Ipv4Addr, &'static str)>,
     address: Ipv4Addr,
     vip: Ipv4Addr,
@@ -872,16 +872,30 @@ impl Control {
                 Err(_) => return,
             };
             let now = Instant::now();
+            let bytes = buf.get(..n).unwrap_or(&[]);
+            // A peer-death withdrawal shares the listener (and the framing,
+            // key and sequence) with adverts; type 6 tells it apart
+            // (haven_proto::withdraw).
+            let withdrawal = haven_proto::withdraw::is_withdrawal(bytes);
             let Some(t) = self.shared.targets.iter().find(|t| t.addr == *from.ip()) else {
-                metrics::counter!("haven_dispatcher_adverts_total", "result" => "unknown_node")
-                    .increment(1);
+                if withdrawal {
+                    tracing::debug!(src = %from.ip(), "withdrawal from an unconfigured source");
+                    metrics::counter!("haven_dispatcher_withdrawals_total", "result" => "refused")
+                        .increment(1);
+                } else {
+                    metrics::counter!("haven_dispatcher_adverts_total", "result" => "unknown_node")
+                        .increment(1);
+                }
                 continue;
             };
             let id = t.id;
+            if withdrawal {
+                self.read_withdrawal(now, id, *from.ip(), bytes);
+                continue;
+            }
             // The node computes the checksum over the pseudo-header (its
             // address, ours) as VRRP over IP would [RFC 5798 § 5.2.8]; with
             // a key the HMAC and the sequence are checked too (health.rs).
-            let bytes = buf.get(..n).unwrap_or(&[]);
             match self.auth.check(id, *from.ip(), self.address, bytes) {
                 Ok(r) => match self.pool.on_advert(now, id, &r) {
                     Ok(()) => {
@@ -918,6 +932,50 @@ impl Control {
                 self.arp_at = now;
             }
         }
+    }
+
+    /// A withdrawal from configured node `by` at `src`: authenticated
+    /// (with a key) and replay-checked like its adverts, about another
+    /// configured node, then queued for the pool's next poll, which runs
+    /// right after this receive batch (health.rs, "Withdrawals").
+    fn read_withdrawal(&mut self, now: Instant, by: NodeId, src: Ipv4Addr, bytes: &[u8]) {
+        let w = match self.auth.check_withdrawal(by, src, self.address, bytes) {
+            Ok(w) => w,
+            Err(e) => {
+                if self.warned.insert((src, "withdrawal")) {
+                    tracing::warn!(
+                        node = %by, %src, dst = %self.address,
+                        "withdrawal dropped: {e} (same checks as its adverts); further ones \
+                         from this source are logged at debug"
+                    );
+                } else {
+                    tracing::debug!(node = %by, "withdrawal dropped: {e}");
+                }
+                metrics::counter!("haven_dispatcher_withdrawals_total", "result" => "refused")
+                    .increment(1);
+                return;
+            }
+        };
+        let Some(t) = self.shared.targets.iter().find(|t| t.addr == w.subject) else {
+            tracing::debug!(node = %by, subject = %w.subject, "withdrawal of an unconfigured address");
+            metrics::counter!("haven_dispatcher_withdrawals_total", "result" => "ignored")
+                .increment(1);
+            return;
+        };
+        // Applied now: the table is rebuilt here and published with the
+        // transition by the next `on_health`, right after this batch.
+        let result = match self.pool.on_withdrawal(now, by, t.id) {
+            Ok(WithdrawOutcome::Accepted) => "accepted",
+            Ok(WithdrawOutcome::Ignored(why)) => {
+                tracing::debug!(node = %by, subject = %t.id, "withdrawal ignored: {why:?}");
+                "ignored"
+            }
+            Err(e) => {
+                tracing::debug!(node = %by, "withdrawal refused: {e}");
+                "refused"
+            }
+        };
+        metrics::counter!("haven_dispatcher_withdrawals_total", "result" => result).increment(1);
     }
 
     fn read_vrrp(&mut self, buf: &mut [u8]) {
@@ -1220,6 +1278,11 @@ fn describe_metrics() {
         "Node health transitions, by node and new state"
     );
     describe_gauge!("haven_dispatcher_node_up", "1 while the node is Up");
+    describe_counter!(
+        "haven_dispatcher_withdrawals_total",
+        Unit::Count,
+        "Peer-death withdrawals received, by result (accepted, ignored, refused)"
+    );
     describe_gauge!(
         "haven_dispatcher_vrrp_state",
         "VRRP state: 0 Initialize, 1 Backup, 2 Master (also 2 when alone)"

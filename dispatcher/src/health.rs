@@ -36,6 +36,28 @@
 //! a node's address can neither keep a dead node in the table nor drain a
 //! live one (docs/security.md). Without a key, plain RFC 5798 adverts are
 //! accepted (a trailer, if present, is ignored).
+//!
+//! ## Withdrawals
+//! A node whose Raft stream to a peer ends and whose immediate reconnect is
+//! refused (the peer's host answers, its port is closed: the process is
+//! gone) sends a withdrawal ([`haven_proto::withdraw`]) naming that peer.
+//! [`HealthTracker::on_withdrawal`] takes an Up or Draining subject Down at
+//! once (`Reason::Withdrawn`), exactly as if its Master_Down_Interval had
+//! expired, so it needs `rise` adverts to come back. The reporter must be a
+//! configured node, matched by source address as for adverts, and with a
+//! key the withdrawal is authenticated like an advert and its sequence
+//! checked against the same per-node replay state ([`AdvertAuth`]: one
+//! rising sequence per reporter for both). A withdrawal about the reporter
+//! itself, an unknown node, or a node not Up or Draining changes nothing.
+//!
+//! Anti-flap: a withdrawal is *disproved* when the subject's next advert
+//! arrives within its Master_Down_Interval of the advert before the
+//! withdrawal (it never fell silent: the report was wrong, e.g. a firewall
+//! answering with a reset). Withdrawals about that node are then ignored
+//! until it next falls silent for its Master_Down_Interval by the
+//! dispatcher's own clock, so a wrong reporter bounces a live node at most
+//! once (`rise` adverts of its flows on survivors, which hold every
+//! binding) and the timeout still works as before (docs/dispatcher.md).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::Ipv4Addr;
@@ -43,6 +65,7 @@ use std::time::{Duration, Instant};
 
 use haven_proto::advert_auth::AuthAdvertRepr;
 use haven_proto::vrrp::{PRIORITY_STOP, VrrpPacket, VrrpRepr};
+use haven_proto::withdraw::WithdrawRepr;
 
 use crate::NodeId;
 use crate::vrrp::{centiseconds, master_down_interval};
@@ -84,6 +107,35 @@ pub enum Reason {
         /// The node's Master_Down_Interval.
         down_interval: Duration,
     },
+    /// Node `by` reported the node's process gone (module docs,
+    /// "Withdrawals").
+    Withdrawn {
+        /// The reporter.
+        by: NodeId,
+    },
+}
+
+/// What [`HealthTracker::on_withdrawal`] did with a withdrawal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WithdrawOutcome {
+    /// The subject went Down.
+    Accepted,
+    /// Nothing changed.
+    Ignored(WithdrawIgnored),
+}
+
+/// Why a withdrawal changed nothing (counted `ignored`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WithdrawIgnored {
+    /// The reporter named itself.
+    AboutSelf,
+    /// The subject is not a configured node.
+    UnknownSubject,
+    /// The subject is not Up or Draining (never heard, or Down already).
+    NotUp,
+    /// A withdrawal of the subject was disproved and it has not fallen
+    /// silent since (module docs, anti-flap).
+    Disputed,
 }
 
 /// A health transition, for the table and for the log.
@@ -165,7 +217,8 @@ pub enum AdvertRefusal {
     /// A key is configured and the trailer is missing or its HMAC fails.
     #[error("advert without a valid authentication trailer")]
     Unauthenticated,
-    /// Authentic, but not newer than the last advert accepted.
+    /// Authentic, but not newer than the last advert (or withdrawal)
+    /// accepted from that node.
     #[error("replayed advert: sequence {sequence} not above {last}")]
     Replayed {
         /// The advert's sequence.
@@ -229,16 +282,41 @@ impl AdvertAuth {
             Err(haven_proto::Error::Authentication) => return Err(AdvertRefusal::Unauthenticated),
             Err(e) => return Err(AdvertRefusal::Malformed(e)),
         };
-        if let Some(&last) = self.last.get(&node)
-            && a.sequence <= last
-        {
-            return Err(AdvertRefusal::Replayed {
-                sequence: a.sequence,
-                last,
-            });
-        }
-        self.last.insert(node, a.sequence);
+        self.accept_sequence(node, a.sequence)?;
         Ok(a.advert)
+    }
+
+    /// Parses a withdrawal ([`haven_proto::withdraw`]) from `node` (the
+    /// reporter, at `src`) to this dispatcher's `dst`; with a key, verifies
+    /// the trailer and records its sequence in the same per-node replay
+    /// state as the node's adverts (one rising sequence per sender).
+    pub fn check_withdrawal(
+        &mut self,
+        node: NodeId,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        bytes: &[u8],
+    ) -> Result<WithdrawRepr, AdvertRefusal> {
+        let key = self.key.as_ref().map(AdvertKey::as_bytes);
+        let w = match WithdrawRepr::parse(bytes, src, dst, key) {
+            Ok(w) => w,
+            Err(haven_proto::Error::Authentication) => return Err(AdvertRefusal::Unauthenticated),
+            Err(e) => return Err(AdvertRefusal::Malformed(e)),
+        };
+        if self.key.is_some() {
+            self.accept_sequence(node, w.sequence)?;
+        }
+        Ok(w)
+    }
+
+    fn accept_sequence(&mut self, node: NodeId, sequence: u64) -> Result<(), AdvertRefusal> {
+        if let Some(&last) = self.last.get(&node)
+            && sequence <= last
+        {
+            return Err(AdvertRefusal::Replayed { sequence, last });
+        }
+        self.last.insert(node, sequence);
+        Ok(())
     }
 }
 
@@ -256,6 +334,12 @@ pub struct HealthStats {
     pub draining: u64,
     /// Transitions to Down.
     pub down: u64,
+    /// Withdrawals that took their subject Down.
+    pub withdrawals_accepted: u64,
+    /// Withdrawals that changed nothing ([`WithdrawIgnored`]).
+    pub withdrawals_ignored: u64,
+    /// Withdrawn nodes that kept advertising (module docs, anti-flap).
+    pub withdrawals_disproved: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -266,6 +350,11 @@ struct Node {
     interval: Duration,
     /// Consecutive adverts while Down.
     streak: u32,
+    /// Down by a withdrawal: the advert time before it, to tell at the
+    /// next advert whether the node was ever silent.
+    withdrawn_after: Option<Instant>,
+    /// A withdrawal was disproved: ignore them until the node falls silent.
+    disputed: bool,
 }
 
 impl Node {
@@ -298,6 +387,8 @@ impl HealthTracker {
                     priority: 0,
                     interval: Duration::ZERO,
                     streak: 0,
+                    withdrawn_after: None,
+                    disputed: false,
                 };
                 (id, n)
             })
@@ -336,8 +427,17 @@ impl HealthTracker {
         }
         if n.state == NodeState::Down && n.deadline().is_some_and(|d| now >= d) {
             // The streak is of consecutive adverts: a gap as long as the
-            // down interval breaks it.
+            // down interval breaks it. The node was silent that long by our
+            // own clock, so reports about it are trusted again.
             n.streak = 0;
+            n.disputed = false;
+        }
+        if let Some(before) = n.withdrawn_after.take()
+            && now.saturating_duration_since(before) < n.down_interval()
+        {
+            // Never silent across the withdrawal: it was wrong.
+            n.disputed = true;
+            self.stats.withdrawals_disproved += 1;
         }
         n.last_advert = Some(now);
         n.priority = priority;
@@ -386,6 +486,56 @@ impl HealthTracker {
             advert.priority,
             centiseconds(advert.max_advert_int_cs),
         )
+    }
+
+    /// A withdrawal of `subject` reported by `by` (authenticated and
+    /// replay-checked by the caller, [`AdvertAuth::check_withdrawal`]). An
+    /// Up or Draining subject goes Down now with `Reason::Withdrawn`;
+    /// `UnknownNode` if the reporter is not configured (module docs).
+    pub fn on_withdrawal(
+        &mut self,
+        now: Instant,
+        by: NodeId,
+        subject: NodeId,
+    ) -> Result<WithdrawOutcome, HealthError> {
+        if !self.nodes.contains_key(&by) {
+            self.stats.rejected += 1;
+            return Err(HealthError::UnknownNode(by));
+        }
+        let outcome = self.withdraw(now, by, subject);
+        match outcome {
+            WithdrawOutcome::Accepted => self.stats.withdrawals_accepted += 1,
+            WithdrawOutcome::Ignored(_) => self.stats.withdrawals_ignored += 1,
+        }
+        Ok(outcome)
+    }
+
+    fn withdraw(&mut self, now: Instant, by: NodeId, subject: NodeId) -> WithdrawOutcome {
+        if by == subject {
+            return WithdrawOutcome::Ignored(WithdrawIgnored::AboutSelf);
+        }
+        let Some(n) = self.nodes.get_mut(&subject) else {
+            return WithdrawOutcome::Ignored(WithdrawIgnored::UnknownSubject);
+        };
+        // Already past its deadline: Down by silence, as a poll would say.
+        if let Some(ev) = expire(subject, n, now) {
+            self.record(ev);
+            return WithdrawOutcome::Ignored(WithdrawIgnored::NotUp);
+        }
+        if !matches!(n.state, NodeState::Up | NodeState::Draining) {
+            return WithdrawOutcome::Ignored(WithdrawIgnored::NotUp);
+        }
+        if n.disputed {
+            return WithdrawOutcome::Ignored(WithdrawIgnored::Disputed);
+        }
+        n.state = NodeState::Down;
+        n.streak = 0;
+        n.withdrawn_after = n.last_advert;
+        self.record(HealthEvent::NodeDown {
+            node: subject,
+            reason: Reason::Withdrawn { by },
+        });
+        WithdrawOutcome::Accepted
     }
 
     /// Marks Down every node silent past its deadline at `now` and returns
@@ -466,6 +616,9 @@ fn expire(id: NodeId, n: &mut Node, now: Instant) -> Option<HealthEvent> {
     }
     n.state = NodeState::Down;
     n.streak = 0;
+    // The dispatcher's own clock agrees the node was gone: reports about
+    // it are trusted again (module docs, anti-flap).
+    n.disputed = false;
     Some(HealthEvent::NodeDown {
         node: id,
         reason: Reason::Silent {
@@ -747,6 +900,294 @@ mod tests {
             Err(AdvertRefusal::Malformed(haven_proto::Error::Checksum))
         ));
         assert_eq!(format!("{:?}", AdvertKey::new(KEY)), "AdvertKey(16 octets)");
+    }
+
+    const MS100: Duration = Duration::from_millis(100);
+
+    /// Nodes 1–3 Up, advertising every 100 ms since `t0`, last at `t0`.
+    fn three_up() -> (HealthTracker, Instant) {
+        let mut h = HealthTracker::new([NodeId(1), NodeId(2), NodeId(3)], DEFAULT_RISE);
+        let t0 = Instant::now();
+        for i in 1..=3 {
+            h.on_advert(t0, NodeId(i), 100, MS100).expect("ok");
+        }
+        assert_eq!(h.poll(t0).len(), 3);
+        (h, t0)
+    }
+
+    #[test]
+    fn withdrawal_takes_an_up_node_down_at_once_and_rise_brings_it_back() {
+        let (mut h, t0) = three_up();
+        let t = t0 + Duration::from_millis(5);
+        assert_eq!(
+            h.on_withdrawal(t, NodeId(1), NodeId(2)),
+            Ok(WithdrawOutcome::Accepted)
+        );
+        assert_eq!(h.state(NodeId(2)), Some(NodeState::Down));
+        assert_eq!(
+            h.poll(t),
+            vec![HealthEvent::NodeDown {
+                node: NodeId(2),
+                reason: Reason::Withdrawn { by: NodeId(1) }
+            }]
+        );
+        // Down now, 5 ms after its last advert, not at its
+        // Master_Down_Interval (360.9 ms [RFC 5798 § 6.1]), which then
+        // reports nothing more about it.
+        assert_eq!(
+            h.poll_timeout(),
+            Some(t0 + Duration::from_nanos(360_937_500)),
+            "nodes 1 and 3"
+        );
+        h.on_advert(t0 + MS100, NodeId(1), 100, MS100).expect("ok");
+        h.on_advert(t0 + MS100, NodeId(3), 100, MS100).expect("ok");
+        assert!(h.poll(t0 + Duration::from_millis(400)).is_empty());
+        assert_eq!(
+            h.nodes_in(NodeState::Up).collect::<Vec<_>>(),
+            [NodeId(1), NodeId(3)]
+        );
+        // Back after a gap (a restart): `rise` adverts, as after a silence,
+        // and the withdrawal is not held against it.
+        let back = t0 + SEC * 5;
+        for k in 0..2u32 {
+            h.on_advert(back + MS100 * k, NodeId(2), 100, MS100)
+                .expect("ok");
+        }
+        assert_eq!(h.state(NodeId(2)), Some(NodeState::Down));
+        h.on_advert(back + MS100 * 2, NodeId(2), 100, MS100)
+            .expect("ok");
+        // (Nodes 1 and 3 fell silent meanwhile: the reporter's own health
+        // does not matter, its authenticity does.)
+        assert!(h.poll(back + MS100 * 2).contains(&HealthEvent::NodeUp {
+            node: NodeId(2),
+            reason: Reason::Recovered { adverts: 3 }
+        }));
+        assert_eq!(h.stats().withdrawals_disproved, 0);
+        assert_eq!(
+            h.on_withdrawal(back + MS100 * 2, NodeId(3), NodeId(2)),
+            Ok(WithdrawOutcome::Accepted),
+            "a restarted node can be withdrawn again"
+        );
+        assert_eq!(h.stats().withdrawals_accepted, 2);
+    }
+
+    #[test]
+    fn withdrawal_of_a_draining_node() {
+        let (mut h, t0) = three_up();
+        h.on_advert(t0 + MS100, NodeId(2), 0, MS100).expect("ok");
+        h.poll(t0 + MS100);
+        assert_eq!(h.state(NodeId(2)), Some(NodeState::Draining));
+        assert_eq!(
+            h.on_withdrawal(t0 + MS100, NodeId(1), NodeId(2)),
+            Ok(WithdrawOutcome::Accepted)
+        );
+        assert_eq!(h.state(NodeId(2)), Some(NodeState::Down));
+    }
+
+    #[test]
+    fn withdrawals_about_self_unknown_or_down_nodes_are_ignored() {
+        let (mut h, t0) = three_up();
+        let ignored = |w| Ok(WithdrawOutcome::Ignored(w));
+        assert_eq!(
+            h.on_withdrawal(t0, NodeId(1), NodeId(1)),
+            ignored(WithdrawIgnored::AboutSelf)
+        );
+        assert_eq!(
+            h.on_withdrawal(t0, NodeId(1), NodeId(9)),
+            ignored(WithdrawIgnored::UnknownSubject)
+        );
+        // From an unconfigured reporter: refused.
+        assert_eq!(
+            h.on_withdrawal(t0, NodeId(9), NodeId(2)),
+            Err(HealthError::UnknownNode(NodeId(9)))
+        );
+        assert!(h.poll(t0).is_empty());
+        assert_eq!(h.nodes_in(NodeState::Up).count(), 3);
+        // Down already: nothing more; a node never heard from: nothing.
+        h.on_withdrawal(t0, NodeId(1), NodeId(2)).expect("ok");
+        assert_eq!(
+            h.on_withdrawal(t0, NodeId(3), NodeId(2)),
+            ignored(WithdrawIgnored::NotUp)
+        );
+        let mut fresh = HealthTracker::new([NodeId(1), NodeId(2)], DEFAULT_RISE);
+        fresh.on_advert(t0, NodeId(1), 100, MS100).expect("ok");
+        assert_eq!(
+            fresh.on_withdrawal(t0, NodeId(1), NodeId(2)),
+            ignored(WithdrawIgnored::NotUp)
+        );
+        assert_eq!(fresh.state(NodeId(2)), Some(NodeState::Unknown));
+        // Past its deadline: Down by silence (the reason the dispatcher
+        // itself can vouch for), not by the report.
+        let late = t0 + SEC;
+        assert_eq!(
+            h.on_withdrawal(late, NodeId(1), NodeId(3)),
+            ignored(WithdrawIgnored::NotUp)
+        );
+        assert!(h.poll(late).iter().any(|e| matches!(
+            e,
+            HealthEvent::NodeDown {
+                node: NodeId(3),
+                reason: Reason::Silent { .. }
+            }
+        )));
+        assert_eq!(h.stats().withdrawals_ignored, 4);
+        assert_eq!(h.stats().rejected, 1);
+    }
+
+    #[test]
+    fn a_disproved_withdrawal_is_not_repeated_until_the_node_falls_silent() {
+        // Node 2 is alive and keeps advertising every 100 ms; node 1 keeps
+        // reporting it gone (a reset from a firewall looks like a refusal).
+        let (mut h, t0) = three_up();
+        let at = |k: u32| t0 + MS100 * k;
+        h.on_withdrawal(at(0) + MS100 / 2, NodeId(1), NodeId(2))
+            .expect("ok");
+        assert_eq!(h.state(NodeId(2)), Some(NodeState::Down));
+        // Its adverts never stopped: rise of them bring it back, and the
+        // first one disproves the withdrawal.
+        for k in 1..=3 {
+            h.on_advert(at(k), NodeId(2), 100, MS100).expect("ok");
+            h.on_advert(at(k), NodeId(1), 100, MS100).expect("ok");
+        }
+        assert_eq!(h.state(NodeId(2)), Some(NodeState::Up));
+        assert_eq!(h.stats().withdrawals_disproved, 1);
+        // Further reports about it bounce nothing.
+        for k in 4..=10 {
+            assert_eq!(
+                h.on_withdrawal(at(k), NodeId(1), NodeId(2)),
+                Ok(WithdrawOutcome::Ignored(WithdrawIgnored::Disputed))
+            );
+            h.on_advert(at(k), NodeId(2), 100, MS100).expect("ok");
+            h.on_advert(at(k), NodeId(1), 100, MS100).expect("ok");
+            assert_eq!(h.state(NodeId(2)), Some(NodeState::Up));
+        }
+        // It really dies: the timeout works as without withdrawals, and
+        // after that silence reports about it count again.
+        let evs = h.poll(at(15));
+        assert!(evs.iter().any(|e| matches!(
+            e,
+            HealthEvent::NodeDown {
+                node: NodeId(2),
+                reason: Reason::Silent { .. }
+            }
+        )));
+        let back = at(30);
+        for k in 0..3 {
+            h.on_advert(back + MS100 * k, NodeId(2), 100, MS100)
+                .expect("ok");
+            h.on_advert(back + MS100 * k, NodeId(1), 100, MS100)
+                .expect("ok");
+        }
+        assert_eq!(h.state(NodeId(2)), Some(NodeState::Up));
+        assert_eq!(
+            h.on_withdrawal(back + MS100 * 2, NodeId(1), NodeId(2)),
+            Ok(WithdrawOutcome::Accepted)
+        );
+    }
+
+    fn withdrawal(sequence: u64, key: Option<&[u8]>) -> Vec<u8> {
+        WithdrawRepr {
+            vrid: 1,
+            subject: Ipv4Addr::new(198, 18, 0, 12),
+            sequence,
+        }
+        .to_bytes(NODE_IP, ME, key)
+        .expect("emit")
+    }
+
+    #[test]
+    fn withdrawals_share_the_reporters_advert_sequence() {
+        let mut a = AdvertAuth::new(Some(AdvertKey::new(KEY)));
+        assert!(
+            a.check(NodeId(1), NODE_IP, ME, &auth_advert(10, &KEY))
+                .is_ok()
+        );
+        let w = a
+            .check_withdrawal(NodeId(1), NODE_IP, ME, &withdrawal(11, Some(&KEY)))
+            .expect("authentic and newer");
+        assert_eq!((w.subject, w.sequence), (Ipv4Addr::new(198, 18, 0, 12), 11));
+        // Replayed, or older than the last advert: refused.
+        assert_eq!(
+            a.check_withdrawal(NodeId(1), NODE_IP, ME, &withdrawal(11, Some(&KEY))),
+            Err(AdvertRefusal::Replayed {
+                sequence: 11,
+                last: 11
+            })
+        );
+        assert!(
+            a.check(NodeId(1), NODE_IP, ME, &auth_advert(12, &KEY))
+                .is_ok()
+        );
+        assert_eq!(
+            a.check_withdrawal(NodeId(1), NODE_IP, ME, &withdrawal(12, Some(&KEY)))
+                .map_err(|e| e.label()),
+            Err("replayed")
+        );
+        // The withdrawal moved the advert sequence on too.
+        assert!(
+            a.check_withdrawal(NodeId(1), NODE_IP, ME, &withdrawal(20, Some(&KEY)))
+                .is_ok()
+        );
+        assert!(
+            a.check(NodeId(1), NODE_IP, ME, &auth_advert(19, &KEY))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn unauthenticated_or_malformed_withdrawals_are_refused() {
+        let mut a = AdvertAuth::new(Some(AdvertKey::new(KEY)));
+        let mut other = KEY;
+        other[1] ^= 4;
+        for bytes in [withdrawal(5, None), withdrawal(5, Some(&other))] {
+            assert_eq!(
+                a.check_withdrawal(NodeId(1), NODE_IP, ME, &bytes),
+                Err(AdvertRefusal::Unauthenticated)
+            );
+        }
+        // From another source (a spoofer who is not node 1's address):
+        // the pseudo-header checksum fails.
+        assert!(matches!(
+            a.check_withdrawal(
+                NodeId(1),
+                Ipv4Addr::new(198, 18, 0, 66),
+                ME,
+                &withdrawal(6, Some(&KEY))
+            ),
+            Err(AdvertRefusal::Malformed(haven_proto::Error::Checksum))
+        ));
+        // An advert is not a withdrawal, nor the reverse.
+        assert!(matches!(
+            a.check_withdrawal(NodeId(1), NODE_IP, ME, &auth_advert(7, &KEY)),
+            Err(AdvertRefusal::Malformed(
+                haven_proto::Error::UnexpectedType(1)
+            ))
+        ));
+        assert!(matches!(
+            a.check(NodeId(1), NODE_IP, ME, &withdrawal(8, Some(&KEY))),
+            Err(AdvertRefusal::Malformed(
+                haven_proto::Error::UnexpectedType(6)
+            ))
+        ));
+        // Refusals record no sequence.
+        assert!(
+            a.check_withdrawal(NodeId(1), NODE_IP, ME, &withdrawal(1, Some(&KEY)))
+                .is_ok()
+        );
+        // Without a key: plain and keyed ones parse, no replay state.
+        let mut plain = AdvertAuth::new(None);
+        for _ in 0..2 {
+            assert!(
+                plain
+                    .check_withdrawal(NodeId(1), NODE_IP, ME, &withdrawal(0, None))
+                    .is_ok()
+            );
+            assert!(
+                plain
+                    .check_withdrawal(NodeId(1), NODE_IP, ME, &withdrawal(3, Some(&KEY)))
+                    .is_ok()
+            );
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@
 //!   over the healthy ones, and the stable flow/address keys.
 //! * [`health`] — node health from the nodes' VRRP-format advertisements
 //!   (priority = capacity, 0 = draining), with RFC 5798 down timing and
-//!   hysteresis.
+//!   hysteresis, and the peers' withdrawals of a node whose process is gone.
 //! * [`pool`] — the two together: adverts in, table lookups out.
 //! * [`vrrp`] — the RFC 5798 state machine by which the dispatcher pair owns
 //!   the VIP.
@@ -53,7 +53,7 @@ pub mod pool;
 mod sys;
 pub mod vrrp;
 
-pub use health::{HealthEvent, HealthTracker, NodeState, Reason};
+pub use health::{HealthEvent, HealthTracker, NodeState, Reason, WithdrawOutcome};
 pub use maglev::{MaglevTable, NodeSpec, addr_key, flow_key};
 pub use pool::{NodePool, PoolConfig};
 pub use vrrp::{Action, Vrrp, VrrpConfig, VrrpState};

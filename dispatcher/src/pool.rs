@@ -13,7 +13,9 @@ use std::time::Instant;
 use haven_proto::vrrp::VrrpRepr;
 
 use crate::NodeId;
-use crate::health::{DEFAULT_RISE, HealthError, HealthEvent, HealthTracker, NodeState};
+use crate::health::{
+    DEFAULT_RISE, HealthError, HealthEvent, HealthTracker, NodeState, WithdrawOutcome,
+};
 use crate::maglev::{DEFAULT_TABLE_SIZE, MaglevError, MaglevTable, NodeSpec};
 
 /// The pool's configuration.
@@ -65,6 +67,23 @@ impl NodePool {
         self.health.on_vrrp(now, node, advert)?;
         self.sync();
         Ok(())
+    }
+
+    /// A peer's withdrawal of `subject`, reported by `by` (authenticated by
+    /// the caller, [`crate::health::AdvertAuth::check_withdrawal`]); an
+    /// accepted one takes the subject out of the table now.
+    ///
+    /// # Errors
+    /// `by` is not a configured node.
+    pub fn on_withdrawal(
+        &mut self,
+        now: Instant,
+        by: NodeId,
+        subject: NodeId,
+    ) -> Result<WithdrawOutcome, HealthError> {
+        let outcome = self.health.on_withdrawal(now, by, subject)?;
+        self.sync();
+        Ok(outcome)
     }
 
     /// Runs health timeouts at `now`, updates the table, and returns the
@@ -165,5 +184,35 @@ mod tests {
         p.on_advert(t0 + s * 12, NodeId(3), &advert(0)).expect("ok");
         assert_eq!(p.lookup_addr(mn), Some(NodeId(3)));
         assert!(p.table().rebuilds() >= 4);
+    }
+
+    #[test]
+    fn a_withdrawal_takes_the_node_out_of_the_table_at_once() {
+        let nodes = (1..=3).map(|i| NodeSpec::new(NodeId(i))).collect();
+        let mut p = NodePool::new(PoolConfig::new(nodes)).expect("pool");
+        let t0 = Instant::now();
+        for i in 1..=3 {
+            p.on_advert(t0, NodeId(i), &advert(100)).expect("ok");
+        }
+        p.poll(t0);
+        let mn = Ipv4Addr::new(203, 0, 113, 50);
+        let port = (0..1000)
+            .find(|port| p.lookup_flow(mn, *port) == Some(NodeId(2)))
+            .expect("some flow on node 2");
+        // Well inside node 2's down interval: only the withdrawal moves it.
+        let at = t0 + Duration::from_millis(10);
+        assert_eq!(
+            p.on_withdrawal(at, NodeId(1), NodeId(2)),
+            Ok(WithdrawOutcome::Accepted)
+        );
+        assert_eq!(p.health().state(NodeId(2)), Some(NodeState::Down));
+        assert!(p.table().active_nodes().all(|n| n != NodeId(2)));
+        assert_ne!(p.lookup_flow(mn, port), Some(NodeId(2)));
+        // An unconfigured reporter changes nothing.
+        assert_eq!(
+            p.on_withdrawal(at, NodeId(9), NodeId(3)),
+            Err(HealthError::UnknownNode(NodeId(9)))
+        );
+        assert_eq!(p.health().state(NodeId(3)), Some(NodeState::Up));
     }
 }

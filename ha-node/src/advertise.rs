@@ -26,6 +26,24 @@
 //! what it sent before (as long as its clock does not step back further
 //! than its downtime).
 //!
+//! ## Withdrawals
+//! When the Raft transport reports a peer refused after its stream ended
+//! ([`crate::raft::PeerRefused`]: its process is gone), the advertiser
+//! sends every dispatcher a withdrawal of that peer
+//! ([`haven_proto::withdraw`]) at once, and again at each of the next
+//! [`WITHDRAW_REPEATS`] ticks because UDP can be lost, at most once per
+//! interval; the transport reports each loss once, so the withdrawals stay
+//! within a few intervals of the death (by the time the peer restarts, the
+//! dispatchers' own timeout has long agreed with them). Withdrawals go to
+//! the same `advertise_to` list as adverts (both dispatchers of a pair),
+//! with the same key and from the same rising sequence. The peer is named
+//! by the host of its Raft address (`[[cluster.peer]] address`): the
+//! dispatchers must know the node by that address (`[[node]] address`,
+//! the peer's `[dispatch] source`), which holds where a node's Raft
+//! listener and its advert source share its unique address; where they
+//! differ the dispatchers ignore the withdrawal (an unknown address) and
+//! the advert timeout applies as before (docs/dispatcher.md).
+//!
 //! The `[dispatch]` section of the node configuration ([`DispatchConfig`])
 //! holds these settings and the encap-mode listener ([`crate::ingress`]).
 
@@ -37,9 +55,13 @@ use std::time::Duration;
 
 use haven_proto::advert_auth::AuthAdvertRepr;
 use haven_proto::vrrp::VrrpRepr;
+use haven_proto::withdraw::WithdrawRepr;
 use serde::Deserialize;
 #[cfg(feature = "daemon")]
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
+
+/// Withdrawals of a peer sent at the ticks after the first (module docs).
+pub const WITHDRAW_REPEATS: u32 = 3;
 
 /// How the dispatchers reach this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -274,6 +296,133 @@ pub fn advert_bytes(
     }
 }
 
+/// The withdrawal of `subject` to `dst`: plain, or with the trailer for
+/// `sequence` (the advert sequence space).
+pub fn withdrawal_bytes(
+    config: &DispatchConfig,
+    subject: Ipv4Addr,
+    sequence: u64,
+    dst: Ipv4Addr,
+) -> haven_proto::Result<Vec<u8>> {
+    WithdrawRepr {
+        vrid: config.vrid,
+        subject,
+        sequence,
+    }
+    .to_bytes(config.source, dst, config.key.as_deref())
+}
+
+/// Sends one withdrawal of `subject` to every dispatcher, as
+/// [`send_all`] does adverts.
+#[cfg(feature = "daemon")]
+async fn withdraw_all(
+    sock: &tokio::net::UdpSocket,
+    config: &DispatchConfig,
+    subject: Ipv4Addr,
+    sequence: &mut u64,
+) {
+    *sequence = next_sequence(*sequence, std::time::SystemTime::now());
+    for dst in &config.advertise_to {
+        let sent = match withdrawal_bytes(config, subject, *sequence, *dst.ip()) {
+            Ok(bytes) => sock.send_to(&bytes, SocketAddr::V4(*dst)).await.map(drop),
+            Err(e) => Err(std::io::Error::other(e)),
+        };
+        let result = if let Err(e) = sent {
+            tracing::debug!(%dst, %subject, "withdrawal: {e}");
+            "error"
+        } else {
+            "sent"
+        };
+        metrics::counter!(crate::telemetry::DISPATCH_WITHDRAWALS, "result" => result).increment(1);
+    }
+}
+
+/// Peers being withdrawn: repeats left and the last send (module docs).
+#[cfg(feature = "daemon")]
+#[derive(Debug, Default)]
+struct Withdrawing {
+    peers: std::collections::BTreeMap<Ipv4Addr, (u32, Option<tokio::time::Instant>)>,
+    /// Peers whose Raft address has no IPv4 host (warned once each).
+    unnamed: std::collections::BTreeSet<u64>,
+}
+
+#[cfg(feature = "daemon")]
+impl Withdrawing {
+    /// A refusal report: the subject to withdraw now, if not withdrawn
+    /// within the last half interval (then only its repeats restart).
+    fn on_refused(
+        &mut self,
+        r: crate::raft::PeerRefused,
+        me: Ipv4Addr,
+        interval: Duration,
+        now: tokio::time::Instant,
+    ) -> Option<Ipv4Addr> {
+        let Some(host) = r.host else {
+            if self.unnamed.insert(r.peer) {
+                tracing::warn!(
+                    peer = r.peer,
+                    "raft peer refused, but its address has no IPv4 host to withdraw at the dispatchers"
+                );
+            }
+            return None;
+        };
+        if host == me {
+            return None;
+        }
+        let e = self.peers.entry(host).or_insert((0, None));
+        e.0 = WITHDRAW_REPEATS;
+        match e.1 {
+            Some(last) if now.saturating_duration_since(last) < interval / 2 => None,
+            _ => {
+                if e.1.is_none() {
+                    tracing::info!(peer = r.peer, %host, "raft peer refused after its stream ended: withdrawing it at the dispatchers");
+                }
+                e.1 = Some(now);
+                Some(host)
+            }
+        }
+    }
+
+    /// At a tick: the subjects to withdraw again (at most once per
+    /// interval each); finished ones are forgotten.
+    fn due(&mut self, interval: Duration, now: tokio::time::Instant) -> Vec<Ipv4Addr> {
+        let mut out = Vec::new();
+        self.peers.retain(|&host, (left, last)| {
+            if *left == 0 {
+                return false;
+            }
+            if last.is_none_or(|l| now.saturating_duration_since(l) >= interval / 2) {
+                *left -= 1;
+                *last = Some(now);
+                out.push(host);
+            }
+            true
+        });
+        out
+    }
+}
+
+/// The next refusal report, forever pending without a transport.
+#[cfg(feature = "daemon")]
+async fn next_refusal(
+    rx: &mut Option<broadcast::Receiver<crate::raft::PeerRefused>>,
+) -> Option<crate::raft::PeerRefused> {
+    let Some(r) = rx else {
+        return std::future::pending().await;
+    };
+    loop {
+        match r.recv().await {
+            Ok(p) => return Some(p),
+            // Lost reports repeat (the transport retries every ≤ 0.5 s).
+            Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => {
+                *rx = None;
+                return None;
+            }
+        }
+    }
+}
+
 /// Sends one advert to every dispatcher; failures are logged and counted
 /// (a dispatcher that is down must not stop the others hearing us).
 #[cfg(feature = "daemon")]
@@ -305,6 +454,8 @@ async fn send_all(
 ///
 /// `draining` true makes the adverts priority 0 (the dispatchers move this
 /// node's mobile nodes away at once); a change is advertised immediately.
+/// `refusals` (raft mode: [`crate::raft::Transport::refusals`]) turns
+/// peers refused after their stream ended into withdrawals (module docs).
 ///
 /// # Errors
 /// Binding the socket to `config.source`, or reading `key_file` if the
@@ -314,6 +465,7 @@ pub async fn run(
     mut config: DispatchConfig,
     mut draining: watch::Receiver<bool>,
     mut stop: watch::Receiver<bool>,
+    mut refusals: Option<broadcast::Receiver<crate::raft::PeerRefused>>,
 ) -> std::io::Result<()> {
     if config.key.is_none() {
         config
@@ -325,11 +477,24 @@ pub async fn run(
     let mut tick = tokio::time::interval(config.interval());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut drain_open = true;
+    let mut withdrawing = Withdrawing::default();
+    let interval = config.interval();
     loop {
         // Decide first, act after: the select's futures (and the watch
         // guards they return) are gone before anything is awaited.
+        let mut withdraw = Vec::new();
         let send_now = tokio::select! {
-            _ = tick.tick() => true,
+            _ = tick.tick() => {
+                withdraw = withdrawing.due(interval, tokio::time::Instant::now());
+                true
+            }
+            r = next_refusal(&mut refusals) => {
+                let now = tokio::time::Instant::now();
+                withdraw.extend(
+                    r.and_then(|r| withdrawing.on_refused(r, config.source, interval, now)),
+                );
+                false
+            }
             changed = draining.changed(), if drain_open => {
                 if changed.is_err() {
                     // The drain flag's owner is gone: keep the last value.
@@ -345,6 +510,9 @@ pub async fn run(
                 break;
             }
         };
+        for subject in withdraw {
+            withdraw_all(&sock, &config, subject, &mut sequence).await;
+        }
         if send_now {
             let d = *draining.borrow_and_update();
             send_all(&sock, &config, d, &mut sequence).await;
@@ -479,7 +647,7 @@ mod tests {
         };
         let (_drain_tx, drain_rx) = watch::channel(false);
         let (stop_tx, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(run(c, drain_rx, stop_rx));
+        let task = tokio::spawn(run(c, drain_rx, stop_rx, None));
         let mut last = 0;
         let mut buf = [0u8; 128];
         for _ in 0..3 {
@@ -504,6 +672,75 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_refused_peer_is_withdrawn_at_once_then_a_bounded_number_of_times() {
+        use crate::raft::PeerRefused;
+        use haven_proto::advert_auth::AuthAdvertRepr;
+        use haven_proto::withdraw::is_withdrawal;
+        let rx = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let SocketAddr::V4(to) = rx.local_addr().unwrap() else {
+            panic!("v4")
+        };
+        let key = b"test-only-advert-key".to_vec();
+        let c = DispatchConfig {
+            key: Some(key.clone().into_boxed_slice()),
+            ..config(to)
+        };
+        let (refused_tx, refused_rx) = broadcast::channel(8);
+        let (_drain_tx, drain_rx) = watch::channel(false);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run(c, drain_rx, stop_rx, Some(refused_rx)));
+        let mut buf = [0u8; 128];
+        let (n, _) = rx.recv_from(&mut buf).await.unwrap();
+        let mut last = AuthAdvertRepr::parse(&buf[..n], Ipv4Addr::LOCALHOST, *to.ip(), &key)
+            .expect("the first advert")
+            .sequence;
+        let peer = Ipv4Addr::new(127, 0, 0, 12);
+        // This node itself, and a peer without an IPv4 host: nothing sent.
+        for r in [
+            PeerRefused {
+                peer: 1,
+                host: Some(Ipv4Addr::LOCALHOST),
+            },
+            PeerRefused {
+                peer: 3,
+                host: None,
+            },
+            PeerRefused {
+                peer: 2,
+                host: Some(peer),
+            },
+        ] {
+            refused_tx.send(r).unwrap();
+        }
+        let (mut withdrawals, mut adverts_after) = (0u32, 0u32);
+        // At 50 ms a tick, WITHDRAW_REPEATS + 4 adverts after the first
+        // withdrawal are well past the last repeat.
+        while adverts_after < WITHDRAW_REPEATS + 4 {
+            let (n, _) = rx.recv_from(&mut buf).await.unwrap();
+            let b = &buf[..n];
+            let seq = if is_withdrawal(b) {
+                let w = WithdrawRepr::parse(b, Ipv4Addr::LOCALHOST, *to.ip(), Some(&key))
+                    .expect("authenticated like the adverts");
+                assert_eq!(w.subject, peer);
+                withdrawals += 1;
+                w.sequence
+            } else {
+                if withdrawals > 0 {
+                    adverts_after += 1;
+                }
+                AuthAdvertRepr::parse(b, Ipv4Addr::LOCALHOST, *to.ip(), &key)
+                    .expect("advert")
+                    .sequence
+            };
+            assert!(seq > last, "one rising sequence: {seq} after {last}");
+            last = seq;
+        }
+        assert_eq!(withdrawals, 1 + WITHDRAW_REPEATS);
+        stop_tx.send(true).unwrap();
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
     async fn advertises_drains_and_stops_with_priority_zero() {
         let rx = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let SocketAddr::V4(to) = rx.local_addr().unwrap() else {
@@ -511,7 +748,7 @@ mod tests {
         };
         let (drain_tx, drain_rx) = watch::channel(false);
         let (stop_tx, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(run(config(to), drain_rx, stop_rx));
+        let task = tokio::spawn(run(config(to), drain_rx, stop_rx, None));
         async fn next(rx: &tokio::net::UdpSocket, to: SocketAddrV4) -> VrrpRepr {
             let mut buf = [0u8; 64];
             let (n, from) = rx.recv_from(&mut buf).await.unwrap();

@@ -153,6 +153,9 @@ pub struct Started {
     pub input: RaftInput,
     /// The `RaftTransport` service.
     pub service: RaftTransportServer<RaftService>,
+    /// Peers refused after their stream ended, for the advertiser's
+    /// withdrawals ([`crate::advertise`]).
+    pub refusals: tokio::sync::broadcast::Receiver<crate::raft::PeerRefused>,
 }
 
 /// Opens the durable log under `[cluster] data_dir` (blocking work, on the
@@ -215,6 +218,7 @@ pub async fn start(config: &Config, state: StateMachine) -> anyhow::Result<Start
     }
     let (transport, inbound) = Transport::with_tls(id, &c.cluster_id, &c.peer_map(), tls);
     let service = transport.server();
+    let refusals = transport.refusals();
     let mut ticker = tokio::time::interval(c.tick());
     // A stalled driver must not burst ticks afterwards (that would look
     // like a long silence to raft and start elections).
@@ -223,6 +227,7 @@ pub async fn start(config: &Config, state: StateMachine) -> anyhow::Result<Start
         node: RaftNode::new(node, transport),
         input: RaftInput { inbound, ticker },
         service,
+        refusals,
     })
 }
 

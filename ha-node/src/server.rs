@@ -224,11 +224,15 @@ pub async fn run(
     let (serve_tx, serve_rx) = watch::channel(ready_at_start);
     metrics::gauge!(READY).set(if ready_at_start { 1.0 } else { 0.0 });
     // Raft: the store is opened and the state machine restored from its
-    // snapshot before the engine starts reading it.
+    // snapshot before the engine starts reading it; peers refused after
+    // their stream ended go to the advertiser (withdrawals at the
+    // dispatchers, `advertise.rs`).
+    let mut refusals = None;
     let (replicator, raft_in, raft_service, pair_in) = match config.cluster.mode {
         ClusterMode::Local => (Repl::Local(LocalReplicator::new(state)), None, None, None),
         ClusterMode::Raft => {
             let started = cluster::start(&config, state).await?;
+            refusals = Some(started.refusals);
             (
                 Repl::Raft(Box::new(started.node)),
                 Some(started.input),
@@ -328,7 +332,7 @@ pub async fn run(
         let (d, stop) = (d.clone(), stop_rx.clone());
         info!(to = ?d.advertise_to, source = %d.source, "advertising health to the dispatchers");
         side_tasks.push(tokio::spawn(async move {
-            if let Err(e) = advertise::run(d, adv_rx, stop).await {
+            if let Err(e) = advertise::run(d, adv_rx, stop, refusals).await {
                 warn!(error = %e, "health advertiser stopped");
             }
         }));
@@ -898,6 +902,17 @@ impl Driver {
             while let Some(applied) = self.replicator.get().poll_applied() {
                 progressed = true;
                 self.engine.handle_applied(now, &applied);
+                // Counted on every replica, like the expiries: the
+                // address chosen at apply is the same everywhere.
+                if let crate::command::ApplyResult::Registered {
+                    affinity: Some(a), ..
+                } = applied.result
+                {
+                    metrics::counter!(telemetry::POOL_AFFINITY,
+                        "realm" => self.realm_name(applied.command.realm()),
+                        "result" => a.label())
+                    .increment(1);
+                }
                 if let crate::command::Command::AdminRemove {
                     realm,
                     home_address,

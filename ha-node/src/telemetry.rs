@@ -56,6 +56,15 @@ pub const RAFT_SNAPSHOTS_TAKEN: &str = "haven_raft_snapshots_taken_total";
 pub const RAFT_UNREACHABLE: &str = "haven_raft_unreachable_total";
 /// 1 while the outbound Raft stream to a peer is connected.
 pub const RAFT_PEER_CONNECTED: &str = "haven_raft_peer_connected";
+/// Reconnects to a peer refused (ECONNREFUSED) after its stream ended: its
+/// process is gone (`raft/transport.rs`), by peer.
+pub const RAFT_PEER_CONNECT_REFUSED: &str = "haven_raft_peer_connect_refused_total";
+/// Peer-death withdrawals sent to the dispatchers, by result
+/// (`advertise.rs`).
+pub const DISPATCH_WITHDRAWALS: &str = "haven_dispatch_withdrawals_total";
+/// Pool addresses assigned to a NAI that had one remembered, by realm and
+/// result ("kept": its last address given back; "taken": another one).
+pub const POOL_AFFINITY: &str = "haven_pool_affinity_total";
 /// Time to persist and restore a received snapshot.
 pub const RAFT_SNAPSHOT_INSTALL: &str = "haven_raft_snapshot_install_seconds";
 /// Size of received snapshots.
@@ -125,6 +134,22 @@ fn describe() {
     describe_gauge!(
         RAFT_PEER_CONNECTED,
         "1 while the outbound Raft stream to the peer is connected"
+    );
+    describe_counter!(
+        RAFT_PEER_CONNECT_REFUSED,
+        Unit::Count,
+        "Reconnects to a peer refused after its stream ended (its process is gone), by peer"
+    );
+    describe_counter!(
+        DISPATCH_WITHDRAWALS,
+        Unit::Count,
+        "Peer-death withdrawals sent to the dispatchers, by result"
+    );
+    describe_counter!(
+        POOL_AFFINITY,
+        Unit::Count,
+        "Pool addresses assigned to a NAI that had one remembered, by realm and result \
+         (kept: its last address given back; taken: another one assigned)"
     );
     describe_histogram!(
         RAFT_SNAPSHOT_INSTALL,

@@ -21,6 +21,8 @@
 //! * [`vrrp`]: RFC 5798 VRRPv3 advertisements.
 //! * [`advert_auth`]: node health adverts with the sync HMAC trailer and a
 //!   sequence number (docs/security.md).
+//! * [`withdraw`]: a node's report to the dispatchers that a Raft peer's
+//!   process is gone (same framing, key and sequence as the adverts).
 //! * [`dispatch`]: the dispatcher's encap-mode header (original addresses).
 //! * [`sync`]: the seed 002 figure 13b binding-sync messages (Data Dump
 //!   Request, Data Dump, Data Forward, Ack) with an HMAC-SHA256 trailer.
@@ -41,6 +43,7 @@ pub mod pcap;
 pub mod sync;
 pub mod udptun;
 pub mod vrrp;
+pub mod withdraw;
 
 #[cfg(feature = "grpc")]
 pub mod grpc;

@@ -12,6 +12,16 @@
 //!   network. The task batches whatever is queued into one `RaftBatch` on
 //!   one stream, finds a silent connection by HTTP/2 pings (0.5 s, 1 s
 //!   timeout) and reconnects with exponential backoff (50 ms … 0.5 s).
+//! * **Peer death**: when an established stream ends, the first reconnect
+//!   is immediate. The first refused attempt after the loss (ECONNREFUSED:
+//!   the peer's host answers but nothing listens on its port — a
+//!   SIGKILLed process's kernel closed its sockets) is published as a
+//!   [`PeerRefused`] ([`Transport::refusals`]), once per loss; every refused
+//!   attempt until a connect succeeds is counted in
+//!   `haven_raft_peer_connect_refused_total{peer}`. The advertiser turns
+//!   that into a withdrawal at the dispatchers ([`crate::advertise`]), well
+//!   before the peer's adverts time out there. A partition (timeouts,
+//!   EHOSTUNREACH) or a TLS failure is never a refusal.
 //!
 //! With `[cluster.tls]` ([`crate::tls`]) both halves use mutual TLS: a
 //! client verifies that the server holds the certificate of the peer it
@@ -26,6 +36,7 @@
 //! are small); the gRPC message limit is raised to [`MAX_MESSAGE`] for it.
 
 use std::collections::{HashMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -34,7 +45,7 @@ use haven_proto::grpc::raft_transport_server::{RaftTransport, RaftTransportServe
 use haven_proto::grpc::{RaftBatch, SendAck, SnapshotChunk};
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::config::TlsMaterial;
@@ -51,6 +62,21 @@ const BATCH_BYTES: usize = 4 << 20;
 
 /// Peer id → `host:port` of its Raft transport.
 pub type PeerMap = HashMap<u64, String>;
+
+/// Refusal reports kept for a slow subscriber (a lagging one loses the
+/// oldest; the next refusal, at most 0.5 s later, reports again).
+const REFUSALS_QUEUE: usize = 64;
+
+/// A peer's stream ended and a reconnect was refused: its process is most
+/// likely gone (module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerRefused {
+    /// The peer's node id.
+    pub peer: u64,
+    /// The IPv4 host of the address dialled (`[[cluster.peer]] address`
+    /// or the `AddMember` address); `None` for a host name.
+    pub host: Option<Ipv4Addr>,
+}
 
 /// What the transport hands to the driver.
 #[derive(Debug)]
@@ -80,6 +106,8 @@ pub struct Transport {
     tls: Option<Arc<TlsMaterial>>,
     /// The members the server half accepts streams from (TLS mode).
     members: Arc<RwLock<HashSet<u64>>>,
+    /// Where the clients publish [`PeerRefused`].
+    refused: broadcast::Sender<PeerRefused>,
 }
 
 impl Transport {
@@ -104,6 +132,7 @@ impl Transport {
             inbound,
             tls: tls.map(Arc::new),
             members: Arc::new(RwLock::new(HashSet::new())),
+            refused: broadcast::channel(REFUSALS_QUEUE).0,
         };
         for (&peer, addr) in peers {
             t.add_peer(peer, addr);
@@ -133,6 +162,11 @@ impl Transport {
                 .as_ref()
                 .map(|m| crate::tls::client_config(m, &crate::tls::member_name(peer))),
             inbound: self.inbound.clone(),
+            host: addr.parse::<SocketAddr>().ok().and_then(|a| match a {
+                SocketAddr::V4(a) => Some(*a.ip()),
+                SocketAddr::V6(_) => None,
+            }),
+            refused: self.refused.clone(),
         };
         tokio::spawn(client.run(rx));
         // Dropping a previous sender ends that peer's old task.
@@ -165,6 +199,12 @@ impl Transport {
                 });
             }
         }
+    }
+
+    /// Reports of peers whose reconnect was refused after their stream
+    /// ended (module docs), from now on.
+    pub fn refusals(&self) -> broadcast::Receiver<PeerRefused> {
+        self.refused.subscribe()
     }
 
     /// The gRPC service to serve on the cluster address.
@@ -316,6 +356,28 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_millis(1000);
 /// node whose partition healed is back within one election (a cluster has
 /// a handful of peers; a connect attempt every half second costs nothing).
 const MAX_BACKOFF: Duration = Duration::from_millis(500);
+/// The first reconnect delay.
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Whether `e`, or an error it wraps, is a refused TCP connection
+/// (ECONNREFUSED: the host answered with a reset, nothing listens).
+fn connection_refused(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        cur = err.source();
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return true;
+            }
+            // An io::Error wrapping another error reports the wrapped
+            // one's source, not the wrapped one: look inside.
+            if let Some(inner) = io.get_ref() {
+                cur = Some(inner);
+            }
+        }
+    }
+    false
+}
 
 struct PeerClient {
     from: u64,
@@ -325,26 +387,53 @@ struct PeerClient {
     /// Verifies the server is `node-<to>.haven` under the cluster CA.
     tls: Option<tonic::transport::ClientTlsConfig>,
     inbound: mpsc::Sender<Inbound>,
+    /// The IPv4 host dialled (for [`PeerRefused`]).
+    host: Option<Ipv4Addr>,
+    refused: broadcast::Sender<PeerRefused>,
 }
 
 impl PeerClient {
     async fn run(self, mut rx: mpsc::Receiver<Message>) {
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = MIN_BACKOFF;
+        // A stream was established and ended (every connect that succeeds
+        // leads to one): a refusal now means the peer's process is gone,
+        // where one before the first stream is a peer not started yet.
+        let mut lost = false;
+        // This loss was published already: once per loss, so that the
+        // withdrawals it causes stay near the death (seconds later the peer
+        // may be restarting; the dispatchers' timeout has long acted).
+        let mut published = false;
         loop {
+            let mut retry_now = false;
             match self.connect().await {
                 Ok(client) => {
-                    backoff = Duration::from_millis(50);
+                    backoff = MIN_BACKOFF;
                     self.set_connected(true);
+                    let since = tokio::time::Instant::now();
                     let open = self.stream(client, &mut rx).await.is_some();
                     self.set_connected(false);
                     if !open {
                         return;
                     }
+                    lost = true;
+                    published = false;
+                    // Reconnect at once after a stream that had lived (a
+                    // dead peer's port is closed now: the refusal is the
+                    // news), with the backoff after one that failed at
+                    // once (a peer refusing our calls must not make us spin).
+                    retry_now = since.elapsed() >= MAX_BACKOFF;
                 }
                 Err(e) => {
                     self.set_connected(false);
+                    if lost && connection_refused(&e) {
+                        self.report_refused(!published);
+                        published = true;
+                    }
                     tracing::debug!(peer = self.to, error = %e, "raft peer connect failed");
                 }
+            }
+            if retry_now {
+                continue;
             }
             // Down: drop what is queued rather than deliver it stale.
             let deadline = tokio::time::sleep(backoff);
@@ -359,6 +448,20 @@ impl PeerClient {
                 }
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// Counts a refused reconnect after a loss; the first of each loss is
+    /// also published.
+    fn report_refused(&self, publish: bool) {
+        tracing::debug!(peer = self.to, host = ?self.host, "raft peer refused the reconnect");
+        metrics::counter!(crate::telemetry::RAFT_PEER_CONNECT_REFUSED, "peer" => self.to.to_string()).increment(1);
+        if publish {
+            // No subscriber (no [dispatch] section): nobody to tell.
+            let _ = self.refused.send(PeerRefused {
+                peer: self.to,
+                host: self.host,
+            });
         }
     }
 
@@ -513,6 +616,79 @@ mod tests {
             }
         }
         assert_eq!(terms, (1..=50).collect::<Vec<_>>(), "per-peer order kept");
+    }
+
+    #[tokio::test]
+    async fn a_dead_peers_refused_reconnect_is_reported() {
+        // Peer 2 runs in a runtime of its own, so that shutting it down
+        // closes every socket it has, as the kernel does for a SIGKILLed
+        // process: the listener and the accepted stream.
+        let peer_rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr");
+        let mut rx2 = {
+            let _in = peer_rt.enter();
+            let (t2, rx2) = Transport::new(2, "lab", &PeerMap::new());
+            let incoming = TcpListenerStream::new(
+                tokio::net::TcpListener::from_std(listener).expect("listener"),
+            );
+            peer_rt.spawn(
+                tonic::transport::Server::builder()
+                    .add_service(t2.server())
+                    .serve_with_incoming(incoming),
+            );
+            rx2
+        };
+        // Peer 3 never runs (port 1: nothing listens there): refused from
+        // the first attempt, but it never had a stream, so never reported.
+        let peers = PeerMap::from([(2, addr.to_string()), (3, "127.0.0.1:1".to_owned())]);
+        let (t1, _rx1) = Transport::new(1, "lab", &peers);
+        let mut refusals = t1.refusals();
+        t1.send(2, heartbeat(1, 2, 1));
+        let got = tokio::time::timeout(Duration::from_secs(20), rx2.recv())
+            .await
+            .expect("the stream is up in time");
+        assert!(matches!(got, Some(Inbound::Message(_))));
+        peer_rt.shutdown_background();
+        let r = tokio::time::timeout(Duration::from_secs(20), refusals.recv())
+            .await
+            .expect("reported in time")
+            .expect("open");
+        assert_eq!(
+            r,
+            PeerRefused {
+                peer: 2,
+                host: Some(Ipv4Addr::LOCALHOST)
+            }
+        );
+        // Once per loss (peer 2 keeps refusing), and never a peer that was
+        // never up.
+        assert!(
+            refusals.try_recv().is_err(),
+            "one report per loss, none for peer 3"
+        );
+    }
+
+    #[test]
+    fn only_a_refused_connection_counts_as_refused() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(connection_refused(&refused));
+        // Wrapped, as hyper and tonic wrap it.
+        let wrapped = std::io::Error::other(refused);
+        assert!(connection_refused(&wrapped));
+        for kind in [
+            std::io::ErrorKind::TimedOut,
+            std::io::ErrorKind::HostUnreachable,
+            std::io::ErrorKind::ConnectionReset,
+            std::io::ErrorKind::InvalidData,
+        ] {
+            assert!(!connection_refused(&std::io::Error::from(kind)), "{kind:?}");
+        }
     }
 
     #[tokio::test]
