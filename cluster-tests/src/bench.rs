@@ -136,10 +136,29 @@ pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
 
 /// Resident set size of process `pid` in bytes (`VmRSS`), if readable.
 pub fn rss_bytes(pid: u32) -> Option<u64> {
+    status_bytes(pid, "VmRSS:")
+}
+
+/// The anonymous part of [`rss_bytes`] (`RssAnon`: heap, stacks,
+/// anonymous mappings, i.e. what the allocator holds; `VmRSS` adds the
+/// mapped files, the binary itself, and shared memory).
+pub fn rss_anon_bytes(pid: u32) -> Option<u64> {
+    status_bytes(pid, "RssAnon:")
+}
+
+/// A `kB` field of `/proc/PID/status`, in bytes.
+fn status_bytes(pid: u32, field: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let line = s.lines().find(|l| l.starts_with(field))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+/// The log filter the benchmarks give their `ha-node`s (`RUST_LOG`):
+/// `warn`, or `HAVEN_BENCH_NODE_LOG` (e.g. `warn,haven_ha_node::raft=debug`
+/// while investigating a run).
+pub fn node_log_level() -> String {
+    std::env::var("HAVEN_BENCH_NODE_LOG").unwrap_or_else(|_| "warn".to_owned())
 }
 
 /// A closed-loop registration load: mobile-node cores over a few shared

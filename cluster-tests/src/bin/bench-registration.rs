@@ -47,7 +47,8 @@ use anyhow::Context as _;
 use clap::Parser;
 use haven_cluster_tests::bench::lab::{self, DispatchedLab, LabOptions};
 use haven_cluster_tests::bench::{
-    ClosedLoop, LoopPhase, Recorder, quantile, release_binary, rss_bytes,
+    ClosedLoop, LoopPhase, Recorder, node_log_level, quantile, release_binary, rss_anon_bytes,
+    rss_bytes,
 };
 use haven_cluster_tests::fleet::{ClusterSpec, NodeSpec, RealmSpec};
 use haven_cluster_tests::supervisor::{
@@ -129,7 +130,7 @@ fn start_cluster(bin: &Path, count: usize, mns: usize, dir: &Path) -> anyhow::Re
             Spec::new(bin)
                 .arg("--config")
                 .arg(&config)
-                .env("RUST_LOG", "warn"),
+                .env("RUST_LOG", node_log_level()),
             None,
         )?;
         nodes.push(Node {
@@ -207,6 +208,11 @@ fn measure(
         .iter()
         .map(|p| p.and_then(rss_bytes).unwrap_or(0))
         .collect();
+    let anon0: Vec<u64> = m
+        .pids
+        .iter()
+        .map(|p| p.and_then(rss_anon_bytes).unwrap_or(0))
+        .collect();
     let mut phases = Vec::new();
     for phase in ["register", "refresh"] {
         let mut ph = load.phase();
@@ -246,11 +252,28 @@ fn measure(
         .iter()
         .map(|p| p.and_then(rss_bytes).unwrap_or(0))
         .collect();
-    let per_binding = rss1
+    let anon1: Vec<u64> = m
+        .pids
         .iter()
-        .zip(&rss0)
-        .map(|(a, b)| a.saturating_sub(*b) as f64 / args.mobile_nodes as f64)
-        .fold(0.0f64, f64::max);
+        .map(|p| p.and_then(rss_anon_bytes).unwrap_or(0))
+        .collect();
+    let growth = |after: &[u64], before: &[u64]| -> Vec<f64> {
+        after
+            .iter()
+            .zip(before)
+            .map(|(a, b)| a.saturating_sub(*b) as f64 / args.mobile_nodes as f64)
+            .collect()
+    };
+    let (rss_growth, anon_growth) = (growth(&rss1, &rss0), growth(&anon1, &anon0));
+    for (i, (r, a)) in rss_growth.iter().zip(&anon_growth).enumerate() {
+        println!(
+            "{count} node(s), {path}, node {}: RSS growth {r:.0} B/binding (anonymous {a:.0}), RSS {:.1} MB",
+            i + 1,
+            rss1.get(i).copied().unwrap_or(0) as f64 / 1e6
+        );
+    }
+    let per_binding = rss_growth.iter().copied().fold(0.0f64, f64::max);
+    let anon_per_binding = anon_growth.iter().copied().fold(0.0f64, f64::max);
     println!(
         "{count} node(s), {path}: all {want} acknowledged bindings on every node {:.2} s after the last reply; \
          max RSS growth {per_binding:.0} B/binding{}",
@@ -262,6 +285,12 @@ fn measure(
     rec.figure(
         &format!("rss_growth_per_binding_{count}_nodes{suffix}"),
         per_binding,
+        "bytes",
+        serde_json::json!({ "mobile_nodes": args.mobile_nodes, "nodes": count, "path": path }),
+    )?;
+    rec.figure(
+        &format!("rss_anon_growth_per_binding_{count}_nodes{suffix}"),
+        anon_per_binding,
         "bytes",
         serde_json::json!({ "mobile_nodes": args.mobile_nodes, "nodes": count, "path": path }),
     )?;

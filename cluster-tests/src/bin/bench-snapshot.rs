@@ -41,7 +41,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Parser;
-use haven_cluster_tests::bench::{ClosedLoop, Recorder, release_binary, rss_bytes};
+use haven_cluster_tests::bench::{
+    ClosedLoop, Recorder, node_log_level, release_binary, rss_anon_bytes, rss_bytes,
+};
 use haven_cluster_tests::fleet::{ClusterSpec, NodeSpec, RealmSpec};
 use haven_cluster_tests::supervisor::{Process, Spec, await_metric, free_port, metric, scrape};
 
@@ -86,6 +88,10 @@ impl Node {
 
     fn rss(&self) -> u64 {
         self.proc.pid().and_then(rss_bytes).unwrap_or(0)
+    }
+
+    fn anon(&self) -> u64 {
+        self.proc.pid().and_then(rss_anon_bytes).unwrap_or(0)
     }
 }
 
@@ -153,7 +159,7 @@ fn main() -> anyhow::Result<()> {
                 Spec::new(&bin)
                     .arg("--config")
                     .arg(&config)
-                    .env("RUST_LOG", "warn"),
+                    .env("RUST_LOG", node_log_level()),
                 None,
             )?;
             await_metric(
@@ -208,6 +214,7 @@ fn main() -> anyhow::Result<()> {
         .with_context(|| format!("node {} knows no raft leader", m.spec.id))?;
     }
     let rss0: Vec<u64> = members.iter().map(Node::rss).collect();
+    let anon0: Vec<u64> = members.iter().map(Node::anon).collect();
 
     // Load.
     let targets: Vec<SocketAddrV4> = members.iter().map(|m| m.target).collect();
@@ -247,11 +254,16 @@ fn main() -> anyhow::Result<()> {
         .with_context(|| format!("node {} never reached {n} bindings", m.spec.id))?;
     }
     let rss1: Vec<u64> = members.iter().map(Node::rss).collect();
-    let per_binding: Vec<f64> = rss1
-        .iter()
-        .zip(&rss0)
-        .map(|(a, b)| a.saturating_sub(*b) as f64 / n as f64)
-        .collect();
+    let anon1: Vec<u64> = members.iter().map(Node::anon).collect();
+    let growth = |after: &[u64], before: &[u64]| -> Vec<f64> {
+        after
+            .iter()
+            .zip(before)
+            .map(|(a, b)| a.saturating_sub(*b) as f64 / n as f64)
+            .collect()
+    };
+    let per_binding = growth(&rss1, &rss0);
+    let anon_per_binding = growth(&anon1, &anon0);
     let leader = members
         .iter()
         .find_map(|m| m.metric("haven_raft_leader_id", &[]))
@@ -272,7 +284,7 @@ fn main() -> anyhow::Result<()> {
             Spec::new(&bin)
                 .arg("--config")
                 .arg(&jconfig)
-                .env("RUST_LOG", "warn"),
+                .env("RUST_LOG", node_log_level()),
             None,
         )?,
         spec: jspec,
@@ -289,6 +301,7 @@ fn main() -> anyhow::Result<()> {
     )
     .context("joiner did not start")?;
     let jrss0 = joiner.rss();
+    let janon0 = joiner.anon();
     let addr = joiner
         .spec
         .cluster
@@ -343,6 +356,7 @@ fn main() -> anyhow::Result<()> {
     let jrss = joiner.rss();
     let joiner_disk = dir_bytes(&joiner.data_dir);
     let jper = jrss.saturating_sub(jrss0) as f64 / n as f64;
+    let janon = joiner.anon().saturating_sub(janon0) as f64 / n as f64;
 
     println!();
     println!(
@@ -363,15 +377,15 @@ fn main() -> anyhow::Result<()> {
         transfer.as_secs_f64(),
         joiner_disk as f64 / 1e6
     );
-    for (m, b) in members.iter().zip(&per_binding) {
+    for ((m, b), a) in members.iter().zip(&per_binding).zip(&anon_per_binding) {
         println!(
-            "node {}: RSS growth {b:.0} B/binding (RSS {:.1} MB)",
+            "node {}: RSS growth {b:.0} B/binding (anonymous {a:.0}), RSS {:.1} MB",
             m.spec.id,
             rss1.get((m.spec.id - 1) as usize).copied().unwrap_or(0) as f64 / 1e6
         );
     }
     println!(
-        "joiner: RSS growth {jper:.0} B/binding after the install (RSS {:.1} MB)",
+        "joiner: RSS growth {jper:.0} B/binding after the install (anonymous {janon:.0}), RSS {:.1} MB",
         jrss as f64 / 1e6
     );
     let extra = serde_json::json!({
@@ -413,6 +427,20 @@ fn main() -> anyhow::Result<()> {
             extra.clone(),
         )?;
     }
+    for (m, a) in members.iter().zip(&anon_per_binding) {
+        rec.figure(
+            &format!("rss_anon_growth_per_binding_member_{}", m.spec.id),
+            *a,
+            "bytes",
+            extra.clone(),
+        )?;
+    }
+    rec.figure(
+        "rss_anon_growth_per_binding_joiner",
+        janon,
+        "bytes",
+        extra.clone(),
+    )?;
     rec.figure("rss_growth_per_binding_joiner", jper, "bytes", extra)?;
     println!("results appended to {}", rec.path().display());
     for mut m in members {
