@@ -7,7 +7,9 @@
 //! 1. awaits [`RaftInput::next`] next to its datagram, admin and timer
 //!    branches and hands the result to [`RaftNode::input`] (a tick every
 //!    `[cluster] tick_ms`, or a message, an unreachable peer or a snapshot
-//!    status from the transport);
+//!    status from the transport, or a peer found dead — its stream ended,
+//!    the reconnect was refused: when it is the leader, the lowest-id
+//!    surviving voter campaigns at once, `raft/node.rs`, "Leader death");
 //! 2. proposes the engine's commands through [`RaftNode::replicator`]
 //!    (the `Replicator` seam) and, in the same pump, calls
 //!    [`RaftNode::ready`] — persist, then apply — before pulling applied
@@ -32,7 +34,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use haven_proto::grpc::raft_transport_server::RaftTransportServer;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::command::StateMachine;
@@ -40,8 +42,8 @@ use crate::config::Config;
 use crate::engine::Engine;
 use crate::raft::transport::RaftService;
 use crate::raft::{
-    Inbound, RaftConfig, RaftError, RaftReplicator, RaftStats, RaftStatus, RaftStore, Role,
-    Transport,
+    Inbound, PeerRefused, RaftConfig, RaftError, RaftReplicator, RaftStats, RaftStatus, RaftStore,
+    Role, Transport,
 };
 use crate::replicate::ProposeError;
 use crate::telemetry;
@@ -53,14 +55,36 @@ pub enum Input {
     Tick,
     /// Something from the transport.
     Inbound(Inbound),
+    /// The transport found a peer's process gone (its stream ended, the
+    /// reconnect was refused): if it is the leader, the lowest-id
+    /// surviving voter campaigns at once (`raft/node.rs`, "Leader death").
+    Refused(PeerRefused),
 }
 
-/// The Raft inputs the driver awaits: the tick interval and the transport's
-/// inbound channel.
+/// The Raft inputs the driver awaits: the tick interval, the transport's
+/// inbound channel and its refusal reports.
 #[derive(Debug)]
 pub struct RaftInput {
     inbound: mpsc::Receiver<Inbound>,
     ticker: tokio::time::Interval,
+    /// `None` once the transport's sender is gone.
+    refusals: Option<broadcast::Receiver<PeerRefused>>,
+}
+
+/// The next refusal report, forever pending once the channel closed. A
+/// lagging receiver skips what it lost: a leader's refusal is reported
+/// again on the next loss, and the election timeout covers a lost one.
+async fn next_refusal(rx: &mut Option<broadcast::Receiver<PeerRefused>>) -> PeerRefused {
+    loop {
+        let Some(r) = rx.as_mut() else {
+            return std::future::pending().await;
+        };
+        match r.recv().await {
+            Ok(refused) => return refused,
+            Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => *rx = None,
+        }
+    }
 }
 
 impl RaftInput {
@@ -68,6 +92,7 @@ impl RaftInput {
     pub async fn next(&mut self) -> Input {
         tokio::select! {
             _ = self.ticker.tick() => Input::Tick,
+            r = next_refusal(&mut self.refusals) => Input::Refused(r),
             m = self.inbound.recv() => match m {
                 Some(m) => Input::Inbound(m),
                 // The transport holds a sender for as long as the node
@@ -218,14 +243,21 @@ pub async fn start(config: &Config, state: StateMachine) -> anyhow::Result<Start
     }
     let (transport, inbound) = Transport::with_tls(id, &c.cluster_id, &c.peer_map(), tls);
     let service = transport.server();
+    // Two receivers of one broadcast: the advertiser's withdrawals and the
+    // driver's fast election (`raft/node.rs`, "Leader death").
     let refusals = transport.refusals();
+    let driver_refusals = transport.refusals();
     let mut ticker = tokio::time::interval(c.tick());
     // A stalled driver must not burst ticks afterwards (that would look
     // like a long silence to raft and start elections).
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     Ok(Started {
         node: RaftNode::new(node, transport),
-        input: RaftInput { inbound, ticker },
+        input: RaftInput {
+            inbound,
+            ticker,
+            refusals: Some(driver_refusals),
+        },
         service,
         refusals,
     })
@@ -275,6 +307,24 @@ impl RaftNode {
             }
             Input::Inbound(Inbound::Snapshot { to, delivered }) => {
                 self.node.report_snapshot(to, delivered);
+            }
+            Input::Refused(r) => {
+                // The term this node knows as the report arrives: the
+                // report is about the leader of this term, or about nobody.
+                let status = self.node.status();
+                if self.node.leader_refused(r.peer, status.term) {
+                    info!(
+                        dead_leader = r.peer,
+                        term = status.term,
+                        "raft leader refused after its stream ended: campaigning at once"
+                    );
+                } else if r.peer == status.leader {
+                    debug!(
+                        dead_leader = r.peer,
+                        term = status.term,
+                        "raft leader refused; another voter campaigns (or already did)"
+                    );
+                }
             }
         }
     }
@@ -381,6 +431,7 @@ impl RaftNode {
         metrics::counter!(telemetry::RAFT_SNAPSHOTS_SENT).absolute(s.snapshots_sent);
         metrics::counter!(telemetry::RAFT_SNAPSHOTS_RECEIVED).absolute(s.snapshots_received);
         metrics::counter!(telemetry::RAFT_SNAPSHOTS_TAKEN).absolute(s.snapshots_taken);
+        metrics::counter!(telemetry::RAFT_FAST_ELECTIONS).absolute(s.fast_elections);
         self.published = Some(s);
     }
 

@@ -52,6 +52,9 @@ pub const RAFT_SNAPSHOTS_SENT: &str = "haven_raft_snapshots_sent_total";
 pub const RAFT_SNAPSHOTS_RECEIVED: &str = "haven_raft_snapshots_received_total";
 /// Raft: state-machine snapshots taken here (log compactions).
 pub const RAFT_SNAPSHOTS_TAKEN: &str = "haven_raft_snapshots_taken_total";
+/// Raft: elections started at once because the leader's process was found
+/// gone (`raft/node.rs`, "Leader death").
+pub const RAFT_FAST_ELECTIONS: &str = "haven_raft_fast_elections_total";
 /// Raft: messages the transport could not deliver, by peer.
 pub const RAFT_UNREACHABLE: &str = "haven_raft_unreachable_total";
 /// 1 while the outbound Raft stream to a peer is connected.
@@ -187,6 +190,11 @@ fn describe() {
         RAFT_SNAPSHOTS_TAKEN,
         Unit::Count,
         "Binding-table snapshots taken (Raft log compactions)"
+    );
+    describe_counter!(
+        RAFT_FAST_ELECTIONS,
+        Unit::Count,
+        "Raft elections this node started at once because its leader's process was gone"
     );
     describe_counter!(
         RAFT_PEER_REFUSALS,

@@ -784,3 +784,249 @@ fn durable_restart_keeps_state() {
     let a = r.poll_applied().expect("applied");
     assert_eq!(a.request, Some(RequestId(0)));
 }
+
+/// A small lossless switchboard for the leader-death tests: messages to
+/// or from a dead node vanish; `settle` counts message rounds.
+struct Board {
+    nodes: Vec<RaftReplicator>,
+    dead: HashSet<u64>,
+    /// Cut links, (from, to).
+    cut: HashSet<(u64, u64)>,
+}
+
+impl Board {
+    fn new(n: u64) -> Self {
+        let voters: Vec<u64> = (1..=n).collect();
+        let nodes = voters
+            .iter()
+            .map(|&id| {
+                let mut c = RaftConfig::new(id, voters.clone());
+                // Fixed, distinct timeouts: no randomness inside raft.
+                c.min_election_tick = 10 + 3 * usize::try_from(id).expect("small");
+                c.max_election_tick = c.min_election_tick + 1;
+                RaftReplicator::new(&c, RaftStore::in_memory(), machine()).expect("start")
+            })
+            .collect();
+        Self {
+            nodes,
+            dead: HashSet::new(),
+            cut: HashSet::new(),
+        }
+    }
+
+    fn node(&mut self, id: u64) -> &mut RaftReplicator {
+        &mut self.nodes[usize::try_from(id - 1).expect("small")]
+    }
+
+    fn ids(&self) -> impl Iterator<Item = u64> + use<> {
+        1..=u64::try_from(self.nodes.len()).expect("small")
+    }
+
+    /// One round: every live node's Ready, then every message delivered.
+    /// Whether any message moved.
+    fn round(&mut self) -> bool {
+        let mut mail = Vec::new();
+        for id in self.ids() {
+            if self.dead.contains(&id) {
+                continue;
+            }
+            let n = self.node(id);
+            n.handle_ready().expect("ready");
+            mail.extend(n.poll_messages());
+        }
+        let live: Vec<_> = mail
+            .into_iter()
+            .filter(|(to, m)| {
+                !self.dead.contains(to)
+                    && !self.dead.contains(&m.from)
+                    && !self.cut.contains(&(m.from, *to))
+            })
+            .collect();
+        let moved = !live.is_empty();
+        for (to, m) in live {
+            let _ = self.node(to).step(m);
+        }
+        moved
+    }
+
+    /// Rounds until nothing moves; the rounds that moved something.
+    fn settle(&mut self) -> usize {
+        for rounds in 0..50 {
+            if !self.round() {
+                return rounds;
+            }
+        }
+        panic!("the group did not settle");
+    }
+
+    fn tick(&mut self, ticks: usize) {
+        for _ in 0..ticks {
+            for id in self.ids() {
+                if !self.dead.contains(&id) {
+                    self.node(id).tick();
+                }
+            }
+            self.settle();
+        }
+    }
+
+    /// Terms and leaders of the live nodes.
+    fn view(&mut self) -> Vec<(u64, u64, u64)> {
+        let dead = self.dead.clone();
+        self.ids()
+            .filter(|id| !dead.contains(id))
+            .map(|id| {
+                let s = self.node(id).status();
+                (id, s.term, s.leader)
+            })
+            .collect()
+    }
+}
+
+/// A killed leader whose death the transport reports (`PeerRefused`) is
+/// replaced within a few message rounds and no tick: only the lowest-id
+/// surviving voter campaigns, with a transfer-style election the others
+/// honour although they are in the dead leader's lease (`raft/node.rs`,
+/// "Leader death"). Reports about another peer, an older term, or to any
+/// other follower change nothing.
+#[test]
+fn a_refused_leader_is_replaced_at_once_by_the_lowest_surviving_voter() {
+    for (n, leader, successor) in [(3, 1, 2), (5, 3, 1)] {
+        let mut b = Board::new(n);
+        b.node(leader).campaign().expect("campaign");
+        b.settle();
+        assert!(b.node(leader).is_leader(), "{n} nodes: {leader} leads");
+        // Heartbeats flow, well inside every follower's election timeout
+        // (13+ ticks): every follower is in the leader's lease.
+        b.tick(4);
+        let term = b.node(leader).status().term;
+        for id in b.ids() {
+            assert_eq!(b.node(id).status().leader, leader, "node {id}");
+        }
+
+        b.dead.insert(leader);
+        let before = b.view();
+        let other = b.ids().find(|&id| id != leader && id != successor);
+        let other = other.expect("a third voter");
+        // Not about the leader; an older term; the leader itself.
+        assert!(!b.node(successor).leader_refused(other, term));
+        assert!(!b.node(successor).leader_refused(leader, term - 1));
+        assert!(!b.node(successor).leader_refused(successor, term));
+        // Every follower but the lowest-id one only waits (and votes).
+        for id in b.ids().filter(|&id| id != leader && id != successor) {
+            assert!(!b.node(id).leader_refused(leader, term), "node {id}");
+            assert_eq!(b.node(id).stats().fast_elections, 0);
+        }
+        assert_eq!(b.settle(), 0, "{n} nodes: nobody campaigned");
+        assert_eq!(b.view(), before, "nothing changed");
+
+        // The lowest-id survivor campaigns; no tick passes.
+        assert!(b.node(successor).leader_refused(leader, term));
+        let mut rounds = 0;
+        while !b.node(successor).is_leader() {
+            assert!(b.round(), "{n} nodes: stuck: {:?}", b.view());
+            rounds += 1;
+        }
+        // Vote requests out, votes back: one round trip.
+        assert!(rounds <= 2, "{n} nodes: {rounds} rounds");
+        b.settle();
+        for (id, t, l) in b.view() {
+            assert_eq!((t, l), (term + 1, successor), "{n} nodes: node {id}");
+        }
+        assert_eq!(b.node(successor).stats().fast_elections, 1);
+        // Once per (term, leader): a repeated report does nothing.
+        assert!(!b.node(successor).leader_refused(leader, term));
+        assert!(!b.node(successor).leader_refused(leader, term + 1));
+
+        // The new leader commits with the survivors' majority.
+        b.node(other)
+            .propose(RequestId(1), register(1))
+            .expect("leader known");
+        b.settle();
+        let applied: Vec<_> = std::iter::from_fn(|| b.node(other).poll_applied())
+            .filter_map(|a| a.request)
+            .collect();
+        assert_eq!(applied, vec![RequestId(1)], "{n} nodes");
+    }
+}
+
+/// When no report comes (no stream to the leader, a partition), the
+/// election timeout still elects; a late report about the replaced leader
+/// starts nothing.
+#[test]
+fn without_a_report_the_election_timeout_still_elects() {
+    let mut b = Board::new(3);
+    b.node(1).campaign().expect("campaign");
+    b.settle();
+    b.tick(4);
+    b.dead.insert(1);
+    let mut ticks = 0;
+    while !(b.node(2).is_leader() || b.node(3).is_leader()) {
+        assert!(ticks < 100, "no leader after {ticks} ticks: {:?}", b.view());
+        b.tick(1);
+        ticks += 1;
+    }
+    assert!(ticks >= 13, "elected only after a timeout ({ticks} ticks)");
+    let s = b.node(2).status();
+    // A late report about the old leader: no longer the leader.
+    assert!(!b.node(2).leader_refused(1, s.term));
+    assert!(!b.node(2).leader_refused(1, s.term - 1));
+    assert_eq!(b.node(2).stats().fast_elections, 0);
+}
+
+/// Under load the survivors' logs differ: when the lowest-id survivor's
+/// log is behind, the other survivor (which had the same report) refuses
+/// its forced vote [Raft § 5.4.1] and campaigns itself at once, so the
+/// more complete log leads, still without an election timeout.
+#[test]
+fn a_survivor_with_a_longer_log_takes_over_the_fast_election() {
+    let mut b = Board::new(3);
+    b.node(1).campaign().expect("campaign");
+    b.settle();
+    b.tick(4);
+    // Node 2 misses the last appends; 1 and 3 commit them.
+    b.cut.insert((1, 2));
+    for i in 0..3 {
+        b.node(1)
+            .propose(RequestId(100 + i), register(100 + i as u32))
+            .expect("leader");
+    }
+    b.settle();
+    let (s2, s3) = (b.node(2).store().log_len(), b.node(3).store().log_len());
+    assert!(s3 > s2, "3's log ({s3}) is ahead of 2's ({s2})");
+    let term = b.node(1).status().term;
+    b.dead.insert(1);
+    b.cut.clear();
+
+    // Both survivors hear the transport's report; 3 first (not lowest).
+    assert!(!b.node(3).leader_refused(1, term));
+    assert!(b.node(2).leader_refused(1, term));
+    let mut rounds = 0;
+    while !b.node(3).is_leader() {
+        assert!(b.round(), "stuck: {:?}", b.view());
+        rounds += 1;
+    }
+    // 2's vote requests, 3's refusal and own requests, 2's vote.
+    assert!(rounds <= 4, "{rounds} rounds");
+    b.settle();
+    for (id, t, l) in b.view() {
+        assert_eq!((t, l), (term + 2, 3), "node {id}");
+    }
+    assert_eq!(b.node(2).stats().fast_elections, 1);
+    assert_eq!(b.node(3).stats().fast_elections, 1);
+    // The committed entries survived under the new leader [Raft § 5.4].
+    b.node(2)
+        .propose(RequestId(1), register(1))
+        .expect("leader known");
+    b.settle();
+    assert_eq!(b.node(2).status().commit, b.node(3).status().commit);
+    let applied: Vec<_> = std::iter::from_fn(|| b.node(2).poll_applied())
+        .filter_map(|a| a.request)
+        .collect();
+    assert_eq!(applied, vec![RequestId(1)]);
+    assert_eq!(
+        b.node(2).state().snapshot(),
+        b.node(3).state().snapshot(),
+        "identical replicas"
+    );
+}

@@ -47,6 +47,10 @@
 //!             Inbound::Unreachable(id) => node.report_unreachable(id),
 //!             Inbound::Snapshot { to, delivered } => node.report_snapshot(to, delivered),
 //!         },
+//!         Ok(r) = refusals.recv() => {          // transport.refusals()
+//!             let term = node.status().term;      // "Leader death" (node.rs)
+//!             node.leader_refused(r.peer, term);
+//!         }
 //!         cmd = engine_commands.recv() => { node.propose(id, cmd) … }
 //!     }
 //!     // Step every message already queued (inbound.try_recv()) before

@@ -71,6 +71,46 @@
 //! Only a follower that heard no append for [`PROBE_AFTER_TICKS`] sends
 //! the query, so a busy cluster carries no extra message.
 //!
+//! # Leader death
+//!
+//! A SIGKILLed leader is otherwise replaced only after the followers'
+//! election timeouts (10–20 ticks, 0.5–1 s), and with `check_quorum` a
+//! follower still inside the dead leader's lease ignores an early vote
+//! request. The transport knows sooner: a peer whose established stream
+//! ended and whose reconnect is refused has no process any more
+//! ([`crate::raft::PeerRefused`]). When that peer is the leader this
+//! follower knows *now*, in the term it knows now,
+//! [`leader_refused`](RaftReplicator::leader_refused) lets the voter with
+//! the lowest id among the voters other than the dead leader — computed
+//! from the configuration every follower holds, so exactly one of them —
+//! start a transfer-style election at once: raft-rs's
+//! `campaign(CAMPAIGN_TRANSFER)`, reached by stepping a `MsgTimeoutNow`
+//! "from" the leader (the path of a leadership transfer [Raft thesis
+//! § 3.10], with raft's own checks: promotable, no unapplied
+//! configuration change). Its vote requests carry the force context that
+//! voters honour inside the lease. Every other follower only votes —
+//! unless it had the same report and its log is more up to date than the
+//! candidate's (under load the survivors' logs differ by a few entries):
+//! it refuses the vote [Raft § 5.4.1] and campaigns the same way at once,
+//! instead of after its election timeout (in a 3-voter group it is the
+//! only other survivor; with 5, two such voters may split the vote, which
+//! the timeout resolves). Each at most once per (term, leader), counted in
+//! `fast_elections` (`haven_raft_fast_elections_total`). If no voter hears
+//! the refusal (no stream to the leader), the election timeout still
+//! elects.
+//!
+//! Safety: Raft's safety never depends on who campaigns or when [Raft
+//! § 5.2, § 5.4]: a candidate still needs a majority of votes, each voter
+//! votes once per term and only for a log at least as up to date as its
+//! own, so Election Safety and Leader Completeness hold for any campaign.
+//! The lease (`check_quorum`) only protects *liveness* against a
+//! disruptive node; the force context bypasses it exactly as a
+//! leadership transfer does. A false report (the leader alive, e.g. a
+//! firewall `reject` on its port) costs one election (two when a voter
+//! with a longer log takes over): the live leader steps down on the
+//! higher term and the cluster elects again. The "once per (term,
+//! leader)" rules bound that per report storm.
+//!
 //! # Snapshots and restarts
 //!
 //! Every [`RaftConfig::snapshot_every`] applied entries the node stores
@@ -94,7 +134,8 @@ use crate::replicate::{Applied, ProposeError, Replicator, RequestId};
 
 /// Raft timing and limits. Defaults: 50 ms ticks, election after 10 ticks
 /// (randomised by raft in [10, 20)), heartbeat every 2 — a dead leader is
-/// noticed in 0.5–1 s [DESIGN.md § 9].
+/// noticed in 0.5–1 s [DESIGN.md § 9], or within a round trip when the
+/// transport reports its process gone (module docs, "Leader death").
 #[derive(Debug, Clone)]
 pub struct RaftConfig {
     /// This node's Raft id (non-zero, unique in the cluster).
@@ -249,6 +290,9 @@ pub struct RaftStats {
     pub leader_changes: u64,
     /// Committed entries that did not decode (should stay 0).
     pub bad_entries: u64,
+    /// Elections this node started at once because its leader was
+    /// refused (module docs, "Leader death").
+    pub fast_elections: u64,
 }
 
 const CONTEXT_LEN: usize = 24;
@@ -316,6 +360,13 @@ pub struct RaftReplicator {
     leader_since: u64,
     probe: Option<Probe>,
     probes: u64,
+    /// The (term, leader) a leader-refused report was last accepted for
+    /// (module docs, "Leader death"): acted on at most once each.
+    fast_election_for: Option<(u64, u64)>,
+    /// The (term, leader) of a dead leader after whose successor's
+    /// refused vote this node campaigned itself (module docs, "Leader
+    /// death"): at most once each.
+    fast_retry_for: Option<(u64, u64)>,
 }
 
 impl std::fmt::Debug for RaftReplicator {
@@ -338,11 +389,14 @@ impl RaftReplicator {
     ) -> Result<Self, RaftError> {
         store.bootstrap(&cfg.initial_voters)?;
         let boot = store.next_boot()?;
-        let snap = store.snapshot_ref();
-        let applied = snap.get_metadata().index;
+        let applied = store.snapshot_ref().get_metadata().index;
         if applied > 0 {
-            state.restore(&snap.data)?;
+            state.restore(&store.snapshot_ref().data)?;
         }
+        // The durable store reads the bytes from their file whenever raft
+        // sends a snapshot: keeping the copy `open` loaded would cost 34 B
+        // per binding until the next snapshot (storage.rs, module docs).
+        store.release_snapshot_data();
         let rc = cfg.to_raft(applied);
         rc.validate()?;
         let raw = RawNode::new(&rc, store, &logger())?;
@@ -365,6 +419,8 @@ impl RaftReplicator {
             leader_since: u64::MAX,
             probe: None,
             probes: 0,
+            fast_election_for: None,
+            fast_retry_for: None,
         };
         me.refresh_stats();
         Ok(me)
@@ -418,7 +474,11 @@ impl RaftReplicator {
         // An append carries the leader's own commit index (readiness).
         let append = (msg.get_msg_type() == MessageType::MsgAppend)
             .then_some((msg.from, msg.term, msg.commit));
+        let retry = self.fast_retry_due(&msg);
         self.raw.step(msg)?;
+        if let Some(dead) = retry {
+            self.fast_retry(dead);
+        }
         if let Some((from, term, commit)) = append {
             let r = &self.raw.raft;
             if r.leader_id == from && r.term == term {
@@ -610,6 +670,103 @@ impl RaftReplicator {
     pub fn campaign(&mut self) -> Result<(), RaftError> {
         self.raw.campaign()?;
         Ok(())
+    }
+
+    /// The transport reports `peer` refused after its stream ended (its
+    /// process is gone), seen while this node was in `term` (the driver
+    /// passes the term it knew when the report arrived). When `peer` is
+    /// the leader of `term` — still this follower's current term and
+    /// leader — and this node is the lowest-id voter other than `peer`,
+    /// it starts a transfer-style election at once, which the other
+    /// voters honour inside the dead leader's lease (module docs, "Leader
+    /// death"). Anything else (another peer, a stale term, a candidate, a
+    /// (term, leader) already acted on, not the lowest id) does nothing.
+    /// Returns whether it campaigned. Call `handle_ready` afterwards.
+    pub fn leader_refused(&mut self, peer: u64, term: u64) -> bool {
+        let r = &self.raw.raft;
+        if peer == raft::INVALID_ID
+            || peer == r.id
+            || r.state != StateRole::Follower
+            || r.term != term
+            || r.leader_id != peer
+            || self.fast_election_for == Some((term, peer))
+        {
+            return false;
+        }
+        self.fast_election_for = Some((term, peer));
+        let voters = self.status().voters;
+        let lowest = voters.iter().copied().filter(|&v| v != peer).min();
+        if lowest != Some(self.id()) || !voters.contains(&peer) {
+            return false;
+        }
+        // The leadership-transfer path [Raft thesis § 3.10]: raft checks
+        // that this node is promotable and has no unapplied configuration
+        // change, then campaigns with CAMPAIGN_TRANSFER (no pre-vote; the
+        // vote requests carry the context voters honour in lease).
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgTimeoutNow);
+        m.from = peer;
+        m.to = self.id();
+        m.term = term;
+        if let Err(e) = self.raw.raft.step(m) {
+            tracing::debug!(error = %e, "fast election refused by raft");
+            return false;
+        }
+        let campaigned = self.raw.raft.state != StateRole::Follower;
+        if campaigned {
+            self.stats.fast_elections += 1;
+        }
+        campaigned
+    }
+
+    /// Whether `msg` is the fast candidate's forced vote request for the
+    /// term after a leader this node accepted as dead, which this node is
+    /// about to refuse because its own log is more up to date [Raft
+    /// § 5.4.1]: the dead leader it names, if so (module docs, "Leader
+    /// death").
+    fn fast_retry_due(&self, msg: &Message) -> Option<(u64, u64)> {
+        let dead = self.fast_election_for?;
+        let r = &self.raw.raft;
+        let log = &r.raft_log;
+        let forced = msg.get_msg_type() == MessageType::MsgRequestVote
+            && msg.context.as_ref() == raft::CAMPAIGN_TRANSFER;
+        (forced
+            && msg.term == dead.0 + 1
+            && msg.from != dead.1
+            && r.term <= msg.term
+            && r.state == StateRole::Follower
+            && self.fast_retry_for != Some(dead)
+            && (log.last_term(), log.last_index()) > (msg.log_term, msg.index))
+            .then_some(dead)
+    }
+
+    /// After refusing the fast candidate's vote (its log is behind this
+    /// node's), campaign the same way: the candidate and the others vote
+    /// for the more complete log.
+    fn fast_retry(&mut self, dead: (u64, u64)) {
+        self.fast_retry_for = Some(dead);
+        let r = &self.raw.raft;
+        if r.state != StateRole::Follower || r.leader_id != raft::INVALID_ID {
+            return;
+        }
+        let term = r.term;
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgTimeoutNow);
+        m.from = dead.1;
+        m.to = self.id();
+        m.term = term;
+        if let Err(e) = self.raw.raft.step(m) {
+            tracing::debug!(error = %e, "fast election retry refused by raft");
+            return;
+        }
+        if self.raw.raft.state != StateRole::Follower {
+            self.stats.fast_elections += 1;
+            tracing::info!(
+                dead_leader = dead.1,
+                term,
+                "refused the fast candidate's vote (its log is behind this one): campaigning at once"
+            );
+        }
     }
 
     /// Term, leader, indexes, role and membership.
