@@ -1483,7 +1483,10 @@ mod tests {
         // The cycle accepted at 2.2 s started at 1.5 s: its lifetime counts
         // from there at the earliest.
         let starts = last_accepts(&lines, 5);
-        assert!(starts[1].is_some_and(|t| (t - 1.5).abs() < 1e-9), "{starts:?}");
+        assert!(
+            starts[1].is_some_and(|t| (t - 1.5).abs() < 1e-9),
+            "{starts:?}"
+        );
         assert_eq!(starts[4], None);
     }
 
