@@ -321,20 +321,15 @@ async fn withdraw_all(
     subject: Ipv4Addr,
     sequence: &mut u64,
 ) {
-    *sequence = next_sequence(*sequence, std::time::SystemTime::now());
-    for dst in &config.advertise_to {
-        let sent = match withdrawal_bytes(config, subject, *sequence, *dst.ip()) {
-            Ok(bytes) => sock.send_to(&bytes, SocketAddr::V4(*dst)).await.map(drop),
-            Err(e) => Err(std::io::Error::other(e)),
-        };
-        let result = if let Err(e) = sent {
-            tracing::debug!(%dst, %subject, "withdrawal: {e}");
-            "error"
-        } else {
-            "sent"
-        };
-        metrics::counter!(crate::telemetry::DISPATCH_WITHDRAWALS, "result" => result).increment(1);
-    }
+    let round = Round {
+        what: "withdrawal",
+        metric: crate::telemetry::DISPATCH_WITHDRAWALS,
+    };
+    round
+        .send(sock, config, sequence, |seq, dst| {
+            withdrawal_bytes(config, subject, seq, dst)
+        })
+        .await;
 }
 
 /// Peers being withdrawn: repeats left and the last send (module docs).
@@ -432,21 +427,52 @@ async fn send_all(
     draining: bool,
     sequence: &mut u64,
 ) {
-    // One sequence per round: each dispatcher checks its own, and the HMAC
-    // covers the destination, so one cannot be replayed to another.
-    *sequence = next_sequence(*sequence, std::time::SystemTime::now());
-    for dst in &config.advertise_to {
-        let sent = match advert_bytes(config, draining, *sequence, *dst.ip()) {
-            Ok(bytes) => sock.send_to(&bytes, SocketAddr::V4(*dst)).await.map(drop),
-            Err(e) => Err(std::io::Error::other(e)),
-        };
-        let result = if let Err(e) = sent {
-            tracing::debug!(%dst, "advert: {e}");
-            "error"
-        } else {
-            "sent"
-        };
-        metrics::counter!("haven_dispatch_adverts_total", "result" => result).increment(1);
+    let round = Round {
+        what: "advert",
+        metric: "haven_dispatch_adverts_total",
+    };
+    round
+        .send(sock, config, sequence, |seq, dst| {
+            advert_bytes(config, draining, seq, dst)
+        })
+        .await;
+}
+
+/// One message to every dispatcher under one new sequence: adverts and
+/// withdrawals share the sequence space and the counting.
+#[cfg(feature = "daemon")]
+struct Round {
+    /// For the debug log.
+    what: &'static str,
+    /// Counted by `result` ("sent", "error").
+    metric: &'static str,
+}
+
+#[cfg(feature = "daemon")]
+impl Round {
+    async fn send(
+        &self,
+        sock: &tokio::net::UdpSocket,
+        config: &DispatchConfig,
+        sequence: &mut u64,
+        bytes: impl Fn(u64, Ipv4Addr) -> haven_proto::Result<Vec<u8>>,
+    ) {
+        // One sequence per round: each dispatcher checks its own, and the
+        // HMAC covers the destination, so one cannot be replayed to another.
+        *sequence = next_sequence(*sequence, std::time::SystemTime::now());
+        for dst in &config.advertise_to {
+            let sent = match bytes(*sequence, *dst.ip()) {
+                Ok(b) => sock.send_to(&b, SocketAddr::V4(*dst)).await.map(drop),
+                Err(e) => Err(std::io::Error::other(e)),
+            };
+            let result = if let Err(e) = sent {
+                tracing::debug!(%dst, "{}: {e}", self.what);
+                "error"
+            } else {
+                "sent"
+            };
+            metrics::counter!(self.metric, "result" => result).increment(1);
+        }
     }
 }
 
