@@ -637,12 +637,15 @@ fn node_killed_under_bidirectional_stream() {
         l1.iter().zip(&l0).map(|(a, b)| a - b).collect::<Vec<_>>(),
         flows.len()
     );
-    // Down after 3 × 100 ms + skew (361 ms) plus up to one MAC/metrics
-    // round; anything past 2 s is a failover that did not happen.
+    // Out of the table within milliseconds when its Raft peers withdraw it
+    // (a refused reconnect), else after 3 × 100 ms + skew (361 ms) of
+    // silence; anything past 2 s is a failover that did not happen.
     assert!(worst < Duration::from_secs(2), "gap {worst:?}");
+    // The victim carried part of the streams (so the failover was real,
+    // however short the gap it left).
     assert!(
-        worst > Duration::from_millis(50),
-        "no gap at all: the killed node carried nothing? {gaps:?}"
+        l1[victim] > l0[victim],
+        "the killed node carried nothing: load {l0:?} → {l1:?}"
     );
     let text = scrape(DISP_METRICS, Some(&rig.disp_ns)).unwrap_or_default();
     assert_eq!(
