@@ -180,14 +180,29 @@ fn adapter(
 /// The physical attachment: the default route's device and its first
 /// IPv4 address.
 fn attachment() -> Option<(String, Ipv4Addr)> {
+    // The route and the address are two reads, not one snapshot: a move
+    // (new address, default route replaced, old address deleted) can fall
+    // between them, and the old device without its address would read as
+    // a detachment that never happened. So the route is read again after
+    // the address, and the pair kept only if the route did not move.
+    for _ in 0..3 {
+        let dev = default_dev()?;
+        let addr = addrs_on(&dev).into_iter().next();
+        if default_dev().as_deref() == Some(dev.as_str()) {
+            return addr.map(|a| (dev, a));
+        }
+    }
+    None
+}
+
+/// The device of the default route, if there is one.
+fn default_dev() -> Option<String> {
     let routes = sh("ip", &["-4", "-o", "route", "show", "default"]).ok()?;
-    let dev = routes.lines().find_map(|l| {
+    routes.lines().find_map(|l| {
         let mut w = l.split_whitespace();
         w.find(|t| *t == "dev")?;
         w.next().map(str::to_owned)
-    })?;
-    let addr = addrs_on(&dev).into_iter().next()?;
-    Some((dev, addr))
+    })
 }
 
 fn addrs_on(dev: &str) -> Vec<Ipv4Addr> {
