@@ -868,6 +868,32 @@ fn set_error(seen: &Mutex<Seen>, which: fn(&mut Seen) -> &mut Option<String>, e:
     }
 }
 
+/// A read that found nothing within its timeout (not an error).
+fn read_timed_out(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
+/// Records how one end of the TCP connection finished (run in namespace
+/// `ns`) in `which`. At the end both sides stop at their own pace: the
+/// other side's close after `stop` is no failure.
+fn tcp_end(
+    r: std::io::Result<Result<(), String>>,
+    stopped: &AtomicBool,
+    seen: &Mutex<Seen>,
+    which: fn(&mut Seen) -> &mut Option<String>,
+    ns: &str,
+) {
+    match r {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) if stopped.load(Ordering::Relaxed) => {}
+        Ok(Err(e)) => set_error(seen, which, e),
+        Err(e) => set_error(seen, which, format!("enter {ns}: {e}")),
+    }
+}
+
 /// The mobile node's TCP echo server on the inner home address: one
 /// connection, never re-accepted (a second connection would hide a broken
 /// first one).
@@ -909,24 +935,13 @@ fn tcp_server(
                     Ok(n) => conn
                         .write_all(&buf[..n])
                         .map_err(|e| format!("write: {e}"))?,
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) => {}
+                    Err(e) if read_timed_out(&e) => {}
                     Err(e) => return Err(format!("read: {e}")),
                 }
             }
             Ok(())
         });
-        match r {
-            Ok(Ok(())) => {}
-            // At the end both sides stop at their own pace: the other
-            // side's close after `stop` is no failure.
-            Ok(Err(_)) if stopped.load(Ordering::Relaxed) => {}
-            Ok(Err(e)) => set_error(&seen2, |s| &mut s.server_error, e),
-            Err(e) => set_error(&seen2, |s| &mut s.server_error, format!("enter mn: {e}")),
-        }
+        tcp_end(r, &stopped, &seen2, |s| &mut s.server_error, "mn");
     })
 }
 
@@ -1012,22 +1027,13 @@ fn tcp_client(
                         s.tcp.push(Instant::now());
                         s.tcp_bytes += n as u64;
                     }
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) => {}
+                    Err(e) if read_timed_out(&e) => {}
                     Err(e) => return Err(format!("read: {e}")),
                 }
             }
             Ok(())
         });
-        match r {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) if stopped.load(Ordering::Relaxed) => {}
-            Ok(Err(e)) => set_error(&seen2, |s| &mut s.tcp_error, e),
-            Err(e) => set_error(&seen2, |s| &mut s.tcp_error, format!("enter cn: {e}")),
-        }
+        tcp_end(r, &stopped, &seen2, |s| &mut s.tcp_error, "cn");
     })
 }
 
