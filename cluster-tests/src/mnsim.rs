@@ -32,8 +32,8 @@ use std::io::{self, BufWriter, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use haven_proto::ip;
@@ -1222,20 +1222,34 @@ impl DataSink {
         sock.set_read_timeout(Some(Duration::from_millis(50)))?;
         let local = sock.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = Arc::clone(&stop);
+        let sink = Arc::new(Mutex::new(DataSink::new()));
+        let (stop2, sink2) = (Arc::clone(&stop), Arc::clone(&sink));
         let thread = std::thread::spawn(move || {
-            let mut sink = DataSink::new();
             let mut buf = vec![0u8; 65_536];
+            let record = |datagram: &[u8], src: SocketAddr| {
+                if let SocketAddr::V4(src) = src {
+                    let mut sink = sink2.lock().unwrap_or_else(PoisonError::into_inner);
+                    sink.record(unix_now(), src, datagram);
+                }
+            };
             while !stop2.load(Ordering::Relaxed) {
-                if let Ok((n, SocketAddr::V4(src))) = sock.recv_from(&mut buf) {
-                    sink.record(unix_now(), src, buf.get(..n).unwrap_or_default());
+                if let Ok((n, src)) = sock.recv_from(&mut buf) {
+                    record(buf.get(..n).unwrap_or_default(), src);
                 }
             }
-            sink
+            // What arrived before the stop is counted too: datagrams still
+            // queued in the socket were delivered, only not read yet (a
+            // stop between two reads once left four of them uncounted).
+            if sock.set_nonblocking(true).is_ok() {
+                while let Ok((n, src)) = sock.recv_from(&mut buf) {
+                    record(buf.get(..n).unwrap_or_default(), src);
+                }
+            }
         });
         Ok(SinkHandle {
             local,
             stop,
+            sink,
             thread,
         })
     }
@@ -1246,7 +1260,8 @@ impl DataSink {
 pub struct SinkHandle {
     local: SocketAddr,
     stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<DataSink>,
+    sink: Arc<Mutex<DataSink>>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 impl SinkHandle {
@@ -1255,10 +1270,19 @@ impl SinkHandle {
         self.local
     }
 
-    /// Stops it and returns what it counted.
+    /// Packets of flow `mn` counted so far, for tests that wait until the
+    /// correspondent has them rather than until a sender says they left.
+    pub fn received(&self, mn: u32) -> u64 {
+        let sink = self.sink.lock().unwrap_or_else(PoisonError::into_inner);
+        sink.flows.get(&mn).map_or(0, |f| f.received)
+    }
+
+    /// Stops it and returns what it counted, including every datagram
+    /// already queued on its socket.
     pub fn stop(self) -> DataSink {
         self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().unwrap_or_default()
+        let _ = self.thread.join();
+        std::mem::take(&mut *self.sink.lock().unwrap_or_else(PoisonError::into_inner))
     }
 }
 
@@ -1275,6 +1299,21 @@ mod tests {
         assert_eq!(parse_data_payload(&p), Some((7, 42, t)));
         assert_eq!(parse_data_payload(&p[..20]), None);
         assert_eq!(parse_data_payload(b"XXXX0000000000000000000000"), None);
+    }
+
+    // A stop counts what was already delivered: the home agent's forwarded
+    // count and the sink's received count are compared after it.
+    #[test]
+    fn stopped_sink_counts_every_queued_datagram() {
+        let sink = DataSink::spawn(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let tx = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let now = unix_now();
+        for seq in 0..200 {
+            tx.send_to(&data_payload(1, seq, now, 64), sink.local_addr())
+                .unwrap();
+        }
+        let flows = sink.stop().flows();
+        assert_eq!(flows.iter().map(|f| f.received).sum::<u64>(), 200);
     }
 
     #[test]

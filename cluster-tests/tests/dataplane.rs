@@ -260,6 +260,11 @@ fn udp_tunnel_both_ways_spoofing_and_a_move() {
             ) >= 110.0
     })
     .expect("old mapping refused, new mapping accepted");
+    // Counted at the node is not yet read at cn: wait for cn itself.
+    wait_for("reverse packets read at cn", BOUND, || {
+        cn_sink.received(2) >= 100 && cn_sink.received(5) >= 10
+    })
+    .expect("reverse packets at cn");
 
     stop.store(true, Ordering::Relaxed);
     let sent = fwd.join().unwrap();
@@ -690,6 +695,10 @@ fn ip_in_ip_and_simultaneous_bindings() {
             && rig.metric("haven_dataplane_drops_total", &[("reason", "spoofed")]) >= 100.0
     })
     .expect("reverse and spoofed counted");
+    wait_for("reverse IP in IP read at cn", BOUND, || {
+        cn_sink.received(12) >= 100
+    })
+    .expect("reverse packets at cn");
 
     // No binding: the correspondent hears ICMP Host Unreachable from the
     // VIP, which its connected socket reports as EHOSTUNREACH.
