@@ -137,6 +137,8 @@ pub struct ClusterSpec {
     pub join: bool,
     /// Every founding voter, this node included: (id, transport address).
     pub peers: Vec<(u64, SocketAddr)>,
+    /// `[[cluster.peer]] dispatch_source` of the peers that set one.
+    pub dispatch_sources: Vec<(u64, Ipv4Addr)>,
     /// `[cluster.tls]`: mutual TLS for the Raft transport.
     pub tls: Option<TlsSpec>,
 }
@@ -159,6 +161,7 @@ impl ClusterSpec {
             snapshot_every: 10_000,
             join: false,
             peers,
+            dispatch_sources: Vec::new(),
             tls: None,
         }
     }
@@ -397,7 +400,11 @@ impl NodeSpec {
             let _ = writeln!(t, "snapshot_every = {}", c.snapshot_every);
             let _ = writeln!(t, "join = {}\n", c.join);
             for (id, addr) in &c.peers {
-                let _ = writeln!(t, "[[cluster.peer]]\nid = {id}\naddress = \"{addr}\"\n");
+                let _ = writeln!(t, "[[cluster.peer]]\nid = {id}\naddress = \"{addr}\"");
+                if let Some((_, a)) = c.dispatch_sources.iter().find(|(p, _)| p == id) {
+                    let _ = writeln!(t, "dispatch_source = \"{a}\"");
+                }
+                t.push('\n');
             }
             if let Some(tls) = &c.tls {
                 t.push_str(&tls.toml("cluster.tls"));
@@ -611,6 +618,7 @@ mod tests {
         let mut spec = NodeSpec::new(2, a(4340), a(9434)).cluster(ClusterSpec {
             snapshot_every: 50,
             join: true,
+            dispatch_sources: vec![(2, Ipv4Addr::new(127, 0, 0, 12))],
             ..ClusterSpec::raft(
                 "lab",
                 a(7402),
@@ -628,7 +636,10 @@ mod tests {
         assert!(t.contains("listen = \"127.0.0.1:7402\""), "{t}");
         assert!(t.contains(r#"data_dir = "/tmp/raft \"2\"\\x""#), "{t}");
         assert!(t.contains("snapshot_every = 50\njoin = true\n"), "{t}");
-        assert!(t.contains("[[cluster.peer]]\nid = 1\naddress = \"127.0.0.1:7401\"\n"));
+        assert!(t.contains("[[cluster.peer]]\nid = 1\naddress = \"127.0.0.1:7401\"\n\n"));
+        assert!(t.contains(
+            "[[cluster.peer]]\nid = 2\naddress = \"127.0.0.1:7402\"\ndispatch_source = \"127.0.0.12\"\n"
+        ));
         assert_eq!(t.matches("[[cluster.peer]]").count(), 2);
     }
 }

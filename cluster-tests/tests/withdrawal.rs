@@ -7,9 +7,13 @@
 //! would have, or the withdrawal would count as `ignored`, not `accepted`.
 //! The survivors stay Up: a withdrawal names only the dead node.
 //!
-//! Each node's Raft listener and advert source share its unique loopback
-//! address (127.0.0.16x), which is how the advertiser names the peer to
-//! the dispatchers (`[[cluster.peer]] address` host = `[[node]] address`).
+//! Two layouts: each node's Raft listener and advert source share its
+//! unique loopback address (127.0.0.16x), so the advertiser names the peer
+//! by its Raft host (`[[cluster.peer]] address` host = `[[node]] address`);
+//! or the Raft network is apart (127.0.1.16x) and each `[[cluster.peer]]`
+//! names its `dispatch_source`. Without that key the second layout's
+//! withdrawals would name addresses the dispatcher does not know and count
+//! `ignored`, and the test would fail on `accepted`.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::Path;
@@ -57,6 +61,15 @@ fn spawn_dispatcher(dir: &Path, health: u16, metrics: u16, nodes: &[Ipv4Addr]) -
 
 #[test]
 fn a_killed_follower_is_withdrawn_by_its_peers() {
+    killed_follower_is_withdrawn(false);
+}
+
+#[test]
+fn a_killed_follower_on_a_separate_raft_network_is_withdrawn_by_its_dispatch_source() {
+    killed_follower_is_withdrawn(true);
+}
+
+fn killed_follower_is_withdrawn(separate_raft_network: bool) {
     let dir = tempfile::tempdir().expect("tempdir");
     let addrs: Vec<Ipv4Addr> = (161..=163).map(|i| Ipv4Addr::new(127, 0, 0, i)).collect();
     let health = free_port();
@@ -64,11 +77,16 @@ fn a_killed_follower_is_withdrawn_by_its_peers() {
     let disp = spawn_dispatcher(dir.path(), health, d_metrics, &addrs);
     let d_url = format!("http://127.0.0.1:{d_metrics}/metrics");
 
-    let raft: Vec<SocketAddr> = addrs
-        .iter()
-        .map(|a| SocketAddr::from((*a, free_port())))
+    let raft_net = if separate_raft_network { 1 } else { 0 };
+    let raft: Vec<SocketAddr> = (161..=163)
+        .map(|i| SocketAddr::from((Ipv4Addr::new(127, 0, raft_net, i), free_port())))
         .collect();
     let peers: Vec<(u64, SocketAddr)> = (1..=3).zip(raft.iter().copied()).collect();
+    let dispatch_sources: Vec<(u64, Ipv4Addr)> = if separate_raft_network {
+        (1..=3).zip(addrs.iter().copied()).collect()
+    } else {
+        Vec::new()
+    };
     let specs: Vec<NodeSpec> = (1..=3u64)
         .map(|id| {
             let me = addrs[id as usize - 1];
@@ -78,12 +96,10 @@ fn a_killed_follower_is_withdrawn_by_its_peers() {
                     port: free_port(),
                     ..RealmSpec::new("outer", me, "198.51.100.0/24")
                 })
-                .cluster(ClusterSpec::raft(
-                    "withdrawal",
-                    raft[id as usize - 1],
-                    &data,
-                    peers.clone(),
-                ))
+                .cluster(ClusterSpec {
+                    dispatch_sources: dispatch_sources.clone(),
+                    ..ClusterSpec::raft("withdrawal", raft[id as usize - 1], &data, peers.clone())
+                })
                 .dispatch(DispatchSpec::l2(
                     me,
                     // The dispatcher's own address: the checksum covers it.

@@ -37,12 +37,14 @@
 //! dispatchers' own timeout has long agreed with them). Withdrawals go to
 //! the same `advertise_to` list as adverts (both dispatchers of a pair),
 //! with the same key and from the same rising sequence. The peer is named
-//! by the host of its Raft address (`[[cluster.peer]] address`): the
-//! dispatchers must know the node by that address (`[[node]] address`,
-//! the peer's `[dispatch] source`), which holds where a node's Raft
-//! listener and its advert source share its unique address; where they
-//! differ the dispatchers ignore the withdrawal (an unknown address) and
-//! the advert timeout applies as before (docs/dispatcher.md).
+//! by the address the dispatchers know it by (`[[node]] address`, the
+//! peer's `[dispatch] source`): its `[[cluster.peer]] dispatch_source`
+//! where the Raft network is not the dispatch segment, else the host of
+//! its Raft address (`[[cluster.peer]] address`), which is right where a
+//! node's Raft listener and its advert source share its unique address. A
+//! name the dispatchers do not know (a member added at run time whose Raft
+//! and dispatch addresses differ) is ignored there, and the advert timeout
+//! applies as before (docs/dispatcher.md).
 //!
 //! The `[dispatch]` section of the node configuration ([`DispatchConfig`])
 //! holds these settings and the encap-mode listener ([`crate::ingress`]).
@@ -332,10 +334,24 @@ async fn withdraw_all(
         .await;
 }
 
+/// The Raft transport's refusal reports, and what the peers are called at
+/// the dispatchers where that is not the host of their Raft address.
+#[cfg(feature = "daemon")]
+#[derive(Debug)]
+pub struct Refusals {
+    /// [`crate::raft::Transport::refusals`].
+    pub rx: broadcast::Receiver<crate::raft::PeerRefused>,
+    /// Peer id → its `[dispatch] source` (`[[cluster.peer]]
+    /// dispatch_source`).
+    pub names: std::collections::HashMap<u64, Ipv4Addr>,
+}
+
 /// Peers being withdrawn: repeats left and the last send (module docs).
 #[cfg(feature = "daemon")]
 #[derive(Debug, Default)]
 struct Withdrawing {
+    /// Peer id → its name at the dispatchers, where configured.
+    names: std::collections::HashMap<u64, Ipv4Addr>,
     peers: std::collections::BTreeMap<Ipv4Addr, (u32, Option<tokio::time::Instant>)>,
     /// Peers whose Raft address has no IPv4 host (warned once each).
     unnamed: std::collections::BTreeSet<u64>,
@@ -352,11 +368,11 @@ impl Withdrawing {
         interval: Duration,
         now: tokio::time::Instant,
     ) -> Option<Ipv4Addr> {
-        let Some(host) = r.host else {
+        let Some(host) = self.names.get(&r.peer).copied().or(r.host) else {
             if self.unnamed.insert(r.peer) {
                 tracing::warn!(
                     peer = r.peer,
-                    "raft peer refused, but its address has no IPv4 host to withdraw at the dispatchers"
+                    "raft peer refused, but its address has no IPv4 host and it has no dispatch_source to withdraw it by at the dispatchers"
                 );
             }
             return None;
@@ -491,7 +507,7 @@ pub async fn run(
     mut config: DispatchConfig,
     mut draining: watch::Receiver<bool>,
     mut stop: watch::Receiver<bool>,
-    mut refusals: Option<broadcast::Receiver<crate::raft::PeerRefused>>,
+    refusals: Option<Refusals>,
 ) -> std::io::Result<()> {
     if config.key.is_none() {
         config
@@ -503,7 +519,12 @@ pub async fn run(
     let mut tick = tokio::time::interval(config.interval());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut drain_open = true;
-    let mut withdrawing = Withdrawing::default();
+    let (mut refusals, names) =
+        refusals.map_or((None, Default::default()), |r| (Some(r.rx), r.names));
+    let mut withdrawing = Withdrawing {
+        names,
+        ..Withdrawing::default()
+    };
     let interval = config.interval();
     loop {
         // Decide first, act after: the select's futures (and the watch
@@ -714,7 +735,11 @@ mod tests {
         let (refused_tx, refused_rx) = broadcast::channel(8);
         let (_drain_tx, drain_rx) = watch::channel(false);
         let (stop_tx, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(run(c, drain_rx, stop_rx, Some(refused_rx)));
+        let refusals = Refusals {
+            rx: refused_rx,
+            names: Default::default(),
+        };
+        let task = tokio::spawn(run(c, drain_rx, stop_rx, Some(refusals)));
         let mut buf = [0u8; 128];
         let (n, _) = rx.recv_from(&mut buf).await.unwrap();
         let mut last = AuthAdvertRepr::parse(&buf[..n], Ipv4Addr::LOCALHOST, *to.ip(), &key)
@@ -764,6 +789,32 @@ mod tests {
         assert_eq!(withdrawals, 1 + WITHDRAW_REPEATS);
         stop_tx.send(true).unwrap();
         task.await.unwrap().unwrap();
+    }
+
+    // A peer is named as the dispatchers know it: its dispatch_source where
+    // its Raft address is elsewhere, else its Raft host; never this node.
+    #[test]
+    fn a_refused_peer_is_named_by_its_dispatch_source_else_its_raft_host() {
+        use crate::raft::PeerRefused;
+        let me = Ipv4Addr::new(127, 0, 0, 11);
+        let mut w = Withdrawing {
+            names: [(2, Ipv4Addr::new(127, 0, 0, 12)), (3, me)].into(),
+            ..Withdrawing::default()
+        };
+        let now = tokio::time::Instant::now();
+        let i = Duration::from_millis(100);
+        let refused = |peer, host| PeerRefused { peer, host };
+        let raft_net = |last| Some(Ipv4Addr::new(127, 0, 1, last));
+        assert_eq!(
+            w.on_refused(refused(2, raft_net(12)), me, i, now),
+            Some(Ipv4Addr::new(127, 0, 0, 12))
+        );
+        assert_eq!(
+            w.on_refused(refused(4, raft_net(14)), me, i, now),
+            raft_net(14)
+        );
+        assert_eq!(w.on_refused(refused(3, raft_net(11)), me, i, now), None);
+        assert_eq!(w.on_refused(refused(5, None), me, i, now), None);
     }
 
     #[tokio::test]

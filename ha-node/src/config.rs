@@ -257,6 +257,11 @@ pub struct PeerConfig {
     pub id: u64,
     /// `host:port` of its `[cluster] listen`.
     pub address: String,
+    /// Its `[dispatch] source`, the address the dispatchers know it by
+    /// (their `[[node]] address`): what this node's withdrawals name when
+    /// the peer's process dies. Default: the IPv4 host of `address`; set
+    /// it where the Raft network is not the dispatch segment.
+    pub dispatch_source: Option<Ipv4Addr>,
 }
 
 impl ClusterConfig {
@@ -265,6 +270,14 @@ impl ClusterConfig {
         self.peer
             .iter()
             .map(|p| (p.id, p.address.clone()))
+            .collect()
+    }
+
+    /// Peer id → `dispatch_source`, for the peers that set one.
+    pub fn dispatch_sources(&self) -> std::collections::HashMap<u64, Ipv4Addr> {
+        self.peer
+            .iter()
+            .filter_map(|p| p.dispatch_source.map(|a| (p.id, a)))
             .collect()
     }
 
@@ -924,6 +937,35 @@ pub enum ConfigError {
         /// The value.
         address: String,
     },
+    /// A `dispatch_source` that is not a unicast address.
+    #[error("[[cluster.peer]] id {id}: dispatch_source {address} is not a unicast address")]
+    InvalidDispatchSource {
+        /// The peer.
+        id: u64,
+        /// The value.
+        address: Ipv4Addr,
+    },
+    /// Two peers with one `dispatch_source`.
+    #[error("[[cluster.peer]] ids {first} and {second} share the dispatch_source {address}")]
+    DuplicateDispatchSource {
+        /// The first peer.
+        first: u64,
+        /// The second.
+        second: u64,
+        /// The value.
+        address: Ipv4Addr,
+    },
+    /// This node's own `[[cluster.peer]] dispatch_source` is not its
+    /// `[dispatch] source`.
+    #[error(
+        "[[cluster.peer]] for this node lists dispatch_source {listed}, but its [dispatch] source is {actual}"
+    )]
+    SelfDispatchSource {
+        /// The `dispatch_source` listed.
+        listed: Ipv4Addr,
+        /// `[dispatch] source`.
+        actual: Ipv4Addr,
+    },
     /// Two peers on one address.
     #[error("[[cluster.peer]] ids {first} and {second} share the address {address:?}")]
     DuplicatePeerAddress {
@@ -1196,6 +1238,33 @@ impl Config {
                     second: p.id,
                     address: p.address.clone(),
                 });
+            }
+            if let Some(a) = p.dispatch_source {
+                // A node's unique unicast address on the dispatch segment:
+                // a withdrawal naming anything else takes the wrong node
+                // out, or none.
+                if a.is_unspecified() || a.is_broadcast() || a.is_multicast() {
+                    return Err(ConfigError::InvalidDispatchSource {
+                        id: p.id,
+                        address: a,
+                    });
+                }
+                if let Some(o) = c.peer[..i].iter().find(|o| o.dispatch_source == Some(a)) {
+                    return Err(ConfigError::DuplicateDispatchSource {
+                        first: o.id,
+                        second: p.id,
+                        address: a,
+                    });
+                }
+                if p.id == self.node.id
+                    && let Some(d) = &self.dispatch
+                    && d.source != a
+                {
+                    return Err(ConfigError::SelfDispatchSource {
+                        listed: a,
+                        actual: d.source,
+                    });
+                }
             }
         }
         if !c.join && !c.peer.iter().any(|p| p.id == self.node.id) {
@@ -1789,6 +1858,54 @@ mod tests {
         assert_eq!(
             err(&|c| c.node.id = 4).to_string(),
             "[[cluster.peer]] must list this node ([node] id = 4) unless [cluster] join = true"
+        );
+        for bad in [
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::BROADCAST,
+            Ipv4Addr::new(224, 0, 0, 18),
+        ] {
+            assert!(matches!(
+                err(&|c| c.cluster.peer[1].dispatch_source = Some(bad)),
+                E::InvalidDispatchSource { id: 2, address } if address == bad
+            ));
+        }
+        let a = Ipv4Addr::new(198, 18, 0, 12);
+        assert!(matches!(
+            err(&|c| {
+                c.cluster.peer[0].dispatch_source = Some(a);
+                c.cluster.peer[2].dispatch_source = Some(a);
+            }),
+            E::DuplicateDispatchSource {
+                first: 1,
+                second: 3,
+                ..
+            }
+        ));
+        let with_dispatch = |c: &mut Config| {
+            c.dispatch = Config::from_toml_str(
+                "[dispatch]\nadvertise_to = [\"198.18.0.2:4341\"]\nsource = \"198.18.0.11\"\n",
+            )
+            .expect("parses")
+            .dispatch;
+        };
+        assert_eq!(
+            err(&|c| {
+                with_dispatch(c);
+                c.cluster.peer[0].dispatch_source = Some(a);
+            })
+            .to_string(),
+            "[[cluster.peer]] for this node lists dispatch_source 198.18.0.12, \
+             but its [dispatch] source is 198.18.0.11"
+        );
+        let mut ok = raft();
+        with_dispatch(&mut ok);
+        ok.cluster.peer[0].dispatch_source = Some(Ipv4Addr::new(198, 18, 0, 11));
+        ok.cluster.peer[1].dispatch_source = Some(a);
+        ok.validate()
+            .expect("distinct dispatch sources, this node's its own");
+        assert_eq!(
+            ok.cluster.dispatch_sources(),
+            [(1, Ipv4Addr::new(198, 18, 0, 11)), (2, a)].into()
         );
     }
 

@@ -330,8 +330,10 @@ pub async fn run(
             stop_rx.clone(),
         )));
         let (d, stop) = (d.clone(), stop_rx.clone());
+        let names = config.cluster.dispatch_sources();
         info!(to = ?d.advertise_to, source = %d.source, "advertising health to the dispatchers");
         side_tasks.push(tokio::spawn(async move {
+            let refusals = refusals.map(|rx| advertise::Refusals { rx, names });
             if let Err(e) = advertise::run(d, adv_rx, stop, refusals).await {
                 warn!(error = %e, "health advertiser stopped");
             }
