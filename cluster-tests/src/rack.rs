@@ -1194,12 +1194,14 @@ impl Rack {
                     vip_port,
                     opts.inner,
                 ))
-                .cluster(ClusterSpec::raft(
-                    "rack",
-                    listen[usize::from(i - 1)],
-                    &data,
-                    peers.clone(),
-                ))
+                // Raft on 127.0.0.1, adverts from 127.0.0.1x: each peer's
+                // dispatch_source names it in withdrawals (docs/dispatcher.md).
+                .cluster(ClusterSpec {
+                    dispatch_sources: (1..=3u8)
+                        .map(|j| (u64::from(j), Ipv4Addr::new(127, 0, 0, 10 + j)))
+                        .collect(),
+                    ..ClusterSpec::raft("rack", listen[usize::from(i - 1)], &data, peers.clone())
+                })
                 .dispatch(DispatchSpec {
                     mode: "encap",
                     encap_listen: Some(encap),
