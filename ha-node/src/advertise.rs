@@ -353,7 +353,8 @@ struct Withdrawing {
     /// Peer id → its name at the dispatchers, where configured.
     names: std::collections::HashMap<u64, Ipv4Addr>,
     peers: std::collections::BTreeMap<Ipv4Addr, (u32, Option<tokio::time::Instant>)>,
-    /// Peers whose Raft address has no IPv4 host (warned once each).
+    /// Peers with neither an IPv4 Raft host nor a `dispatch_source`
+    /// (warned once each).
     unnamed: std::collections::BTreeSet<u64>,
 }
 
