@@ -125,6 +125,17 @@ fn killed_follower_is_withdrawn(separate_raft_network: bool) {
         )
         .unwrap_or_else(|e| panic!("node {node} Up: {e}\n{}", disp.log_tail(30)));
     }
+    // The control loop's scheduling delay is exported (docs/operations.md);
+    // on this idle loopback set-up it is far below a down interval.
+    await_metric(
+        &d_url,
+        None,
+        "haven_dispatcher_control_lag_seconds",
+        &[],
+        |v| (0.0..0.36).contains(&v),
+        BOUND,
+    )
+    .expect("the control loop's lag is exported, below the down interval");
     let mut follower = None;
     wait_for("a follower", BOUND, || {
         follower = specs.iter().position(|s| {

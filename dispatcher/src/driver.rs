@@ -725,6 +725,9 @@ struct Control {
     /// Repeats still to send after a takeover, and when the next is due.
     garp_left: u32,
     garp_at: Instant,
+    /// The latest this loop woke past a deadline since the last export:
+    /// how long the host kept it from running (scheduling delay).
+    lag_max: Duration,
 }
 
 impl Control {
@@ -794,6 +797,7 @@ impl Control {
             garp_interval: Duration::from_millis(u64::from(d.garp_interval_ms)),
             garp_left: 0,
             garp_at: now,
+            lag_max: Duration::ZERO,
         })
     }
 
@@ -827,6 +831,10 @@ impl Control {
                 }
                 sys::poll_readable(&fds, wait).unwrap_or(0)
             };
+            if mask == 0 {
+                let late = Instant::now().saturating_duration_since(now + wait);
+                self.lag_max = self.lag_max.max(late);
+            }
             if mask & 1 != 0 {
                 self.read_adverts(&mut buf);
             }
@@ -851,6 +859,9 @@ impl Control {
             }
             if now >= self.metrics_at {
                 self.export();
+                metrics::gauge!("haven_dispatcher_control_lag_seconds")
+                    .set(self.lag_max.as_secs_f64());
+                self.lag_max = Duration::ZERO;
                 self.metrics_at = now + Duration::from_secs(1);
             }
         }
@@ -1300,5 +1311,10 @@ fn describe_metrics() {
     describe_gauge!(
         "haven_dispatcher_active",
         "1 while this dispatcher forwards"
+    );
+    describe_gauge!(
+        "haven_dispatcher_control_lag_seconds",
+        Unit::Seconds,
+        "Longest the control loop woke past a deadline in the last second (the host's scheduling delay of failure detection)"
     );
 }
