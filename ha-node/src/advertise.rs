@@ -414,27 +414,6 @@ impl Withdrawing {
     }
 }
 
-/// The next refusal report, forever pending without a transport.
-#[cfg(feature = "daemon")]
-async fn next_refusal(
-    rx: &mut Option<broadcast::Receiver<crate::raft::PeerRefused>>,
-) -> Option<crate::raft::PeerRefused> {
-    let Some(r) = rx else {
-        return std::future::pending().await;
-    };
-    loop {
-        match r.recv().await {
-            Ok(p) => return Some(p),
-            // Lost reports repeat (the transport retries every ≤ 0.5 s).
-            Err(broadcast::error::RecvError::Lagged(_)) => {}
-            Err(broadcast::error::RecvError::Closed) => {
-                *rx = None;
-                return None;
-            }
-        }
-    }
-}
-
 /// Sends one advert to every dispatcher; failures are logged and counted
 /// (a dispatcher that is down must not stop the others hearing us).
 #[cfg(feature = "daemon")]
@@ -536,11 +515,9 @@ pub async fn run(
                 withdraw = withdrawing.due(interval, tokio::time::Instant::now());
                 true
             }
-            r = next_refusal(&mut refusals) => {
+            r = crate::raft::next_refusal(&mut refusals) => {
                 let now = tokio::time::Instant::now();
-                withdraw.extend(
-                    r.and_then(|r| withdrawing.on_refused(r, config.source, interval, now)),
-                );
+                withdraw.extend(withdrawing.on_refused(r, config.source, interval, now));
                 false
             }
             changed = draining.changed(), if drain_open => {

@@ -71,28 +71,12 @@ pub struct RaftInput {
     refusals: Option<broadcast::Receiver<PeerRefused>>,
 }
 
-/// The next refusal report, forever pending once the channel closed. A
-/// lagging receiver skips what it lost: a leader's refusal is reported
-/// again on the next loss, and the election timeout covers a lost one.
-async fn next_refusal(rx: &mut Option<broadcast::Receiver<PeerRefused>>) -> PeerRefused {
-    loop {
-        let Some(r) = rx.as_mut() else {
-            return std::future::pending().await;
-        };
-        match r.recv().await {
-            Ok(refused) => return refused,
-            Err(broadcast::error::RecvError::Lagged(_)) => {}
-            Err(broadcast::error::RecvError::Closed) => *rx = None,
-        }
-    }
-}
-
 impl RaftInput {
     /// The next tick or inbound message (cancel-safe: usable in `select!`).
     pub async fn next(&mut self) -> Input {
         tokio::select! {
             _ = self.ticker.tick() => Input::Tick,
-            r = next_refusal(&mut self.refusals) => Input::Refused(r),
+            r = crate::raft::next_refusal(&mut self.refusals) => Input::Refused(r),
             m = self.inbound.recv() => match m {
                 Some(m) => Input::Inbound(m),
                 // The transport holds a sender for as long as the node

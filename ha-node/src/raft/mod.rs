@@ -66,4 +66,4 @@ pub mod transport;
 
 pub use node::{RaftConfig, RaftError, RaftReplicator, RaftStats, RaftStatus, Role};
 pub use storage::{RaftStore, StoreError};
-pub use transport::{Inbound, PeerMap, PeerRefused, Transport};
+pub use transport::{Inbound, PeerMap, PeerRefused, Transport, next_refusal};

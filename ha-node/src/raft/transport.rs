@@ -78,6 +78,24 @@ pub struct PeerRefused {
     pub host: Option<Ipv4Addr>,
 }
 
+/// The next report from `rx` (a [`Transport::refusals`] receiver), forever
+/// pending once the channel closed or when there is none. A lagging
+/// receiver skips what it lost: a loss is reported again on the next
+/// refused reconnect (at most 0.5 s later), and the advert timeout and the
+/// election timeout cover a lost one.
+pub async fn next_refusal(rx: &mut Option<broadcast::Receiver<PeerRefused>>) -> PeerRefused {
+    loop {
+        let Some(r) = rx.as_mut() else {
+            return std::future::pending().await;
+        };
+        match r.recv().await {
+            Ok(refused) => return refused,
+            Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => *rx = None,
+        }
+    }
+}
+
 /// What the transport hands to the driver.
 #[derive(Debug)]
 pub enum Inbound {
